@@ -1,0 +1,62 @@
+"""Exceptions shared by both codec implementations.
+
+They are defined once, here, in Python; the C extension imports them, so ``except FrameTooLarge`` catches the
+same class whichever implementation raised it.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+__all__ = ["FrameError", "FrameTooLarge", "IncompleteFrame"]
+
+
+class FrameError(ValueError):
+    """A frame could not be encoded or decoded.
+
+    When a decoder raises it, ``frames`` holds the frames that the same call completed before the error, so
+    nothing that arrived intact is lost.  After an error a decoder refuses further input: the byte stream
+    has no resynchronisation point, and guessing where the next frame starts would hand garbage to the caller.
+    """
+
+    frames: List[bytes]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.frames = []
+
+
+class FrameTooLarge(FrameError):
+    """A frame is larger than allowed: ``size`` bytes announced (or offered), ``limit`` allowed.
+
+    A decoder raises it as soon as a header announces more than ``max_frame``, before it allocates
+    anything for the payload.  ``encode``/``header`` raise it for a payload the prefix cannot express
+    (more than 255 bytes for ``"!B"``, say).
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.size, self.limit))
+
+
+class IncompleteFrame(FrameError):
+    """The stream ended inside a frame: ``received`` bytes of it (header included) had arrived.
+
+    ``expected`` is the whole frame's size (header included) when its header had been read, else ``None``.
+    """
+
+    def __init__(self, received: int, expected: Optional[int] = None) -> None:
+        if expected is None:
+            msg = f"stream ended inside a frame header ({received} bytes received)"
+        else:
+            msg = f"stream ended inside a frame: {received} of {expected} bytes received"
+        super().__init__(msg)
+        self.received = received
+        self.expected = expected
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.received, self.expected))

@@ -1,0 +1,1 @@
+"""fastframe.servers: the select and prefork engines and the services they run."""

@@ -1,0 +1,539 @@
+# cython: language_level=3
+"""C implementation of the fastframe codec, compiled as ``fastframe._codec``.
+
+The wire format, the limits and the behaviour are specified by the pure-Python twin,
+``fastframe/_codec_py.py``; this module must match it name for name and byte for byte.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_FORMAT
+from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_Append
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy, memmove
+
+from operator import index as _index
+
+from fastframe.exceptions import FrameError, FrameTooLarge, IncompleteFrame
+
+cdef extern from "hton.h":
+    uint64_t ff_load(const char *p, int width, int little) nogil
+    uint64_t ff_load_be32(const char *p) nogil
+    void ff_store(char *p, uint64_t v, int width, int little) nogil
+    int ff_varint_len(uint64_t v) nogil
+    int ff_varint_store(char *p, uint64_t v) nogil
+
+cdef extern from "Python.h":
+    object PyMemoryView_FromObject(object obj)
+    const Py_ssize_t PY_SSIZE_T_MAX
+
+__all__ = ["DEFAULT_MAX_FRAME", "LARGE_FRAME", "PREFIXES", "Decoder", "encode", "encode_many", "header"]
+
+DEFAULT_MAX_FRAME = 8 * 1024 * 1024
+LARGE_FRAME = 64 * 1024
+
+cdef enum:
+    _LARGE = 64 * 1024           # frames this large get their own object (LARGE_FRAME)
+    _INITIAL_BUFFER = 64 * 1024  # first size of a decoder's read buffer
+    _MIN_READ = 16 * 1024        # get_buffer() offers at least this much room when it has no better idea
+    _MAX_READ = 256 * 1024       # ... and never grows the buffer beyond what a sizehint this large asks for
+    _WIN_NONE = 0
+    _WIN_BUFFER = 1
+    _WIN_LARGE = 2
+
+# prefix -> width * 2 + little-endian; width 0 is varint
+cdef dict _FORMATS = {
+    "!B": 2, ">B": 2, "<B": 3,
+    "!H": 4, ">H": 4, "<H": 5,
+    "!I": 8, ">I": 8, "<I": 9,
+    "!Q": 16, ">Q": 16, "<Q": 17,
+    "varint": 0,
+}
+PREFIXES = tuple(_FORMATS)
+
+cdef uint64_t _MAX_VARINT = 0xFFFFFFFFFFFFFFFF
+
+
+cdef int _lookup(object prefix) except -1:
+    cdef object code
+    try:
+        code = _FORMATS.get(prefix)
+    except TypeError:
+        code = None
+    if code is None:
+        raise ValueError(f"unknown prefix {prefix!r}; expected one of {', '.join(PREFIXES)}")
+    return code
+
+
+cdef inline uint64_t _max_length(int width) noexcept:
+    if width == 8 or width == 0:
+        return _MAX_VARINT
+    return ((<uint64_t>1) << (8 * width)) - 1
+
+
+cdef inline Py_ssize_t _header_len(uint64_t n, int width) noexcept:
+    return width if width else ff_varint_len(n)
+
+
+cdef inline Py_ssize_t _store_header(char *out, uint64_t n, int width, int little) noexcept:
+    if width:
+        ff_store(out, n, width, little)
+        return width
+    return ff_varint_store(out, n)
+
+
+cdef int _check_length(uint64_t n, int width) except -1:
+    cdef uint64_t limit = _max_length(width)
+    if n > limit:
+        raise FrameTooLarge(n, limit)
+    return 0
+
+
+def header(length, prefix="!I"):
+    """Return the header announcing a payload of ``length`` bytes."""
+    cdef int code = _lookup(prefix)
+    cdef int width = code >> 1
+    cdef char buf[10]
+    length = _index(length)
+    if length < 0:
+        raise ValueError("length must not be negative")
+    if length > _max_length(width):
+        raise FrameTooLarge(length, _max_length(width))
+    cdef Py_ssize_t hlen = _store_header(buf, <uint64_t>length, width, code & 1)
+    return PyBytes_FromStringAndSize(buf, hlen)
+
+
+def encode(payload, prefix="!I"):
+    """Return header + payload as one new bytes object."""
+    cdef int code = _lookup(prefix)
+    cdef int width = code >> 1
+    cdef Py_buffer view
+    cdef Py_ssize_t hlen
+    cdef bytes out
+    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+    try:
+        _check_length(<uint64_t>view.len, width)
+        hlen = _header_len(<uint64_t>view.len, width)
+        out = PyBytes_FromStringAndSize(NULL, hlen + view.len)
+        _store_header(PyBytes_AS_STRING(out), <uint64_t>view.len, width, code & 1)
+        memcpy(PyBytes_AS_STRING(out) + hlen, view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+def encode_many(payloads, prefix="!I"):
+    """Return the frames of all ``payloads``, back to back, in one bytes object (one ``send``)."""
+    cdef int code = _lookup(prefix)
+    cdef int width = code >> 1
+    cdef int little = code & 1
+    cdef list items = payloads if type(payloads) is list else list(payloads)
+    cdef Py_ssize_t count = len(items)
+    cdef Py_ssize_t i, acquired = 0, total = 0, pos = 0
+    cdef Py_buffer *views
+    cdef bytes out
+    cdef char *dst
+    if count == 0:
+        return b""
+    views = <Py_buffer *>PyMem_Malloc(count * sizeof(Py_buffer))
+    if views == NULL:
+        raise MemoryError()
+    try:
+        for i in range(count):
+            PyObject_GetBuffer(items[i], &views[i], PyBUF_SIMPLE)
+            acquired += 1
+            _check_length(<uint64_t>views[i].len, width)
+            total += _header_len(<uint64_t>views[i].len, width) + views[i].len
+        out = PyBytes_FromStringAndSize(NULL, total)
+        dst = PyBytes_AS_STRING(out)
+        for i in range(count):
+            pos += _store_header(dst + pos, <uint64_t>views[i].len, width, little)
+            memcpy(dst + pos, views[i].buf, views[i].len)
+            pos += views[i].len
+    finally:
+        for i in range(acquired):
+            PyBuffer_Release(&views[i])
+        PyMem_Free(views)
+    return out
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Memory:
+    """A block of memory lent to ``recv_into`` through memoryviews.
+
+    A view keeps its block alive, so the decoder may replace the block while a caller still holds a view:
+    it then moves its data to a new block instead of resizing or compacting this one under the view.
+    """
+    cdef char *data            # first byte of the block
+    cdef Py_ssize_t size       # bytes in the block
+    cdef object owner          # the bytes object whose storage is `data`, or None when malloc'd here
+    cdef Py_ssize_t win_off    # the next view exposes data[win_off : win_off + win_len]
+    cdef Py_ssize_t win_len
+    cdef Py_ssize_t exports    # views alive
+
+    def __dealloc__(self):
+        if self.owner is None and self.data != NULL:
+            PyMem_Free(self.data)
+            self.data = NULL
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        view.buf = self.data + self.win_off
+        view.obj = self
+        view.len = self.win_len
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = "B"
+        view.ndim = 1
+        view.shape = NULL
+        if (flags & PyBUF_ND) == PyBUF_ND:
+            view.shape = &view.len
+        view.strides = NULL
+        if (flags & PyBUF_STRIDES) == PyBUF_STRIDES:
+            view.strides = &view.itemsize
+        view.suboffsets = NULL
+        view.internal = NULL
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.exports -= 1
+
+
+cdef _Memory _new_block(Py_ssize_t size):
+    cdef _Memory mem = _Memory.__new__(_Memory)
+    mem.data = <char *>PyMem_Malloc(size)
+    if mem.data == NULL:
+        raise MemoryError()
+    mem.size = size
+    mem.owner = None
+    return mem
+
+
+cdef _Memory _borrow_bytes(bytes obj):
+    cdef _Memory mem = _Memory.__new__(_Memory)
+    mem.owner = obj
+    mem.data = PyBytes_AS_STRING(obj)
+    mem.size = PyBytes_GET_SIZE(obj)
+    return mem
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class Decoder:
+    """Incremental frame parser: bytes in, complete payloads out.
+
+    See ``fastframe._codec_py.Decoder`` for the theory of operation; the state below mirrors it.
+    """
+    cdef object _prefix
+    cdef Py_ssize_t _max_frame
+    cdef int _width                # header bytes; 0 for varint
+    cdef int _little               # little-endian header
+    cdef _Memory _buf              # the read buffer; unread bytes are _buf.data[_start:_end]
+    cdef Py_ssize_t _start
+    cdef Py_ssize_t _end
+    cdef bytes _large              # the object a large frame is received into, or None
+    cdef _Memory _large_mem        # lends the unfilled part of _large
+    cdef Py_ssize_t _large_size    # its payload length
+    cdef Py_ssize_t _large_filled  # payload bytes already in it
+    cdef Py_ssize_t _large_hlen    # its header length (for `pending`)
+    cdef int _win_kind             # what the last get_buffer() lent (_WIN_*)
+    cdef Py_ssize_t _win_len       # ... and how many bytes
+    cdef bint _header_only         # read the next header alone (a large frame just ended)
+    cdef object _error             # the first error; once set, input is refused
+    cdef bint _closed
+
+    def __cinit__(self, prefix="!I", max_frame=DEFAULT_MAX_FRAME):
+        cdef int code = _lookup(prefix)
+        cdef Py_ssize_t limit = max_frame
+        if limit < 0:
+            raise ValueError("max_frame must not be negative")
+        self._prefix = prefix
+        self._max_frame = limit
+        self._width = code >> 1
+        self._little = code & 1
+        self._buf = _new_block(_INITIAL_BUFFER)
+        self._large = None
+        self._error = None
+
+    @property
+    def prefix(self):
+        return self._prefix
+
+    @property
+    def max_frame(self):
+        return self._max_frame
+
+    @property
+    def pending(self):
+        """Bytes received that are not yet part of a returned frame (headers included)."""
+        cdef Py_ssize_t n = self._end - self._start
+        if self._large is not None:
+            n += self._large_hlen + self._large_filled
+        return n
+
+    @property
+    def closed(self):
+        return self._closed
+
+    # -- header parsing -------------------------------------------------------------------------------
+
+    cdef inline int _parse_header(self, const char *p, Py_ssize_t avail,
+                                  uint64_t *length, Py_ssize_t *hlen) except -1:
+        """Store the header at p; return 1, or 0 if it is incomplete."""
+        cdef int width = self._width
+        cdef int i
+        cdef unsigned char b
+        cdef uint64_t value = 0
+        if width == 4 and not self._little:
+            if avail < 4:
+                return 0
+            length[0] = ff_load_be32(p)
+            hlen[0] = 4
+            return 1
+        if width:
+            if avail < width:
+                return 0
+            length[0] = ff_load(p, width, self._little)
+            hlen[0] = width
+            return 1
+        for i in range(10 if avail > 10 else avail):
+            b = <unsigned char>p[i]
+            if i == 9 and b > 1:
+                if b & 0x80:
+                    raise FrameError("varint header longer than 10 bytes")
+                raise FrameError("varint header overflows 64 bits")
+            value |= (<uint64_t>(b & 0x7F)) << (7 * i)
+            if not (b & 0x80):
+                if b == 0 and i > 0:
+                    raise FrameError("varint header is not minimally encoded")
+                length[0] = value
+                hlen[0] = i + 1
+                return 1
+        return 0
+
+    cdef Py_ssize_t _parse(self, const char *p, Py_ssize_t n, list out) except -1:
+        """Cut every complete frame out of p[0:n]; return the bytes consumed.
+
+        A large frame whose payload is incomplete takes the rest of the bytes into its own object."""
+        cdef Py_ssize_t pos = 0, avail, hlen, total, got
+        cdef uint64_t length
+        while pos < n:
+            avail = n - pos
+            if not self._parse_header(p + pos, avail, &length, &hlen):
+                break
+            if length > <uint64_t>self._max_frame:
+                raise FrameTooLarge(length, self._max_frame)
+            if length < _LARGE:
+                self._header_only = False
+            total = hlen + <Py_ssize_t>length
+            if total <= avail:
+                PyList_Append(out, PyBytes_FromStringAndSize(p + pos + hlen, <Py_ssize_t>length))
+                pos += total
+                continue
+            if length >= _LARGE:
+                got = avail - hlen
+                self._large = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                self._large_mem = _borrow_bytes(self._large)
+                self._large_size = <Py_ssize_t>length
+                memcpy(PyBytes_AS_STRING(self._large), p + pos + hlen, got)
+                self._large_filled = got
+                self._large_hlen = hlen
+                return n
+            break
+        return pos
+
+    # -- buffer management ----------------------------------------------------------------------------
+
+    cdef int _reserve(self, Py_ssize_t want) except -1:
+        """Make at least ``want`` free bytes after ``_end``, compacting before growing."""
+        cdef _Memory buf = self._buf
+        cdef Py_ssize_t live = self._end - self._start
+        cdef Py_ssize_t new_size
+        cdef char *data
+        cdef _Memory fresh
+        if buf.size - self._end >= want:
+            return 0
+        new_size = buf.size if buf.size - live >= want else max(2 * buf.size, live + want)
+        if buf.exports:
+            # A view lent earlier is still alive: leave that block to it and move to a new one.
+            fresh = _new_block(new_size)
+            memcpy(fresh.data, buf.data + self._start, live)
+            self._buf = fresh
+        else:
+            if self._start:
+                memmove(buf.data, buf.data + self._start, live)
+            if new_size != buf.size:
+                data = <char *>PyMem_Realloc(buf.data, new_size)
+                if data == NULL:
+                    raise MemoryError()
+                buf.data = data
+                buf.size = new_size
+        self._start = 0
+        self._end = live
+        return 0
+
+    cdef int _append(self, const char *p, Py_ssize_t n) except -1:
+        self._reserve(n)
+        memcpy(self._buf.data + self._end, p, n)
+        self._end += n
+        return 0
+
+    cdef int _finish_large(self, list out) except -1:
+        PyList_Append(out, self._large)
+        self._large = None
+        self._large_mem = None
+        self._header_only = True
+        return 0
+
+    cdef int _parse_buffer(self, list out) except -1:
+        cdef Py_ssize_t used = self._parse(self._buf.data + self._start, self._end - self._start, out)
+        self._start += used
+        if self._start == self._end:
+            self._start = self._end = 0
+        return 0
+
+    cdef int _consume(self, const char *p, Py_ssize_t n, list out) except -1:
+        cdef Py_ssize_t k, live, need, used, hlen
+        cdef uint64_t length
+        while n > 0:
+            if self._large is not None:
+                k = self._large_size - self._large_filled
+                if k > n:
+                    k = n
+                memcpy(PyBytes_AS_STRING(self._large) + self._large_filled, p, k)
+                self._large_filled += k
+                p += k
+                n -= k
+                if self._large_filled == self._large_size:
+                    self._finish_large(out)
+                continue
+            live = self._end - self._start
+            if live == 0:
+                used = self._parse(p, n, out)
+                p += used
+                n -= used
+                if n > 0 and self._large is None:
+                    self._append(p, n)
+                    n = 0
+                continue
+            # Finish the frame already buffered, copying no more of the new data than it needs.
+            if self._parse_header(self._buf.data + self._start, live, &length, &hlen):
+                need = hlen + <Py_ssize_t>length - live
+            else:
+                need = (self._width if self._width else 10) - live
+            if need > n:
+                need = n
+            self._append(p, need)
+            p += need
+            n -= need
+            self._parse_buffer(out)
+        return 0
+
+    # -- public API -----------------------------------------------------------------------------------
+
+    cdef int _check(self) except -1:
+        if self._error is not None:
+            raise FrameError(f"decoder refuses input after an earlier error: {self._error}") from self._error
+        if self._closed:
+            raise FrameError("decoder is closed")
+        return 0
+
+    cdef _fail(self, exc, list out):
+        exc.frames = out
+        self._error = exc
+
+    def feed(self, data):
+        """Take any bytes-like object; return the payloads of every frame it completes, in order."""
+        cdef Py_buffer view
+        cdef list out = []
+        self._check()
+        self._win_kind = _WIN_NONE
+        self._win_len = 0
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._consume(<const char *>view.buf, view.len, out)
+        except FrameError as exc:
+            self._fail(exc, out)
+            raise
+        finally:
+            PyBuffer_Release(&view)
+        return out
+
+    def get_buffer(self, Py_ssize_t sizehint=-1):
+        """Lend writable memory for the next ``recv_into``; report what was written with buffer_updated()."""
+        cdef _Memory mem
+        cdef Py_ssize_t want
+        self._check()
+        if self._large is not None:
+            mem = self._large_mem
+            mem.win_off = self._large_filled
+            mem.win_len = self._large_size - self._large_filled
+            self._win_kind = _WIN_LARGE
+        else:
+            if self._header_only:
+                # After a large frame: read the next header alone, so a large payload never lands here.
+                want = self._width - (self._end - self._start) if self._width else 1
+                self._reserve(want)
+            else:
+                want = _MIN_READ if sizehint <= 0 else min(max(sizehint, <Py_ssize_t>_MIN_READ), <Py_ssize_t>_MAX_READ)
+                self._reserve(want)
+                want = self._buf.size - self._end
+            mem = self._buf
+            mem.win_off = self._end
+            mem.win_len = want
+            self._win_kind = _WIN_BUFFER
+        self._win_len = mem.win_len
+        return PyMemoryView_FromObject(mem)
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """Account for ``nbytes`` written at the start of the last get_buffer(); return completed frames."""
+        cdef list out = []
+        cdef int kind
+        self._check()
+        if nbytes < 0 or nbytes > self._win_len:
+            raise ValueError(f"buffer_updated({nbytes}) does not match the {self._win_len} bytes lent by get_buffer()")
+        kind = self._win_kind
+        self._win_kind = _WIN_NONE
+        self._win_len = 0
+        if nbytes == 0:
+            return out
+        try:
+            if kind == _WIN_LARGE:
+                self._large_filled += nbytes
+                if self._large_filled == self._large_size:
+                    self._finish_large(out)
+            else:
+                self._end += nbytes
+                self._parse_buffer(out)
+        except FrameError as exc:
+            self._fail(exc, out)
+            raise
+        return out
+
+    def close(self):
+        """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""
+        cdef Py_ssize_t received, hlen
+        cdef uint64_t length
+        if self._closed:
+            return
+        self._closed = True
+        if self._error is not None:
+            return
+        received = self.pending
+        if received:
+            if self._large is not None:
+                expected = self._large_hlen + self._large_size
+            elif self._parse_header(self._buf.data + self._start, received, &length, &hlen):
+                expected = hlen + <Py_ssize_t>length
+            else:
+                expected = None
+            exc = IncompleteFrame(received, expected)
+            self._error = exc
+            raise exc
+
+    def __repr__(self):
+        return f"<Decoder prefix={self._prefix!r} max_frame={self._max_frame} pending={self.pending}>"
