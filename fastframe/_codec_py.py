@@ -208,7 +208,17 @@ class Decoder:
 
     @property
     def max_frame(self) -> int:
+        """The largest payload accepted; may be changed (it applies to headers not yet read)."""
         return self._max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        value = operator.index(value)
+        if value < 0:
+            raise ValueError("max_frame must not be negative")
+        if value > sys.maxsize:
+            raise OverflowError("max_frame is too large")
+        self._max_frame = value
 
     @property
     def pending(self) -> int:

@@ -1,33 +1,293 @@
-"""The ``fastframe`` command line."""
+"""The ``fastframe`` command line: ``serve`` runs the servers; ``echo``, ``time``, ``exec`` and ``get`` talk to them."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import re
+import socket
 import sys
-from typing import List, Optional
+import time
+from typing import Callable, Dict, List, Optional
 
 from . import IMPLEMENTATION, __version__
+from .exceptions import FrameError
 
+__all__ = ["build_parser", "main"]
+
+
+class CliError(Exception):
+    """An error worth one line on stderr and a non-zero exit, not a traceback."""
+
+
+def _size(text: str) -> int:
+    """``1048576``, ``64k``, ``8M``, ``1GiB`` (binary multiples)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 64k, 8M)")
+    return int(float(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)])
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+# -- serve ----------------------------------------------------------------------------------------------
+
+
+def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .servers.config import DEFAULT_PORTS
+
+    p = sub.add_parser(
+        "serve",
+        help="run the servers (all services on loopback by default)",
+        description=(
+            "Run the fastframe services. With no service flag every service starts on its default port "
+            f"(echo {DEFAULT_PORTS['echo']}, time {DEFAULT_PORTS['time']} UDP+TCP, command {DEFAULT_PORTS['command']}, "
+            f"files {DEFAULT_PORTS['files']}); with some, only those. Port 0 picks a free port. One line per listening "
+            "socket is printed to stdout, e.g. 'echo tcp 127.0.0.1:40123'. SIGTERM stops gracefully, "
+            "SIGINT (Ctrl-C) at once; with --engine prefork, SIGHUP replaces the workers and SIGTTIN/SIGTTOU add or "
+            "remove one."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=("select", "prefork"), default="select",
+                   help="one epoll loop in one process, or a master supervising worker processes")  # fmt: skip
+    g.add_argument("--workers", type=_count, default=None, metavar="N",
+                   help="prefork worker processes (default: the number of CPUs)")  # fmt: skip
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (use with care: see --secret-file)")
+    g.add_argument("--pidfile", metavar="FILE", help="write the (master) PID to FILE")
+    g.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="logging threshold")
+
+    s = p.add_argument_group("services (ports; none given = all on their defaults)")
+    s.add_argument("--echo", type=_port, metavar="PORT", help="framed echo service (TCP)")
+    s.add_argument("--time", type=_port, metavar="PORT", help="RFC 868 time service (UDP and TCP on the same port)")
+    s.add_argument("--command", type=_port, metavar="PORT", help="remote command service (needs --allow)")
+    s.add_argument("--files", type=_port, metavar="PORT", help="file download service (serves --root)")
+
+    e = p.add_argument_group("echo and time")
+    e.add_argument("--upper", action="store_true", help="echo upper-cases what it sends back")
+    e.add_argument("--raw", action="store_true", help="echo speaks raw RFC 862 (no framing) for nc/socat")
+    e.add_argument("--time-format", choices=("unix", "rfc868"), default="unix",
+                   help="seconds since 1970 (unix) or since 1900 (rfc868, what rdate expects)")  # fmt: skip
+
+    c = p.add_argument_group("command and files")
+    c.add_argument("--allow", action="append", default=[], metavar="CMD",
+                   help="allow this program as argv[0] (repeat for more); no --allow, no command service")  # fmt: skip
+    c.add_argument("--root", metavar="DIR", default=None, help="directory served by the file service (default: the current directory)")
+    c.add_argument("--secret-file", metavar="FILE",
+                   help="require the shared secret in FILE (mutual HMAC-SHA256) for command and files")  # fmt: skip
+    c.add_argument("--command-timeout", type=_positive, default=10.0, metavar="S", help="kill a command after S seconds")
+    c.add_argument("--output-cap", type=_size, default=1 << 20, metavar="BYTES", help="kill a command after this much output")
+    c.add_argument("--max-commands", type=_count, default=8, metavar="N", help="commands running at once, per process")
+
+    lim = p.add_argument_group("limits (per process)")
+    lim.add_argument("--max-request", type=_size, default=1 << 20, metavar="BYTES", help="largest request frame")
+    lim.add_argument("--max-connections", type=_count, default=10000, metavar="N", help="connections beyond this are refused")
+    lim.add_argument("--idle-timeout", type=_positive, default=120.0, metavar="S", help="close connections idle this long")
+    lim.add_argument("--frame-timeout", type=_positive, default=10.0, metavar="S",
+                     help="close a connection that takes longer than this to send one frame")  # fmt: skip
+    lim.add_argument("--graceful-timeout", type=_positive, default=10.0, metavar="S",
+                     help="on SIGTERM, give in-flight work this long before closing")  # fmt: skip
+    p.set_defaults(func=_cmd_serve)
+
+
+def _read_secret(path: Optional[str]) -> Optional[bytes]:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        raise CliError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if len(secret) < 16:
+        raise CliError(f"secret in {path} is too short ({len(secret)} bytes; use at least 16)")
+    return secret
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .servers.config import ConfigError, ServeConfig, serve
+    from .servers.engine import Limits
+
+    ports = {name: getattr(args, name) for name in ("echo", "time", "command", "files") if getattr(args, name) is not None}
+    try:
+        limits = Limits(
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            frame_timeout=args.frame_timeout,
+            graceful_timeout=args.graceful_timeout,
+        )
+        config = ServeConfig(
+            engine=args.engine,
+            workers=args.workers,
+            host=args.host,
+            ports=ports,
+            upper=args.upper,
+            raw=args.raw,
+            time_format=args.time_format,
+            max_request=args.max_request,
+            limits=limits,
+            pidfile=args.pidfile,
+            allow=args.allow,
+            root=args.root,
+            secret=_read_secret(args.secret_file),
+            command_timeout=args.command_timeout,
+            output_cap=args.output_cap,
+            max_commands=args.max_commands,
+        )
+        return serve(config, out=sys.stdout)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+# -- clients --------------------------------------------------------------------------------------------
+
+
+def _address(text: str) -> tuple:  # type: ignore[type-arg]
+    from .client import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_echo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser(
+        "echo",
+        help="send messages to an echo service and print the replies",
+        description="Send each MESSAGE as one frame (or, without messages, each line of stdin) and print each reply on its own line.",
+    )
+    p.add_argument("address", type=_address, metavar="HOST:PORT")
+    p.add_argument("messages", nargs="*", metavar="MESSAGE")
+    p.add_argument("--raw", action="store_true", help="talk to a raw (RFC 862) echo service: no framing")
+    p.add_argument("--timeout", type=_positive, default=10.0, metavar="S", help="give up after S seconds")
+    p.set_defaults(func=_cmd_echo)
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    from .client import echo, echo_raw
+
+    host, port = args.address
+    if args.messages:
+        messages = [m.encode() for m in args.messages]
+    else:
+        messages = [line.rstrip(b"\n") for line in sys.stdin.buffer]
+    out = sys.stdout.buffer
+    if args.raw:
+        data = b"".join(m + b"\n" for m in messages)
+        out.write(echo_raw(host, port, data, args.timeout))
+    else:
+        for reply in echo(host, port, messages, args.timeout):
+            out.write(reply + b"\n")
+    out.flush()
+    return 0
+
+
+def _add_time(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("time", help="ask a time service for the time",
+                       description="Ask an RFC 868 time service (UDP unless --tcp) and print the time it sent.")  # fmt: skip
+    p.add_argument("address", type=_address, metavar="HOST:PORT")
+    p.add_argument("--time-format", choices=("unix", "rfc868"), default="unix", help="what the server sends")
+    p.add_argument("--tcp", action="store_true", help="use the TCP flavour (connect, read 4 bytes)")
+    p.add_argument("--timeout", type=_positive, default=5.0, metavar="S", help="give up after S seconds")
+    p.set_defaults(func=_cmd_time)
+
+
+def _cmd_time(args: argparse.Namespace) -> int:
+    from .client import get_time
+
+    host, port = args.address
+    seconds = get_time(host, port, args.time_format, tcp=args.tcp, timeout=args.timeout)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+    print(f"{stamp} ({seconds})")
+    return 0
+
+
+# -- main -----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastframe",
         description="Length-prefixed framing for TCP: servers, clients and tools.",
+        epilog="Run 'fastframe COMMAND --help' for the options of each command.",
     )
     parser.add_argument(
-        "--version", action="version", version=f"fastframe {__version__} ({IMPLEMENTATION} codec, Python {sys.version.split()[0]})"
+        "--version",
+        action="version",
+        version=f"fastframe {__version__} ({IMPLEMENTATION} codec, Python {sys.version.split()[0]})",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
+    _add_serve(sub)
+    _add_echo(sub)
+    _add_time(sub)
     return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s [%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.subcommand is None:
         parser.print_help()
         return 2
-    return 0
+    _setup_logging(getattr(args, "log_level", "warning"))
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"fastframe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except socket.timeout:
+        print("fastframe: error: timed out", file=sys.stderr)
+        return 1
+    except (OSError, FrameError, EOFError, ValueError) as exc:
+        print(f"fastframe: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    if isinstance(exc, EOFError):
+        return f"connection closed by the server{': ' + str(exc) if str(exc) else ''}"
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -265,7 +265,15 @@ cdef class Decoder:
 
     @property
     def max_frame(self):
+        """The largest payload accepted; may be changed (it applies to headers not yet read)."""
         return self._max_frame
+
+    @max_frame.setter
+    def max_frame(self, value):
+        cdef Py_ssize_t limit = value
+        if limit < 0:
+            raise ValueError("max_frame must not be negative")
+        self._max_frame = limit
 
     @property
     def pending(self):

@@ -1,0 +1,921 @@
+"""The select engine: one process, one epoll loop, every service on its own socket.
+
+Theory of operation
+===================
+
+Every file descriptor the engine cares about is registered in one level-triggered epoll set (``poll`` where
+epoll does not exist): listening sockets, UDP sockets, client connections, the fds services ask to watch
+(a child's pipes) and the signal wake-up pipe.  One iteration of the loop is one ``poll()``:
+
+* a readable connection gets one ``recv_into`` straight into its decoder's memory; the frames it completes go
+  to the service in one call, and the replies come back as a list that is encoded into one buffer and sent
+  with one ``send`` -- no per-frame system call, no per-frame object beyond the payloads themselves;
+* what the kernel does not take is queued, and only then is write interest registered; it is dropped again
+  as soon as the queue is empty.  Output a service queues from elsewhere (a pipe callback, a timer) is
+  flushed once, at the end of the iteration;
+* a connection whose queued output passes the high-water mark stops being read until it drains below the
+  low-water mark (backpressure: a client that does not read cannot make the server buffer without bound);
+* a periodic sweep closes connections idle for longer than ``idle_timeout`` and those that started a frame
+  more than ``frame_timeout`` ago without finishing it (a client dribbling a byte a second is cut off);
+* signals only record themselves and write to the wake-up pipe; the loop acts on them.  SIGTERM stops
+  gracefully: listeners close, every request already received is answered, each connection is closed at a
+  frame boundary (write side first, so the client reads every reply before the EOF), and the loop ends
+  within ``graceful_timeout``.  SIGINT and SIGQUIT stop at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+
+import fastframe
+from fastframe.exceptions import FrameError
+
+from .service import Address, Conn, Service, Timer
+
+__all__ = ["Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine"]
+
+log = logging.getLogger("fastframe.server")
+
+READ = select.POLLIN
+WRITE = select.POLLOUT
+HUP_ERR = select.POLLHUP | select.POLLERR
+EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+try:
+    _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX"), 1024))
+except (AttributeError, ValueError, OSError):  # pragma: no cover
+    _IOV_MAX = 16
+
+_SENDFILE_CHUNK = 8 * 1024 * 1024  # at most this much per sendfile() call, so one download cannot hog a wake-up
+_RAW_READ = 256 * 1024
+_LINGER = 1.0  # seconds a gracefully closed connection may take to read our last replies
+
+
+class FrameTimeout(FrameError):
+    """A client started a frame and did not finish it within ``frame_timeout``."""
+
+
+class Limits:
+    """Per-process limits of the engine."""
+
+    def __init__(
+        self,
+        max_connections: int = 10000,
+        idle_timeout: float = 120.0,
+        frame_timeout: float = 10.0,
+        graceful_timeout: float = 10.0,
+        high_water: int = 1024 * 1024,
+        low_water: int = 256 * 1024,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        for name, value in (("idle_timeout", idle_timeout), ("frame_timeout", frame_timeout),
+                            ("graceful_timeout", graceful_timeout)):  # fmt: skip
+            if not value > 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0 <= low_water <= high_water:
+            raise ValueError("need 0 <= low_water <= high_water")
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        self.graceful_timeout = graceful_timeout
+        self.high_water = high_water
+        self.low_water = low_water
+
+
+class Listener:
+    """A bound socket and the service it serves (TCP: listening; UDP: bound)."""
+
+    def __init__(self, sock: socket.socket, service: Service) -> None:
+        self.sock = sock
+        self.service = service
+
+    @property
+    def address(self) -> Address:
+        return self.sock.getsockname()  # type: ignore[no-any-return]
+
+    @property
+    def transport(self) -> str:
+        return "udp" if self.sock.type == socket.SOCK_DGRAM else "tcp"
+
+    def describe(self) -> str:
+        """``echo tcp 127.0.0.1:40123``: the line printed for it at start-up."""
+        addr = self.address
+        host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+        return f"{self.service.name} {self.transport} {host}:{addr[1]}"
+
+
+class _Poller:
+    """epoll where it exists, else poll; the two share their event bits and their method names."""
+
+    def __init__(self) -> None:
+        if hasattr(select, "epoll"):
+            self._p: Any = select.epoll()
+            self.poll: Callable[[float], List[Tuple[int, int]]] = self._p.poll
+            self.exclusive = EXCLUSIVE
+        else:  # pragma: no cover - non-Linux
+            self._p = select.poll()
+            ms = self._p.poll
+            self.poll = lambda timeout: ms(None if timeout < 0 else int(timeout * 1000 + 0.999))
+            self.exclusive = 0
+        self.register = self._p.register
+        self.modify = self._p.modify
+        self.unregister = self._p.unregister
+
+    def close(self) -> None:
+        close = getattr(self._p, "close", None)
+        if close is not None:
+            close()
+
+
+class Connection(Conn):
+    """One TCP client: its socket, its decoder, its queued output and its deadlines."""
+
+    __slots__ = (
+        "engine", "sock", "fd", "service", "decoder", "prefix", "state", "peer",
+        "out", "out_size", "events", "dirty", "closed", "close_after_flush",
+        "user_paused", "last", "frame_start", "file", "watched", "timers", "_busy", "lingering",
+    )  # fmt: skip
+
+    def __init__(self, engine: "SelectEngine", sock: socket.socket, peer: Address, service: Service) -> None:
+        self.engine = engine
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.service = service
+        self.prefix = service.prefix
+        self.decoder = fastframe.Decoder(service.prefix, service.max_request) if service.framed else None
+        self.state: Any = None
+        self.peer = peer
+        self.out: Deque[Any] = deque()  # buffers not yet taken by the kernel
+        self.out_size = 0
+        self.events = 0  # the mask registered with the poller
+        self.dirty = False  # in engine._dirty: flush at the end of this iteration
+        self.closed = False
+        self.close_after_flush = False
+        self.user_paused = False
+        self.last = engine.now  # last read (or write progress)
+        self.frame_start = 0.0  # when the unfinished frame began (0: none)
+        self.file: Optional[List[Any]] = None  # [fd, offset, remaining, done] of a sendfile in progress
+        self.watched: Set[int] = set()
+        self.timers: Set[Timer] = set()
+        self._busy = False
+        self.lingering = False
+
+    # -- the Conn interface -----------------------------------------------------------------------------
+
+    def send_frames(self, payloads: List[bytes]) -> None:
+        if payloads and not self.closed:
+            self._queue(fastframe.encode_many(payloads, self.prefix))
+
+    def send_raw(self, data: bytes) -> None:
+        if data and not self.closed:
+            self._queue(data)
+
+    def _queue(self, data: Any) -> None:
+        self.out.append(data)
+        self.out_size += len(data)
+        if not self.dirty:
+            self.dirty = True
+            self.engine._dirty.append(self)
+
+    def sendfile(self, fd: int, offset: int, count: int, done: Callable[[Optional[BaseException]], None]) -> None:
+        if self.file is not None:
+            raise RuntimeError("a sendfile is already in progress on this connection")
+        if self.closed:
+            done(ConnectionError("connection closed"))
+            return
+        self.file = [fd, offset, count, done]
+        if not self.dirty:
+            self.dirty = True
+            self.engine._dirty.append(self)
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        self.engine._watch(self, fd, callback)
+
+    def unwatch(self, fd: int) -> None:
+        self.engine._unwatch(self, fd)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        conn = self
+
+        def fire() -> None:
+            conn.timers.discard(timer)
+            callback()
+
+        timer = self.engine.call_later(delay, fire, owner=self)
+        self.timers.add(timer)
+        return timer
+
+    def set_max_frame(self, limit: int) -> None:
+        if self.decoder is not None:
+            self.decoder.max_frame = limit
+
+    def pause_reading(self) -> None:
+        self.user_paused = True
+        self.engine._update_events(self)
+
+    def resume_reading(self) -> None:
+        self.user_paused = False
+        self.engine._update_events(self)
+
+    def close(self, flush: bool = True) -> None:
+        if self.closed:
+            return
+        if flush and (self.out or self.file is not None):
+            self.close_after_flush = True
+            self.engine._update_events(self)
+        else:
+            self.engine._close(self)
+
+    @property
+    def output_pending(self) -> int:
+        return self.out_size
+
+    @property
+    def busy(self) -> bool:
+        return self._busy or self.file is not None
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        self._busy = value
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.service.name} fd={self.fd} peer={self.peer}>"
+
+
+class SelectEngine:
+    """Serve ``listeners`` from one process until stopped.
+
+    ``balancer`` (prefork workers only) decides whether this process should accept the next connection.
+    """
+
+    def __init__(
+        self,
+        listeners: Sequence[Listener],
+        limits: Optional[Limits] = None,
+        balancer: Any = None,
+        exclusive_accept: bool = False,
+    ) -> None:
+        self.listeners = list(listeners)
+        self.limits = limits or Limits()
+        self.balancer = balancer
+        self.now = time.monotonic()
+        self._poller = _Poller()
+        self._exclusive = self._poller.exclusive if exclusive_accept else 0
+        self._conns: Dict[int, Connection] = {}
+        self._handlers: Dict[int, Callable[[int], None]] = {}
+        self._dirty: List[Connection] = []
+        self._timers: List[Timer] = []
+        self._running = False
+        self._draining = False
+        self._deadline = 0.0
+        self._signals: Deque[int] = deque()
+        self._wake_r = self._wake_w = -1
+        self._accept_paused = False
+        self._listening = False
+        self._services = []
+        for listener in self.listeners:
+            if listener.service not in self._services:
+                self._services.append(listener.service)
+        self.exit_code = 0
+        #: prefork workers: the master's PID; the worker stops when its parent changes (the master died)
+        self.parent_pid = 0
+
+    # -- timers ---------------------------------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[[], None], owner: Optional[Connection] = None) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        now = self.now
+        while timers and timers[0].when <= now:
+            timer = heapq.heappop(timers)
+            if timer.cancelled:
+                continue
+            try:
+                timer.callback()
+            except Exception:
+                log.exception("timer callback failed")
+
+    def _next_timeout(self) -> float:
+        timers = self._timers
+        while timers and timers[0].cancelled:
+            heapq.heappop(timers)
+        timeout = 1.0
+        if timers:
+            timeout = min(timeout, max(0.0, timers[0].when - time.monotonic()))
+        if self._accept_paused:
+            timeout = min(timeout, 0.05)
+        return timeout
+
+    # -- registration ---------------------------------------------------------------------------------
+
+    def _start_listening(self) -> None:
+        for listener in self.listeners:
+            sock = listener.sock
+            sock.setblocking(False)
+            fd = sock.fileno()
+            if sock.type == socket.SOCK_DGRAM:
+                self._handlers[fd] = self._make_datagram_handler(listener)
+            else:
+                self._handlers[fd] = self._make_accept_handler(listener)
+            self._poller.register(fd, READ | self._exclusive)
+        self._listening = True
+
+    def _pause_accepting(self) -> None:
+        if self._accept_paused:
+            return
+        self._accept_paused = True
+        for listener in self.listeners:
+            if listener.sock.type == socket.SOCK_STREAM:
+                self._poller.unregister(listener.sock.fileno())
+
+    def _resume_accepting(self) -> None:
+        if not self._accept_paused or not self._listening:
+            return
+        self._accept_paused = False
+        for listener in self.listeners:
+            if listener.sock.type == socket.SOCK_STREAM:
+                self._poller.register(listener.sock.fileno(), READ | self._exclusive)
+
+    def _stop_listening(self) -> None:
+        if not self._listening:
+            return
+        self._listening = False
+        for listener in self.listeners:
+            fd = listener.sock.fileno()
+            self._handlers.pop(fd, None)
+            if not (self._accept_paused and listener.sock.type == socket.SOCK_STREAM):
+                try:
+                    self._poller.unregister(fd)
+                except OSError:
+                    pass
+            listener.sock.close()
+        self._accept_paused = False
+
+    def _make_accept_handler(self, listener: Listener) -> Callable[[int], None]:
+        lsock = listener.sock
+        service = listener.service
+        limits = self.limits
+        conns = self._conns
+        balancer = self.balancer
+        # A prefork worker takes one connection per wake-up and then steps back in line, so that accepts
+        # rotate over the workers instead of going to whichever happens to be awake.
+        batch = 1 if balancer is not None else 64
+        poller = self._poller
+        mask = READ | self._exclusive
+
+        def on_accept(events: int) -> None:
+            for _ in range(batch):
+                try:
+                    sock, addr = lsock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.error("accept failed (%s); pausing accepts for 100 ms", exc)
+                        self._pause_accepting()
+                        self.call_later(0.1, self._resume_accepting)
+                    elif exc.errno != errno.ECONNABORTED:
+                        log.warning("accept failed: %s", exc)
+                    return
+                if len(conns) >= limits.max_connections:
+                    log.warning("connection limit (%d) reached; refusing %s", limits.max_connections, addr)
+                    sock.close()
+                    continue
+                self._add_connection(sock, addr, service)
+            if balancer is not None and self._listening:
+                if not balancer.may_accept():
+                    self._pause_accepting()
+                elif self._exclusive:
+                    fd = lsock.fileno()
+                    poller.unregister(fd)
+                    poller.register(fd, mask)
+
+        return on_accept
+
+    def _make_datagram_handler(self, listener: Listener) -> Callable[[int], None]:
+        sock = listener.sock
+        service = listener.service
+
+        def on_datagram(events: int) -> None:
+            for _ in range(64):
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    log.debug("%s: recvfrom failed: %s", service.name, exc)
+                    return
+                try:
+                    reply = service.datagram_received(data, addr)
+                except Exception:
+                    log.exception("%s: datagram handler failed", service.name)
+                    continue
+                if reply is not None:
+                    try:
+                        sock.sendto(reply, addr)
+                    except OSError as exc:
+                        log.debug("%s: sendto %s failed: %s", service.name, addr, exc)
+
+        return on_datagram
+
+    def _add_connection(self, sock: socket.socket, addr: Address, service: Service) -> None:
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        conn = Connection(self, sock, addr, service)
+        self._conns[conn.fd] = conn
+        conn.events = READ
+        self._poller.register(conn.fd, READ)
+        if self.balancer is not None:
+            self.balancer.opened()
+        try:
+            service.connection_made(conn)
+        except Exception:
+            log.exception("%s: connection_made failed", service.name)
+            self._close(conn)
+
+    # -- connections ----------------------------------------------------------------------------------
+
+    def _update_events(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        want = 0
+        if conn.out or conn.file is not None:
+            want = WRITE
+        if not (conn.user_paused or conn.file is not None or conn.close_after_flush) and (
+            conn.out_size <= self.limits.high_water or conn.lingering
+        ):
+            want |= READ
+        if want != conn.events:
+            conn.events = want
+            self._poller.modify(conn.fd, want)
+
+    def _close(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.pop(conn.fd, None)
+        try:
+            self._poller.unregister(conn.fd)
+        except (OSError, ValueError):
+            pass
+        for fd in list(conn.watched):
+            self._unwatch(conn, fd)
+        for timer in conn.timers:
+            timer.cancel()
+        conn.timers.clear()
+        file = conn.file
+        conn.file = None
+        conn.out.clear()
+        conn.out_size = 0
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+        if self.balancer is not None:
+            self.balancer.closed()
+        if file is not None:
+            try:
+                file[3](ConnectionError("connection closed during sendfile"))
+            except Exception:
+                log.exception("%s: sendfile callback failed", conn.service.name)
+        try:
+            conn.service.connection_lost(conn)
+        except Exception:
+            log.exception("%s: connection_lost failed", conn.service.name)
+
+    def _service_failed(self, conn: Connection, where: str) -> None:
+        log.exception("%s: %s failed; closing %s", conn.service.name, where, conn.peer)
+        self._close(conn)
+
+    def _frame_error(self, conn: Connection, exc: FrameError) -> None:
+        log.info("%s: closing %s: %s", conn.service.name, conn.peer, exc)
+        try:
+            final = conn.service.frame_error(conn, exc)
+        except Exception:
+            self._service_failed(conn, "frame_error")
+            return
+        if final:
+            conn.send_frames(final)
+        conn.close(flush=True)
+
+    def _on_eof(self, conn: Connection) -> None:
+        decoder = conn.decoder
+        if conn.lingering:
+            self._close(conn)
+            return
+        if decoder is not None:
+            try:
+                decoder.close()
+            except FrameError as exc:
+                log.info("%s: %s closed inside a frame: %s", conn.service.name, conn.peer, exc)
+        if conn.busy or conn.out:
+            # The client half-closed with replies still owed (a command still streaming): finish them first.
+            conn.close_after_flush = True
+            self._update_events(conn)
+            return
+        self._close(conn)
+
+    def _on_readable(self, conn: Connection) -> None:
+        decoder = conn.decoder
+        if decoder is None or conn.lingering:
+            self._on_readable_raw(conn)
+            return
+        try:
+            n = conn.sock.recv_into(decoder.get_buffer())
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("%s: recv from %s failed: %s", conn.service.name, conn.peer, exc)
+            self._close(conn)
+            return
+        except FrameError:  # the decoder already failed
+            self._close(conn)
+            return
+        if not n:
+            self._on_eof(conn)
+            return
+        try:
+            frames = decoder.buffer_updated(n)
+        except FrameError as exc:
+            if exc.frames:
+                self._deliver(conn, exc.frames)
+            self._frame_error(conn, exc)
+            return
+        conn.last = now = self.now
+        if frames:
+            conn.frame_start = now if decoder.pending else 0.0
+            self._deliver(conn, frames)
+        elif not conn.frame_start:
+            conn.frame_start = now
+
+    def _deliver(self, conn: Connection, frames: List[bytes]) -> None:
+        try:
+            replies = conn.service.frames_received(conn, frames)
+        except Exception:
+            self._service_failed(conn, "frames_received")
+            return
+        if replies and not conn.closed:
+            self._send(conn, fastframe.encode_many(replies, conn.prefix))
+
+    def _send(self, conn: Connection, data: bytes) -> None:
+        """Send now if nothing is queued ahead (the common case: one send per wake-up), else queue."""
+        if conn.out or conn.file is not None:
+            conn._queue(data)
+            return
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            log.debug("%s: send to %s failed: %s", conn.service.name, conn.peer, exc)
+            self._close(conn)
+            return
+        if sent < len(data):
+            conn.out.append(memoryview(data)[sent:])
+            conn.out_size += len(data) - sent
+            self._update_events(conn)
+
+    def _on_readable_raw(self, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(_RAW_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("%s: recv from %s failed: %s", conn.service.name, conn.peer, exc)
+            self._close(conn)
+            return
+        if not data:
+            self._on_eof(conn)
+            return
+        conn.last = self.now
+        if conn.lingering:
+            return  # the write side is shut: discard what the client still sends
+        try:
+            reply = conn.service.data_received(conn, data)
+        except Exception:
+            self._service_failed(conn, "data_received")
+            return
+        if reply and not conn.closed:
+            self._send(conn, reply)
+
+    def _flush(self, conn: Connection) -> None:
+        """Write what is queued, then any sendfile in progress; keep write interest only if needed."""
+        out = conn.out
+        sock = conn.sock
+        had_output = conn.out_size
+        while out:
+            try:
+                if len(out) == 1:
+                    sent = sock.send(out[0])
+                else:
+                    sent = sock.sendmsg([out[i] for i in range(min(len(out), _IOV_MAX))])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.debug("%s: send to %s failed: %s", conn.service.name, conn.peer, exc)
+                self._close(conn)
+                return
+            conn.out_size -= sent
+            conn.last = self.now
+            while sent:
+                head = out[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    out.popleft()
+                else:
+                    out[0] = memoryview(head)[sent:]
+                    sent = 0
+            if out:
+                break  # the kernel took less than offered: wait for writability
+        if not out and conn.file is not None:
+            if not self._sendfile_step(conn):
+                return
+        if conn.close_after_flush and not out and conn.file is None and not conn._busy:
+            self._finish_close(conn)
+            return
+        self._update_events(conn)
+        if had_output and conn.out_size <= self.limits.low_water:
+            try:
+                conn.service.output_drained(conn)
+            except Exception:
+                self._service_failed(conn, "output_drained")
+
+    def _sendfile_step(self, conn: Connection) -> bool:
+        """Advance the connection's sendfile; False if the connection was closed."""
+        file = conn.file
+        assert file is not None
+        fd, offset, remaining, done = file
+        sock_fd = conn.fd
+        while remaining > 0:
+            try:
+                sent = os.sendfile(sock_fd, fd, offset, min(remaining, _SENDFILE_CHUNK))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                conn.file = None
+                log.info("%s: sendfile to %s failed: %s", conn.service.name, conn.peer, exc)
+                self._callback(conn, done, exc)
+                self._close(conn)
+                return False
+            if sent == 0:
+                conn.file = None
+                exc2 = EOFError(f"file ended {remaining} bytes early")
+                log.warning("%s: sendfile to %s: %s", conn.service.name, conn.peer, exc2)
+                self._callback(conn, done, exc2)
+                self._close(conn)
+                return False
+            offset += sent
+            remaining -= sent
+            conn.last = self.now
+            if sent < _SENDFILE_CHUNK and remaining:
+                break  # socket buffer full
+        file[1] = offset
+        file[2] = remaining
+        if remaining == 0:
+            conn.file = None
+            self._callback(conn, done, None)
+            if conn.closed:
+                return False
+        return True
+
+    def _callback(self, conn: Connection, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self._service_failed(conn, "callback")
+
+    def _finish_close(self, conn: Connection) -> None:
+        """Close after the last byte went out: shut the write side, then let the client read it all."""
+        if conn.lingering:
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.lingering = True
+        conn.close_after_flush = False
+        conn.user_paused = False
+        self._update_events(conn)
+        conn.call_later(_LINGER, lambda: self._close(conn))
+
+    def _flush_dirty(self) -> None:
+        dirty = self._dirty
+        self._dirty = []
+        for conn in dirty:
+            conn.dirty = False
+            if not conn.closed:
+                self._flush(conn)
+
+    # -- watched fds ----------------------------------------------------------------------------------
+
+    def _watch(self, conn: Connection, fd: int, callback: Callable[[], None]) -> None:
+        if fd in self._handlers or fd in self._conns:
+            raise ValueError(f"fd {fd} is already watched")
+
+        def on_ready(events: int) -> None:
+            if conn.closed:
+                return
+            try:
+                callback()
+            except Exception:
+                self._service_failed(conn, "watch callback")
+
+        self._handlers[fd] = on_ready
+        self._poller.register(fd, READ)
+        conn.watched.add(fd)
+
+    def _unwatch(self, conn: Connection, fd: int) -> None:
+        if fd in conn.watched:
+            conn.watched.discard(fd)
+            self._handlers.pop(fd, None)
+            try:
+                self._poller.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Close idle connections and those stuck inside a frame; reschedule itself."""
+        now = self.now
+        limits = self.limits
+        if self.balancer is not None:
+            self.balancer.beat(now)
+        if self.parent_pid and os.getppid() != self.parent_pid and not self._draining:
+            log.warning("the master (%d) is gone; stopping", self.parent_pid)
+            self.stop(graceful=True)
+        for conn in list(self._conns.values()):
+            if conn.closed:
+                continue
+            if conn.lingering or conn.busy:
+                continue
+            if conn.frame_start and now - conn.frame_start > limits.frame_timeout:
+                self._frame_error(conn, FrameTimeout(f"frame not completed within {limits.frame_timeout:g} s"))
+            elif now - conn.last > limits.idle_timeout:
+                log.info("%s: closing %s: idle for %.0f s", conn.service.name, conn.peer, now - conn.last)
+                self._close(conn)
+        self.call_later(self._sweep_interval(), self._sweep)
+
+    def _sweep_interval(self) -> float:
+        return max(0.05, min(1.0, self.limits.frame_timeout / 4, self.limits.idle_timeout / 4))
+
+    def _install_signals(self) -> Dict[int, Any]:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wake_r, self._wake_w = r, w
+        previous: Dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, self._record_signal)
+        previous[-1] = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._handlers[r] = self._on_wakeup
+        self._poller.register(r, READ)
+        return previous
+
+    def _restore_signals(self, previous: Dict[int, Any]) -> None:
+        signal.set_wakeup_fd(previous.pop(-1))
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        self._handlers.pop(self._wake_r, None)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _on_wakeup(self, events: int) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum == signal.SIGTERM:
+                log.info("SIGTERM: stopping gracefully (at most %g s)", self.limits.graceful_timeout)
+                self.stop(graceful=True)
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
+                log.info("%s: stopping now", signal.Signals(signum).name)
+                self.stop(graceful=False)
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP ignored: a single-process engine has no workers to replace")
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop serving: gracefully (finish what was received) or at once."""
+        if not graceful:
+            self._running = False
+            return
+        if self._draining:
+            return
+        self._draining = True
+        self._deadline = time.monotonic() + self.limits.graceful_timeout
+        self._stop_listening()
+        for service in self._services:
+            try:
+                service.shutdown()
+            except Exception:
+                log.exception("%s: shutdown failed", service.name)
+
+    def _drain_step(self) -> None:
+        """While stopping gracefully: close every connection that reached a frame boundary with nothing in flight."""
+        if time.monotonic() >= self._deadline:
+            if self._conns:
+                log.warning("graceful timeout: closing %d connection(s) still busy", len(self._conns))
+            self._running = False
+            return
+        for conn in list(self._conns.values()):
+            if conn.closed or conn.lingering or conn.close_after_flush or conn.busy or conn.out:
+                continue
+            if conn.decoder is not None:
+                if conn.decoder.pending:
+                    continue  # wait for the frame the client is sending
+                # Anything already sitting in the socket was sent before we closed: answer it first.
+                self._on_readable(conn)
+                if conn.closed or conn.out or conn.busy or conn.decoder.pending:
+                    continue
+            self._finish_close(conn)
+        if not self._conns:
+            self._running = False
+
+    def run(self, install_signals: bool = True) -> int:
+        """Serve until stopped; return the exit status (0 for a requested stop)."""
+        previous = self._install_signals() if install_signals else None
+        self._running = True
+        self.now = time.monotonic()
+        try:
+            self._start_listening()
+            self.call_later(self._sweep_interval(), self._sweep)
+            self._loop()
+        finally:
+            self._shutdown()
+            if previous is not None:
+                self._restore_signals(previous)
+        return self.exit_code
+
+    def _loop(self) -> None:
+        poll = self._poller.poll
+        conns = self._conns
+        handlers = self._handlers
+        monotonic = time.monotonic
+        readable = READ | HUP_ERR
+        on_readable = self._on_readable
+        while self._running:
+            try:
+                events = poll(self._next_timeout())
+            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for safety
+                continue
+            self.now = monotonic()
+            for fd, ev in events:
+                conn = conns.get(fd)
+                if conn is None:
+                    handler = handlers.get(fd)
+                    if handler is not None:
+                        handler(ev)
+                    continue
+                if ev & readable and conn.events & READ:
+                    on_readable(conn)
+                    if conn.closed:
+                        continue
+                if ev & WRITE:
+                    self._flush(conn)
+                elif ev & HUP_ERR and not conn.events & READ:
+                    self._close(conn)
+            if self._dirty:
+                self._flush_dirty()
+            if self._timers and self._timers[0].when <= self.now:
+                self._run_timers()
+            if self._accept_paused and self._listening and self.balancer is not None and self.balancer.may_accept():
+                self._resume_accepting()
+            if self._draining:
+                self._drain_step()
+
+    def _shutdown(self) -> None:
+        self._stop_listening()
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._poller.close()

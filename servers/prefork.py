@@ -1,0 +1,405 @@
+"""The prefork engine: a master that binds every socket and supervises N workers running the select loop.
+
+Theory of operation
+===================
+
+The master binds (or inherits from systemd) every listening socket, then forks the workers; each worker runs
+a :class:`~servers.engine.SelectEngine` on the inherited sockets.  The master itself serves nothing: its loop
+waits on a wake-up pipe written by ``signal.set_wakeup_fd``, and its signal handlers only append the signal
+to a queue, so every decision is taken in one place, in order:
+
+* ``SIGCHLD``: reap with ``waitpid(-1, WNOHANG)`` until nothing is left, and respawn the missing workers.
+  A worker that dies within a second of its birth counts as a boot failure, and each consecutive one
+  doubles the delay before the next spawn (0.1 s up to 10 s), so a worker that cannot start is not forked
+  in a tight loop;
+* ``SIGTERM``: stop accepting (the master closes its copies of the sockets), tell every worker to stop
+  gracefully, wait for them for at most ``graceful_timeout``, then kill what is left;
+* ``SIGINT`` / ``SIGQUIT``: tell the workers to stop at once; kill them after a second;
+* ``SIGHUP``: start a fresh set of workers, and gracefully stop the old ones; the listening sockets stay
+  open in the master throughout, so no connection attempt is refused;
+* ``SIGTTIN`` / ``SIGTTOU``: one worker more / one fewer (never fewer than one).
+
+Accepts are spread by the kernel and a shared table: every worker registers the shared listening socket
+with ``EPOLLEXCLUSIVE`` (one idle worker is woken per connection, not all), takes one connection per
+wake-up and re-registers (moving to the back of the kernel's queue of waiters), and steps out of the queue
+while it holds more connections than the least loaded live worker plus one.  The table lives in an
+anonymous shared mapping made before the first fork: one connection counter and one heartbeat per worker.
+The heartbeat doubles as a watchdog: a worker that stops beating for ``worker_timeout`` is killed and
+replaced.  A worker whose master died (its parent PID changed) stops gracefully on its own.
+
+A worker always leaves through ``os._exit``, never by returning into the master's code.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import select
+import signal
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Sequence
+
+from .engine import Limits, Listener, SelectEngine
+
+__all__ = ["Balancer", "PreforkEngine"]
+
+log = logging.getLogger("fastframe.server")
+
+MAX_SLOTS = 256
+BOOT_WINDOW = 1.0  # a worker dying younger than this failed to boot
+MAX_BACKOFF = 10.0
+FAST_STOP_GRACE = 1.0
+
+
+class Balancer:
+    """Shared per-worker connection counts and heartbeats (one slot per live worker process).
+
+    Layout of the anonymous shared mapping: ``counts[0]`` is one past the highest slot ever used, then one
+    connection count per slot (-1: no live worker there), then one heartbeat (monotonic seconds) per slot.
+    """
+
+    def __init__(self) -> None:
+        self._mm = mmap.mmap(-1, 8 * (1 + 2 * MAX_SLOTS))  # anonymous: shared with every child forked later
+        table = memoryview(self._mm)
+        self._top = table[:8].cast("q")
+        self.counts = table[8 : 8 * (1 + MAX_SLOTS)].cast("q")
+        self.beats = table[8 * (1 + MAX_SLOTS) :].cast("d")
+        for i in range(MAX_SLOTS):
+            self.counts[i] = -1
+        self.slot = -1
+        self._free: List[int] = list(range(MAX_SLOTS - 1, -1, -1))
+
+    # master side
+    def allocate(self) -> int:
+        if not self._free:
+            raise RuntimeError(f"more than {MAX_SLOTS} worker processes")
+        slot = self._free.pop()
+        self.beats[slot] = time.monotonic()
+        self.counts[slot] = 0
+        self._top[0] = max(self._top[0], slot + 1)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.counts[slot] = -1
+        self._free.append(slot)
+
+    def retire(self, slot: int) -> None:
+        """A worker that is stopping no longer competes for connections."""
+        self.counts[slot] = -1
+
+    # worker side
+    def opened(self) -> None:
+        if self.counts[self.slot] >= 0:
+            self.counts[self.slot] += 1
+
+    def closed(self) -> None:
+        if self.counts[self.slot] > 0:
+            self.counts[self.slot] -= 1
+
+    def beat(self, now: float) -> None:
+        self.beats[self.slot] = now
+
+    def may_accept(self) -> bool:
+        """True unless this worker holds more than the least loaded live worker plus one.
+
+        Workers that stopped beating (hung, or being killed) do not count, so one stuck worker cannot
+        stop the others from accepting."""
+        counts = self.counts
+        beats = self.beats
+        mine = counts[self.slot]
+        if mine < 0:
+            return False  # retired
+        stale = time.monotonic() - 3.0
+        low = mine
+        for i in range(self._top[0]):
+            c = counts[i]
+            if 0 <= c < low and beats[i] > stale:
+                low = c
+        return mine <= low + 1
+
+    def snapshot(self) -> Dict[int, int]:
+        """slot -> connections held, for live slots."""
+        return {i: self.counts[i] for i in range(self._top[0]) if self.counts[i] >= 0}
+
+
+class _Worker:
+    __slots__ = ("pid", "slot", "born", "retiring")
+
+    def __init__(self, pid: int, slot: int, born: float) -> None:
+        self.pid = pid
+        self.slot = slot
+        self.born = born
+        self.retiring = False
+
+
+class PreforkEngine:
+    """Run ``workers`` select-loop processes on ``listeners`` and supervise them until stopped."""
+
+    def __init__(
+        self,
+        listeners: Sequence[Listener],
+        workers: Optional[int] = None,
+        limits: Optional[Limits] = None,
+        pidfile: Optional[str] = None,
+        worker_timeout: float = 30.0,
+    ) -> None:
+        self.listeners = list(listeners)
+        self.target = max(1, workers or os.cpu_count() or 1)
+        self.limits = limits or Limits()
+        self.pidfile = pidfile
+        self.worker_timeout = worker_timeout
+        self.balancer = Balancer()
+        self.workers: Dict[int, _Worker] = {}
+        self._signals: Deque[int] = deque()
+        self._stopping = False
+        self._deadline = 0.0
+        self._next_spawn = 0.0
+        self._failures = 0
+        self._master_pid = os.getpid()
+        self._wake_r = self._wake_w = -1
+
+    # -- signals --------------------------------------------------------------------------------------
+
+    _HANDLED = (
+        signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+        signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+    )  # fmt: skip
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        for signum in self._HANDLED:
+            signal.signal(signum, self._record)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    # -- workers --------------------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        slot = self.balancer.allocate()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child; covered by the subprocess tests
+            code = 1
+            try:
+                code = self._worker_main(slot)
+            except BaseException:
+                log.exception("worker crashed")
+            finally:
+                os._exit(code)
+        self.workers[pid] = _Worker(pid, slot, time.monotonic())
+        log.info("worker %d started (slot %d)", pid, slot)
+
+    def _worker_main(self, slot: int) -> int:  # pragma: no cover - child process
+        signal.set_wakeup_fd(-1)
+        for signum in self._HANDLED:
+            signal.signal(signum, signal.SIG_DFL)
+        for signum in (signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_IGN)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if os.environ.get("FASTFRAME_TEST_FAULT") == "worker-boot":
+            raise RuntimeError("fault injected at worker boot (FASTFRAME_TEST_FAULT=worker-boot)")
+        self.balancer.slot = slot
+        engine = SelectEngine(self.listeners, self.limits, balancer=self.balancer, exclusive_accept=True)
+        engine.parent_pid = self._master_pid
+        return engine.run()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            self.balancer.release(worker.slot)
+            age = time.monotonic() - worker.born
+            how = _describe_status(status)
+            if worker.retiring or self._stopping:
+                log.info("worker %d exited (%s)", pid, how)
+                continue
+            if age < BOOT_WINDOW:
+                self._failures += 1
+                delay = min(MAX_BACKOFF, 0.1 * 2 ** (self._failures - 1))
+                self._next_spawn = time.monotonic() + delay
+                log.error("worker %d died %.2f s after start (%s); next spawn in %.1f s", pid, age, how, delay)
+            else:
+                self._failures = 0
+                log.warning("worker %d died (%s); replacing it", pid, how)
+
+    def _active(self) -> List[_Worker]:
+        return [w for w in self.workers.values() if not w.retiring]
+
+    def _maintain(self) -> None:
+        if self._stopping:
+            return
+        active = self._active()
+        while len(active) > self.target:
+            victim = max(active, key=lambda w: w.born)
+            self._retire(victim)
+            active.remove(victim)
+        now = time.monotonic()
+        while len(active) < self.target and now >= self._next_spawn:
+            self._spawn()
+            active = self._active()
+            if self._failures:
+                # Still backing off: one at a time, so a broken worker cannot multiply.
+                self._next_spawn = now + min(MAX_BACKOFF, 0.1 * 2 ** (self._failures - 1))
+                break
+
+    def _retire(self, worker: _Worker, signum: int = signal.SIGTERM) -> None:
+        worker.retiring = True
+        self.balancer.retire(worker.slot)
+        self._kill(worker.pid, signum)
+
+    def _kill(self, pid: int, signum: int) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _check_heartbeats(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if now - worker.born < self.worker_timeout:
+                continue
+            if now - self.balancer.beats[worker.slot] > self.worker_timeout:
+                log.error("worker %d has not answered for %.0f s; killing it", worker.pid, self.worker_timeout)
+                self._kill(worker.pid, signal.SIGKILL)
+
+    # -- the master loop ------------------------------------------------------------------------------
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum == signal.SIGCHLD:
+                self._reap()
+            elif signum == signal.SIGTERM:
+                self._stop(graceful=True)
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
+                self._stop(graceful=False)
+            elif signum == signal.SIGHUP and not self._stopping:
+                log.info("SIGHUP: replacing all %d worker(s)", len(self._active()))
+                old = self._active()
+                self._failures = 0
+                self._next_spawn = 0.0
+                for _ in range(self.target):
+                    self._spawn()
+                for worker in old:
+                    self._retire(worker)
+            elif signum == signal.SIGTTIN and not self._stopping:
+                self.target += 1
+                log.info("SIGTTIN: %d worker(s)", self.target)
+            elif signum == signal.SIGTTOU and not self._stopping:
+                self.target = max(1, self.target - 1)
+                log.info("SIGTTOU: %d worker(s)", self.target)
+
+    def _stop(self, graceful: bool) -> None:
+        first = not self._stopping
+        self._stopping = True
+        if graceful:
+            if first:
+                log.info("SIGTERM: stopping gracefully (at most %g s)", self.limits.graceful_timeout)
+                self._deadline = time.monotonic() + self.limits.graceful_timeout
+            signum = signal.SIGTERM
+        else:
+            log.info("stopping now")
+            self._deadline = min(self._deadline or float("inf"), time.monotonic() + FAST_STOP_GRACE)
+            signum = signal.SIGQUIT
+        for listener in self.listeners:
+            listener.sock.close()
+        for worker in self.workers.values():
+            worker.retiring = True
+            self._kill(worker.pid, signum)
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], max(0.0, timeout))
+        except InterruptedError:  # pragma: no cover
+            return
+        if ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    def run(self) -> int:
+        """Supervise until stopped; return the exit status."""
+        self._install_signals()
+        if self.pidfile:
+            _write_pidfile(self.pidfile)
+        try:
+            log.info("prefork master %d: %d worker(s)", os.getpid(), self.target)
+            self._maintain()
+            while True:
+                self._handle_signals()
+                self._reap()
+                if self._stopping:
+                    if not self.workers:
+                        break
+                    if time.monotonic() >= self._deadline:
+                        log.warning("killing %d worker(s) that did not stop in time", len(self.workers))
+                        for pid in list(self.workers):
+                            self._kill(pid, signal.SIGKILL)
+                        self._deadline = float("inf")
+                    self._wait(0.05)
+                    continue
+                self._maintain()
+                self._check_heartbeats()
+                timeout = 1.0
+                if len(self._active()) < self.target:
+                    timeout = max(0.0, min(timeout, self._next_spawn - time.monotonic()))
+                self._wait(timeout)
+        finally:
+            for worker in list(self.workers.values()):
+                self._kill(worker.pid, signal.SIGKILL)
+            for pid in list(self.workers):
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+            self.workers.clear()
+            for listener in self.listeners:
+                listener.sock.close()
+            if self.pidfile:
+                _remove_pidfile(self.pidfile)
+            signal.set_wakeup_fd(-1)
+        log.info("prefork master %d: stopped", os.getpid())
+        return 0
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        try:
+            return "killed by " + signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def _write_pidfile(path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def _remove_pidfile(path: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("could not remove pidfile %s: %s", path, exc)
