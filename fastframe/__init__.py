@@ -29,6 +29,7 @@ __all__ = [
     "encode",
     "encode_many",
     "header",
+    "write_frames",
 ]
 
 
@@ -39,13 +40,13 @@ def _pure_requested() -> bool:
 IMPLEMENTATION: str
 if _pure_requested():
     from . import _codec_py as _impl
-    from ._codec_py import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header
+    from ._codec_py import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header, write_frames
 
     IMPLEMENTATION = "python"
 else:
     try:
         from . import _codec as _impl  # type: ignore[no-redef]
-        from ._codec import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header
+        from ._codec import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header, write_frames
 
         IMPLEMENTATION = "cython"
     except ImportError as exc:
@@ -59,7 +60,7 @@ else:
                 stacklevel=2,
             )
         from . import _codec_py as _impl  # type: ignore[no-redef]
-        from ._codec_py import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header  # type: ignore[assignment]
+        from ._codec_py import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header, write_frames  # type: ignore[assignment]
 
         IMPLEMENTATION = "python"
 

@@ -4,7 +4,7 @@ The pure-Python twin ``fastframe._codec_py`` has the same names and signatures; 
 the wire format.
 """
 
-from typing import Iterable, List, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -33,6 +33,14 @@ def encode(payload: Buffer, prefix: str = "!I") -> bytes:
 
 def encode_many(payloads: Iterable[Buffer], prefix: str = "!I") -> bytes:
     """Return the frames of all ``payloads``, back to back, in one bytes object (one ``send``)."""
+
+def write_frames(fd: int, payloads: Iterable[Buffer], prefix: str = "!I") -> Optional[memoryview]:
+    """Encode ``payloads`` as frames and ``send`` them to socket ``fd`` in one call, never blocking.
+
+    Returns None when the kernel took everything, else a memoryview of what it did not take (all of it if
+    the socket was full), for the caller to queue.  Raises OSError on failure.  An event loop's one call
+    per reply batch: ``sock.send(encode_many(payloads, prefix))`` without the intermediate objects.
+    """
 
 class Decoder:
     """Incremental frame parser: bytes in, complete payloads out.
@@ -71,5 +79,11 @@ class Decoder:
         """
     def buffer_updated(self, nbytes: int) -> List[bytes]:
         """Account for ``nbytes`` written at the start of the last get_buffer(); return completed frames."""
+    def read_from(self, fd: int) -> Optional[List[bytes]]:
+        """One ``recv`` from socket ``fd`` straight into the decoder's memory, never blocking.
+
+        Returns the frames completed ([] if none), or None at end of stream (then call close()).  Raises
+        BlockingIOError when nothing was ready, OSError on failure.
+        """
     def close(self) -> None:
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

@@ -42,6 +42,7 @@ suite runs every codec test against both.
 from __future__ import annotations
 
 import operator
+import os
 import struct
 import sys
 from typing import Iterable, List, Optional, Tuple, Union
@@ -56,6 +57,7 @@ __all__ = [
     "encode",
     "encode_many",
     "header",
+    "write_frames",
 ]
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -152,6 +154,24 @@ def encode_many(payloads: Iterable[Buffer], prefix: str = "!I") -> bytes:
         parts.append(_header(mv.nbytes, fmt))
         parts.append(mv)
     return b"".join(parts)
+
+
+def write_frames(fd: int, payloads: Iterable[Buffer], prefix: str = "!I") -> Optional[memoryview]:
+    """Encode ``payloads`` as frames and send them to the non-blocking socket ``fd`` in one call.
+
+    Returns None when the kernel took everything, else a memoryview of what it did not take (all of it if
+    the socket was full), for the caller to queue.  Raises OSError on failure.
+    """
+    data = encode_many(payloads, prefix)
+    if not data:
+        return None
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return None
+    return memoryview(data)[sent:]
 
 
 class Decoder:
@@ -432,6 +452,27 @@ class Decoder:
             self._fail(exc, out)
             raise
         return out
+
+    def read_from(self, fd: int) -> Optional[List[bytes]]:
+        """One ``recv`` from the non-blocking socket ``fd`` straight into the decoder's memory.
+
+        Returns the frames completed ([] if none), or None at end of stream (then call close()).  Raises
+        BlockingIOError when nothing was ready, OSError on failure.
+        """
+        view = self.get_buffer()
+        try:
+            n = os.readv(fd, [view])
+        except OSError:
+            self._win_kind = 0
+            self._win_len = 0
+            raise
+        finally:
+            view.release()
+        if not n:
+            self._win_kind = 0
+            self._win_len = 0
+            return None
+        return self.buffer_updated(n)
 
     def close(self) -> None:
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

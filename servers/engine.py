@@ -141,7 +141,7 @@ class Connection(Conn):
     """One TCP client: its socket, its decoder, its queued output and its deadlines."""
 
     __slots__ = (
-        "engine", "sock", "fd", "service", "decoder", "prefix", "state", "peer",
+        "engine", "sock", "fd", "service", "decoder", "read", "handle", "prefix", "state", "peer",
         "out", "out_size", "events", "dirty", "closed", "close_after_flush",
         "user_paused", "last", "frame_start", "file", "watched", "timers", "_busy", "lingering",
     )  # fmt: skip
@@ -153,6 +153,9 @@ class Connection(Conn):
         self.service = service
         self.prefix = service.prefix
         self.decoder = fastframe.Decoder(service.prefix, service.max_request) if service.framed else None
+        # Bound once here, called once per wake-up: one recv into the decoder, one call into the service.
+        self.read = self.decoder.read_from if self.decoder is not None else None
+        self.handle = service.frames_received
         self.state: Any = None
         self.peer = peer
         self.out: Deque[Any] = deque()  # buffers not yet taken by the kernel
@@ -534,46 +537,56 @@ class SelectEngine:
         self._close(conn)
 
     def _on_readable(self, conn: Connection) -> None:
-        decoder = conn.decoder
-        if decoder is None or conn.lingering:
+        """One recv into the decoder, one call into the service, one send of every reply."""
+        read = conn.read
+        if read is None:
             self._on_readable_raw(conn)
             return
         try:
-            n = conn.sock.recv_into(decoder.get_buffer())
-        except (BlockingIOError, InterruptedError):
+            frames = read(conn.fd)
+        except BlockingIOError:
+            return
+        except FrameError as exc:
+            if exc.frames:
+                self._deliver(conn, exc.frames)
+            if not conn.closed:
+                self._frame_error(conn, exc)
             return
         except OSError as exc:
             log.debug("%s: recv from %s failed: %s", conn.service.name, conn.peer, exc)
             self._close(conn)
             return
-        except FrameError:  # the decoder already failed
-            self._close(conn)
-            return
-        if not n:
+        if frames is None:
             self._on_eof(conn)
             return
-        try:
-            frames = decoder.buffer_updated(n)
-        except FrameError as exc:
-            if exc.frames:
-                self._deliver(conn, exc.frames)
-            self._frame_error(conn, exc)
-            return
-        conn.last = now = self.now
+        now = conn.last = self.now
         if frames:
-            conn.frame_start = now if decoder.pending else 0.0
+            conn.frame_start = now if conn.decoder.pending else 0.0  # type: ignore[union-attr]
             self._deliver(conn, frames)
         elif not conn.frame_start:
             conn.frame_start = now
 
     def _deliver(self, conn: Connection, frames: List[bytes]) -> None:
         try:
-            replies = conn.service.frames_received(conn, frames)
+            replies = conn.handle(conn, frames)
         except Exception:
             self._service_failed(conn, "frames_received")
             return
-        if replies and not conn.closed:
-            self._send(conn, fastframe.encode_many(replies, conn.prefix))
+        if not replies or conn.closed:
+            return
+        if conn.out or conn.file is not None:
+            conn._queue(fastframe.encode_many(replies, conn.prefix))
+            return
+        try:
+            rest = fastframe.write_frames(conn.fd, replies, conn.prefix)
+        except OSError as exc:
+            log.debug("%s: send to %s failed: %s", conn.service.name, conn.peer, exc)
+            self._close(conn)
+            return
+        if rest is not None:
+            conn.out.append(rest)
+            conn.out_size += len(rest)
+            self._update_events(conn)
 
     def _send(self, conn: Connection, data: bytes) -> None:
         """Send now if nothing is queued ahead (the common case: one send per wake-up), else queue."""
@@ -712,6 +725,7 @@ class SelectEngine:
             self._close(conn)
             return
         conn.lingering = True
+        conn.read = None  # from now on reads are discarded
         conn.close_after_flush = False
         conn.user_paused = False
         self._update_events(conn)

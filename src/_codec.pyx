@@ -12,9 +12,11 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint64_t
+from libc.errno cimport EAGAIN, EINTR, errno
 from libc.string cimport memcpy, memmove
 
 from operator import index as _index
+from os import strerror
 
 from fastframe.exceptions import FrameError, FrameTooLarge, IncompleteFrame
 
@@ -25,11 +27,22 @@ cdef extern from "hton.h":
     int ff_varint_len(uint64_t v) nogil
     int ff_varint_store(char *p, uint64_t v) nogil
 
+cdef extern from "<errno.h>":
+    int EWOULDBLOCK
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
+
 cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+
     object PyMemoryView_FromObject(object obj)
     const Py_ssize_t PY_SSIZE_T_MAX
 
-__all__ = ["DEFAULT_MAX_FRAME", "LARGE_FRAME", "PREFIXES", "Decoder", "encode", "encode_many", "header"]
+__all__ = ["DEFAULT_MAX_FRAME", "LARGE_FRAME", "PREFIXES", "Decoder", "encode", "encode_many", "header", "write_frames"]
 
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 LARGE_FRAME = 64 * 1024
@@ -157,6 +170,86 @@ def encode_many(payloads, prefix="!I"):
             PyBuffer_Release(&views[i])
         PyMem_Free(views)
     return out
+
+
+cdef char *_scratch = NULL      # write_frames() encodes small batches here instead of in a new object
+cdef Py_ssize_t _SCRATCH = 64 * 1024
+
+
+def write_frames(int fd, payloads, prefix="!I"):
+    """Encode ``payloads`` as frames and ``send`` them to socket ``fd`` in one call, never blocking.
+
+    Returns None when the kernel took everything, else a memoryview of what it did not take (all of it if
+    the socket was full), for the caller to queue.  Raises OSError on failure.  The same as
+    ``sock.send(encode_many(payloads, prefix))`` plus the bookkeeping, without the intermediate objects.
+    """
+    global _scratch
+    cdef int code = _lookup(prefix)
+    cdef int width = code >> 1
+    cdef int little = code & 1
+    cdef list items = payloads if type(payloads) is list else list(payloads)
+    cdef Py_ssize_t count = len(items)
+    cdef Py_ssize_t i, total = 0, pos = 0, n
+    cdef object item
+    cdef bytes out = None
+    cdef char *dst
+    cdef const char *src
+    cdef Py_buffer view
+    cdef int err
+    if count == 0:
+        return None
+    for i in range(count):
+        item = items[i]
+        if PyBytes_CheckExact(item):
+            n = PyBytes_GET_SIZE(item)
+        else:
+            PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
+            n = view.len
+            PyBuffer_Release(&view)
+        _check_length(<uint64_t>n, width)
+        total += _header_len(<uint64_t>n, width) + n
+    if total <= _SCRATCH:
+        if _scratch == NULL:
+            _scratch = <char *>PyMem_Malloc(_SCRATCH)
+            if _scratch == NULL:
+                raise MemoryError()
+        dst = _scratch
+    else:
+        out = PyBytes_FromStringAndSize(NULL, total)
+        dst = PyBytes_AS_STRING(out)
+    for i in range(count):
+        item = items[i]
+        if PyBytes_CheckExact(item):
+            n = PyBytes_GET_SIZE(item)
+            pos += _store_header(dst + pos, <uint64_t>n, width, little)
+            memcpy(dst + pos, PyBytes_AS_STRING(item), n)
+        else:
+            PyObject_GetBuffer(item, &view, PyBUF_SIMPLE)
+            n = view.len
+            if pos + _header_len(<uint64_t>n, width) + n > total:
+                PyBuffer_Release(&view)
+                raise RuntimeError("a payload changed size while it was being encoded")
+            pos += _store_header(dst + pos, <uint64_t>n, width, little)
+            memcpy(dst + pos, view.buf, n)
+            PyBuffer_Release(&view)
+        pos += n
+    while True:
+        n = send(fd, dst, <size_t>total, MSG_DONTWAIT | MSG_NOSIGNAL)
+        if n >= 0:
+            break
+        err = errno
+        if err == EAGAIN or err == EWOULDBLOCK:
+            n = 0
+            break
+        if err != EINTR:
+            raise OSError(err, strerror(err))
+        PyErr_CheckSignals()
+    if n == total:
+        return None
+    if out is None:
+        out = PyBytes_FromStringAndSize(dst + n, total - n)
+        return PyMemoryView_FromObject(out)
+    return PyMemoryView_FromObject(out)[n:]
 
 
 @cython.final
@@ -471,11 +564,10 @@ cdef class Decoder:
             PyBuffer_Release(&view)
         return out
 
-    def get_buffer(self, Py_ssize_t sizehint=-1):
-        """Lend writable memory for the next ``recv_into``; report what was written with buffer_updated()."""
+    cdef _Memory _lend(self, Py_ssize_t sizehint):
+        """Choose the memory the next read may fill (the window); return the block it lies in."""
         cdef _Memory mem
         cdef Py_ssize_t want
-        self._check()
         if self._large is not None:
             mem = self._large_mem
             mem.win_off = self._large_filled
@@ -495,16 +587,12 @@ cdef class Decoder:
             mem.win_len = want
             self._win_kind = _WIN_BUFFER
         self._win_len = mem.win_len
-        return PyMemoryView_FromObject(mem)
+        return mem
 
-    def buffer_updated(self, Py_ssize_t nbytes):
-        """Account for ``nbytes`` written at the start of the last get_buffer(); return completed frames."""
+    cdef list _updated(self, Py_ssize_t nbytes):
+        """``nbytes`` were written at the start of the window: account for them, return completed frames."""
         cdef list out = []
-        cdef int kind
-        self._check()
-        if nbytes < 0 or nbytes > self._win_len:
-            raise ValueError(f"buffer_updated({nbytes}) does not match the {self._win_len} bytes lent by get_buffer()")
-        kind = self._win_kind
+        cdef int kind = self._win_kind
         self._win_kind = _WIN_NONE
         self._win_len = 0
         if nbytes == 0:
@@ -521,6 +609,47 @@ cdef class Decoder:
             self._fail(exc, out)
             raise
         return out
+
+    def get_buffer(self, Py_ssize_t sizehint=-1):
+        """Lend writable memory for the next ``recv_into``; report what was written with buffer_updated()."""
+        self._check()
+        return PyMemoryView_FromObject(self._lend(sizehint))
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """Account for ``nbytes`` written at the start of the last get_buffer(); return completed frames."""
+        self._check()
+        if nbytes < 0 or nbytes > self._win_len:
+            raise ValueError(f"buffer_updated({nbytes}) does not match the {self._win_len} bytes lent by get_buffer()")
+        return self._updated(nbytes)
+
+    def read_from(self, int fd):
+        """One ``recv`` from socket ``fd`` straight into the decoder's memory, never blocking.
+
+        Returns the frames completed ([] if none), or None at end of stream (then call close()).  Raises
+        BlockingIOError when nothing was ready, OSError on failure.  The same as
+        ``buffer_updated(sock.recv_into(get_buffer()))``, without the intermediate objects: an event loop's
+        one call per readable socket.
+        """
+        cdef _Memory mem
+        cdef ssize_t n
+        cdef int err
+        self._check()
+        mem = self._lend(-1)
+        while True:
+            n = recv(fd, mem.data + mem.win_off, <size_t>mem.win_len, MSG_DONTWAIT)
+            if n >= 0:
+                break
+            err = errno
+            if err != EINTR:
+                self._win_kind = _WIN_NONE
+                self._win_len = 0
+                raise OSError(err, strerror(err))
+            PyErr_CheckSignals()
+        if n == 0:
+            self._win_kind = _WIN_NONE
+            self._win_len = 0
+            return None
+        return self._updated(n)
 
     def close(self):
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

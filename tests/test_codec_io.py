@@ -1,0 +1,161 @@
+"""The event-loop helpers: Decoder.read_from(fd) and write_frames(fd, ...), for both implementations."""
+
+from __future__ import annotations
+
+import select
+import socket
+from types import ModuleType, SimpleNamespace
+from typing import Iterator, List, Tuple
+
+import pytest
+
+from fastframe.exceptions import FrameTooLarge
+
+
+@pytest.fixture
+def nb_pair(ref: SimpleNamespace) -> Iterator[Tuple[socket.socket, socket.socket]]:
+    """A connected non-blocking TCP pair on 127.0.0.1 (what an event loop holds)."""
+    a, b = ref.tcp_pair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def drain(decoder: object, sock: socket.socket, want: int, rounds: int = 100000) -> List[bytes]:
+    """read_from until ``want`` frames arrived (bounded; the data is already in flight on loopback)."""
+    got: List[bytes] = []
+    for _ in range(rounds):
+        try:
+            frames = decoder.read_from(sock.fileno())  # type: ignore[attr-defined]
+        except BlockingIOError:
+            select.select([sock], [], [], 1.0)  # nothing ready yet: wait for it
+            continue
+        assert frames is not None, "unexpected end of stream"
+        got.extend(frames)
+        if len(got) >= want:
+            return got
+    raise AssertionError(f"only {len(got)} of {want} frames arrived")
+
+
+def test_write_frames_wire_bytes(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+    a, b = nb_pair
+    payloads = [b"", b"x", ref.pseudo_random(300), ref.pseudo_random(70000, 1)]
+    for prefix in ("!I", "<H", "varint"):
+        small = [p for p in payloads if len(p) <= 65535]
+        assert codec.write_frames(a.fileno(), small, prefix) is None
+        expected = ref.encode(small, prefix)
+        b.setblocking(True)
+        b.settimeout(ref.SOCKET_TIMEOUT)
+        assert ref.recv_exactly(b, len(expected)) == expected
+        b.setblocking(False)
+
+
+def test_write_frames_empty_and_types(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+    a, b = nb_pair
+    assert codec.write_frames(a.fileno(), []) is None
+    assert codec.write_frames(a.fileno(), iter([bytearray(b"ab"), memoryview(b"cd")])) is None
+    b.settimeout(ref.SOCKET_TIMEOUT)
+    assert ref.recv_exactly(b, 12) == ref.encode([b"ab", b"cd"])
+    with pytest.raises(ValueError):
+        codec.write_frames(a.fileno(), [b"x"], "?Z")
+    with pytest.raises(FrameTooLarge):
+        codec.write_frames(a.fileno(), [b"x" * 256], "!B")
+
+
+def test_write_frames_returns_what_the_kernel_did_not_take(
+    codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace
+) -> None:
+    a, b = nb_pair
+    payloads = [ref.pseudo_random(50000, i) for i in range(200)]  # ~10 MB: more than loopback buffers hold
+    rest = codec.write_frames(a.fileno(), payloads)
+    assert isinstance(rest, memoryview)
+    expected = ref.encode(payloads)
+    assert 0 < len(rest) < len(expected)
+    assert bytes(rest) == expected[len(expected) - len(rest) :]
+    # The socket is full now: a second call takes nothing and hands everything back.
+    again = codec.write_frames(a.fileno(), [b"tail"])
+    assert again is not None and bytes(again) == ref.encode([b"tail"])
+    # What did go out decodes into a prefix of the payloads.
+    b.setblocking(True)
+    b.settimeout(ref.SOCKET_TIMEOUT)
+    head = ref.recv_exactly(b, len(expected) - len(rest))
+    assert head == expected[: len(head)]
+
+
+def test_write_frames_errors(codec: ModuleType, ref: SimpleNamespace) -> None:
+    a, b = socket.socketpair()
+    b.close()
+    try:
+        with pytest.raises(BrokenPipeError):  # no SIGPIPE kills the process
+            for _ in range(10):
+                codec.write_frames(a.fileno(), [b"x" * 1000])
+    finally:
+        a.close()
+    with pytest.raises(OSError):
+        codec.write_frames(-1, [b"x"])
+
+
+def test_read_from(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+    a, b = nb_pair
+    decoder = codec.Decoder()
+    with pytest.raises(BlockingIOError):
+        decoder.read_from(b.fileno())
+    payloads = [b"", b"hello", ref.pseudo_random(200000, 3), b"after-large", ref.pseudo_random(70000, 4)]
+    a.setblocking(True)
+    a.sendall(ref.encode(payloads))
+    assert drain(decoder, b, len(payloads)) == payloads
+    assert decoder.pending == 0
+    a.shutdown(socket.SHUT_WR)
+    for _ in range(1000):
+        try:
+            result = decoder.read_from(b.fileno())
+        except BlockingIOError:
+            continue
+        assert result is None  # end of stream
+        break
+    else:
+        pytest.fail("no end of stream")
+    decoder.close()
+
+
+def test_read_from_agrees_with_feed(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+    a, b = nb_pair
+    payloads = [ref.pseudo_random(n, n) for n in (0, 1, 3, 4, 5, 1000, 65535, 65536, 65537, 300000)]
+    wire = ref.encode(payloads, "varint")
+    a.setblocking(True)
+    a.sendall(wire)
+    via_socket = drain(codec.Decoder("varint"), b, len(payloads))
+    assert via_socket == codec.Decoder("varint").feed(wire) == payloads
+
+
+def test_read_from_frame_errors(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+    a, b = nb_pair
+    a.setblocking(True)
+    a.sendall(ref.encode([b"ok"]) + b"\xff\xff\xff\xff")
+    decoder = codec.Decoder(max_frame=1024)
+    for _ in range(1000):
+        try:
+            decoder.read_from(b.fileno())
+        except BlockingIOError:
+            continue
+        except FrameTooLarge as exc:
+            assert exc.frames == [b"ok"]
+            assert (exc.size, exc.limit) == (0xFFFFFFFF, 1024)
+            break
+    else:
+        pytest.fail("FrameTooLarge not raised")
+    with pytest.raises(ValueError):  # FrameError: the decoder refuses further input
+        decoder.read_from(b.fileno())
+
+
+def test_read_from_bad_fd(codec: ModuleType) -> None:
+    decoder = codec.Decoder()
+    with pytest.raises(OSError):
+        decoder.read_from(-1)
+    # A failed read lends nothing: buffer_updated cannot account for bytes that never came.
+    with pytest.raises(ValueError):
+        decoder.buffer_updated(1)
