@@ -45,7 +45,7 @@ import operator
 import os
 import struct
 import sys
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Any, Iterable, List, Optional, Tuple, Union
 
 from .exceptions import FrameError, FrameTooLarge, IncompleteFrame
 
@@ -148,7 +148,7 @@ def encode(payload: Buffer, prefix: str = "!I") -> bytes:
 def encode_many(payloads: Iterable[Buffer], prefix: str = "!I") -> bytes:
     """Return the frames of all ``payloads``, back to back, in one bytes object (one ``send``)."""
     fmt = _lookup(prefix)
-    parts = []
+    parts: List[Buffer] = []
     for payload in payloads:
         mv = _view(payload)
         parts.append(_header(mv.nbytes, fmt))
@@ -219,7 +219,7 @@ class Decoder:
         self._win_kind = 0  # what the last get_buffer() lent: 0 nothing, 1 the read buffer, 2 a large frame
         self._win_len = 0
         self._header_only = False
-        self._error: Optional[FrameError] = None
+        self._error: Optional[BaseException] = None
         self._closed = False
 
     @property
@@ -295,7 +295,10 @@ class Decoder:
                 pos += total
                 continue
             if length >= LARGE_FRAME:
-                large = bytearray(length)
+                try:
+                    large = bytearray(length)
+                except (MemoryError, OverflowError) as exc:
+                    raise FrameError(f"cannot allocate {length} bytes for a frame ({exc!r})") from exc
                 got = avail - hlen
                 large[:got] = buf[pos + hlen : end]
                 self._large = large
@@ -358,8 +361,10 @@ class Decoder:
         if self._closed:
             raise FrameError("decoder is closed")
 
-    def _fail(self, exc: FrameError, out: List[bytes]) -> None:
-        exc.frames = out
+    def _fail(self, exc: BaseException, out: List[bytes]) -> None:
+        """Lock the decoder after any failure; a FrameError carries the frames completed before it."""
+        if isinstance(exc, FrameError):
+            exc.frames = out
         self._error = exc
 
     def feed(self, data: Buffer) -> List[bytes]:
@@ -371,7 +376,7 @@ class Decoder:
         out: List[bytes] = []
         try:
             self._consume(mv, out)
-        except FrameError as exc:
+        except BaseException as exc:
             self._fail(exc, out)
             raise
         return out
@@ -410,6 +415,7 @@ class Decoder:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Lend writable memory for the next ``recv_into``; report what was written with buffer_updated()."""
         self._check()
+        sizehint = operator.index(sizehint)
         large = self._large
         if large is not None:
             self._win_kind = 2
@@ -448,7 +454,7 @@ class Decoder:
             else:
                 self._end += nbytes
                 self._parse_buffer(out)
-        except FrameError as exc:
+        except BaseException as exc:
             self._fail(exc, out)
             raise
         return out
@@ -491,6 +497,10 @@ class Decoder:
             exc = IncompleteFrame(received, expected)
             self._error = exc
             raise exc
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        # A decoder is a position inside one byte stream: a copy would share or fork that position.
+        raise TypeError("Decoder objects cannot be copied or pickled")
 
     def __repr__(self) -> str:
         return f"<Decoder prefix={self._prefix!r} max_frame={self._max_frame} pending={self.pending}>"

@@ -29,6 +29,14 @@ def _nbytes(payload: Buffer) -> int:
     return len(payload) if type(payload) is bytes else memoryview(payload).nbytes
 
 
+def _flat(payload: Buffer) -> memoryview:
+    """A byte view of a C-contiguous buffer (BufferError otherwise, as the codec raises)."""
+    view = memoryview(payload)
+    if not view.c_contiguous:
+        raise BufferError("fastframe needs a C-contiguous buffer")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
 class FramedSocket:
     """Send and receive whole frames over a connected, blocking stream socket.
 
@@ -104,7 +112,7 @@ class FramedSocket:
 
     def _send_vector(self, buffers: Sequence[Buffer]) -> None:
         sock = self._sock
-        views = [memoryview(b).cast("B") for b in buffers]
+        views = [_flat(b) for b in buffers]
         try:
             sendmsg = sock.sendmsg
         except AttributeError:  # pragma: no cover - platforms without sendmsg

@@ -40,7 +40,7 @@ class FrameTooLarge(FrameError):
         self.limit = limit
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.size, self.limit))
+        return (type(self), (self.size, self.limit), self.__dict__)
 
 
 class IncompleteFrame(FrameError):
@@ -59,4 +59,4 @@ class IncompleteFrame(FrameError):
         self.expected = expected
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.received, self.expected))
+        return (type(self), (self.received, self.expected), self.__dict__)

@@ -420,7 +420,7 @@ cdef class Decoder:
         """Cut every complete frame out of p[0:n]; return the bytes consumed.
 
         A large frame whose payload is incomplete takes the rest of the bytes into its own object."""
-        cdef Py_ssize_t pos = 0, avail, hlen, total, got
+        cdef Py_ssize_t pos = 0, avail, hlen, got
         cdef uint64_t length
         while pos < n:
             avail = n - pos
@@ -430,14 +430,16 @@ cdef class Decoder:
                 raise FrameTooLarge(length, self._max_frame)
             if length < _LARGE:
                 self._header_only = False
-            total = hlen + <Py_ssize_t>length
-            if total <= avail:
+            if length <= <uint64_t>(avail - hlen):
                 PyList_Append(out, PyBytes_FromStringAndSize(p + pos + hlen, <Py_ssize_t>length))
-                pos += total
+                pos += hlen + <Py_ssize_t>length
                 continue
             if length >= _LARGE:
                 got = avail - hlen
-                self._large = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                try:
+                    self._large = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                except (MemoryError, OverflowError) as exc:
+                    raise FrameError(f"cannot allocate {length} bytes for a frame ({exc!r})") from exc
                 self._large_mem = _borrow_bytes(self._large)
                 self._large_size = <Py_ssize_t>length
                 memcpy(PyBytes_AS_STRING(self._large), p + pos + hlen, got)
@@ -523,11 +525,13 @@ cdef class Decoder:
                 continue
             # Finish the frame already buffered, copying no more of the new data than it needs.
             if self._parse_header(self._buf.data + self._start, live, &length, &hlen):
-                need = hlen + <Py_ssize_t>length - live
+                # a small frame (a large one would have left the buffer): the rest of it is needed
+                length -= <uint64_t>(live - hlen)
+                need = n if length > <uint64_t>n else <Py_ssize_t>length
             else:
                 need = (self._width if self._width else 10) - live
-            if need > n:
-                need = n
+                if need > n:
+                    need = n
             self._append(p, need)
             p += need
             n -= need
@@ -544,7 +548,9 @@ cdef class Decoder:
         return 0
 
     cdef _fail(self, exc, list out):
-        exc.frames = out
+        """Lock the decoder after any failure; a FrameError carries the frames completed before it."""
+        if isinstance(exc, FrameError):
+            exc.frames = out
         self._error = exc
 
     def feed(self, data):
@@ -557,7 +563,7 @@ cdef class Decoder:
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             self._consume(<const char *>view.buf, view.len, out)
-        except FrameError as exc:
+        except BaseException as exc:
             self._fail(exc, out)
             raise
         finally:
@@ -605,19 +611,23 @@ cdef class Decoder:
             else:
                 self._end += nbytes
                 self._parse_buffer(out)
-        except FrameError as exc:
+        except BaseException as exc:
             self._fail(exc, out)
             raise
         return out
 
-    def get_buffer(self, Py_ssize_t sizehint=-1):
+    def get_buffer(self, sizehint=-1):
         """Lend writable memory for the next ``recv_into``; report what was written with buffer_updated()."""
         self._check()
-        return PyMemoryView_FromObject(self._lend(sizehint))
+        if type(sizehint) is not int:
+            sizehint = _index(sizehint)
+        return PyMemoryView_FromObject(self._lend(-1 if sizehint <= 0 else min(sizehint, <Py_ssize_t>_MAX_READ)))
 
-    def buffer_updated(self, Py_ssize_t nbytes):
+    def buffer_updated(self, nbytes):
         """Account for ``nbytes`` written at the start of the last get_buffer(); return completed frames."""
         self._check()
+        if type(nbytes) is not int:
+            nbytes = _index(nbytes)
         if nbytes < 0 or nbytes > self._win_len:
             raise ValueError(f"buffer_updated({nbytes}) does not match the {self._win_len} bytes lent by get_buffer()")
         return self._updated(nbytes)
