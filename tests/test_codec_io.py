@@ -168,3 +168,22 @@ def test_read_from_bad_fd(codec: ModuleType) -> None:
     # A failed read lends nothing: buffer_updated cannot account for bytes that never came.
     with pytest.raises(ValueError):
         decoder.buffer_updated(1)
+
+
+def test_max_frame_can_be_changed(codec: ModuleType, ref: SimpleNamespace) -> None:
+    """Servers start a connection with a small limit (an auth handshake) and raise it afterwards."""
+    decoder = codec.Decoder(max_frame=16)
+    assert decoder.feed(ref.encode([b"x" * 16])) == [b"x" * 16]
+    decoder.max_frame = 1000
+    assert decoder.max_frame == 1000
+    assert decoder.feed(ref.encode([b"y" * 1000])) == [b"y" * 1000]
+    decoder.max_frame = 10
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.feed(ref.encode([b"z" * 11]))
+    assert (info.value.size, info.value.limit) == (11, 10)
+    other = codec.Decoder()
+    with pytest.raises(ValueError):
+        other.max_frame = -1
+    with pytest.raises(TypeError):
+        other.max_frame = 1.5
+    assert other.max_frame == codec.DEFAULT_MAX_FRAME
