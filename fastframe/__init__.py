@@ -46,7 +46,16 @@ if _pure_requested():
 else:
     try:
         from . import _codec as _impl  # type: ignore[no-redef]
-        from ._codec import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header, write_frames
+        from ._codec import (  # type: ignore[assignment]
+            DEFAULT_MAX_FRAME,
+            LARGE_FRAME,
+            PREFIXES,
+            Decoder,
+            encode,
+            encode_many,
+            header,
+            write_frames,
+        )
 
         IMPLEMENTATION = "cython"
     except ImportError as exc:
@@ -59,8 +68,8 @@ else:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        from . import _codec_py as _impl  # type: ignore[no-redef]
-        from ._codec_py import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header, write_frames  # type: ignore[assignment]
+        from . import _codec_py as _impl
+        from ._codec_py import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header, write_frames
 
         IMPLEMENTATION = "python"
 

@@ -334,7 +334,7 @@ async def open_connection(
     loop = asyncio.get_running_loop()
     reader = FrameReader(high_water)
     _, protocol = await loop.create_connection(
-        lambda: _StreamProtocol(reader, prefix, max_frame), host, port, **kwds
+        lambda: _StreamProtocol(reader, prefix, max_frame), host, port, **kwds  # type: ignore[arg-type]
     )
     assert protocol.writer is not None
     return reader, protocol.writer

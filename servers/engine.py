@@ -285,7 +285,7 @@ class SelectEngine:
         self._wake_r = self._wake_w = -1
         self._accept_paused = False
         self._listening = False
-        self._services = []
+        self._services: List[Service] = []
         for listener in self.listeners:
             if listener.service not in self._services:
                 self._services.append(listener.service)
