@@ -11,6 +11,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 from . import IMPLEMENTATION, __version__
+from .client import RemoteError
 from .exceptions import FrameError
 
 __all__ = ["build_parser", "main"]
@@ -231,6 +232,138 @@ def _cmd_time(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_exec(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser(
+        "exec",
+        help="run an allowed command on a command service",
+        description=(
+            "Run CMD ARGS... on a command service (put them after '--'). The words are sent quoted, so the server "
+            "runs exactly them -- it never uses a shell. The command's stdout and stderr are copied here as they "
+            "arrive."
+        ),
+        epilog=(
+            "Exit status: the remote command's status; 128+N if signal N killed it; 127 if the server refused it "
+            "(not-allowed) or could not execute it (not-found); 124 if it hit the server's timeout; 1 for any other "
+            "error (output-cap, busy, bad-request, auth, connection problems), with one line on stderr."
+        ),
+    )
+    p.add_argument("address", type=_address, metavar="HOST:PORT", help="the command service")
+    p.add_argument("command", nargs="+", metavar="CMD", help="the program and its arguments (after '--')")
+    p.add_argument("--secret-file", metavar="FILE", help="authenticate with the shared secret in FILE")
+    p.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
+                   help="give up when the server sends nothing for S seconds")  # fmt: skip
+    p.set_defaults(func=_cmd_exec)
+
+
+_EXEC_ERROR_STATUS = {"not-allowed": 127, "not-found": 127, "timeout": 124}
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    from .client import AuthError, exec_command
+
+    host, port = args.address
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise CliError("no command given (write it after '--')")
+    try:
+        status = exec_command(host, port, argv, secret=_read_secret(args.secret_file), timeout=args.timeout)
+    except AuthError:
+        raise
+    except RemoteError as exc:
+        print(f"fastframe: error: {exc}", file=sys.stderr)
+        return _EXEC_ERROR_STATUS.get(exc.code, 1)
+    return status if status >= 0 else 128 - status
+
+
+def _add_get(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser(
+        "get",
+        help="download a file from a file service",
+        description=(
+            "Download PATH (relative to the server's root) into OUT. The bytes go to OUT.part first and OUT appears "
+            "only when the download is complete; an interrupted download leaves OUT.part, which --resume continues. "
+            "A progress bar is drawn on stderr for large files when stderr is a terminal."
+        ),
+    )
+    p.add_argument("address", type=_address, metavar="HOST:PORT", help="the file service")
+    p.add_argument("path", metavar="PATH", help="the file, relative to the served root")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="where to save it (default: PATH's last component in the current directory; a directory: inside it)")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue from OUT.part if it exists")
+    p.add_argument("--secret-file", metavar="FILE", help="authenticate with the shared secret in FILE")
+    p.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
+                   help="give up when the server sends nothing for S seconds")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_get)
+
+
+class _ProgressBar:
+    """``[#######.......]  52%  530.0 MiB / 1.0 GiB  210.4 MiB/s`` on one terminal line, redrawn 10 times a second."""
+
+    def __init__(self, stream: "object", min_size: int = 1 << 20) -> None:
+        self.stream = stream
+        self.min_size = min_size
+        self.start = time.monotonic()
+        self.first: Optional[int] = None
+        self.last_draw = 0.0
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.first is None:
+            self.first = done
+        if total < self.min_size:
+            return
+        now = time.monotonic()
+        if done < total and now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        frac = done / total if total else 1.0
+        width = 30
+        filled = int(frac * width)
+        rate = (done - self.first) / max(now - self.start, 1e-6)
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%  {_human(done)} / {_human(total)}  {_human(rate)}/s"
+        self.stream.write(line + "  ")  # type: ignore[attr-defined]
+        self.stream.flush()  # type: ignore[attr-defined]
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")  # type: ignore[attr-defined]
+            self.stream.flush()  # type: ignore[attr-defined]
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    import os
+
+    from .client import get_file
+
+    host, port = args.address
+    name = args.path.rstrip("/").rsplit("/", 1)[-1]
+    out = args.output
+    if out is None or os.path.isdir(out):
+        if not name or name in (".", ".."):
+            raise CliError(f"cannot name the output after {args.path!r}; give -o OUT")
+        out = os.path.join(out or ".", name)
+    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+    try:
+        get_file(host, port, args.path, out, resume=args.resume, secret=_read_secret(args.secret_file),
+                 progress=bar, timeout=args.timeout)  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.finish()
+    return 0
+
+
 # -- main -----------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_echo(sub)
     _add_time(sub)
+    _add_exec(sub)
+    _add_get(sub)
     return parser
 
 
@@ -276,7 +411,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except socket.timeout:
         print("fastframe: error: timed out", file=sys.stderr)
         return 1
-    except (OSError, FrameError, EOFError, ValueError) as exc:
+    except (OSError, FrameError, EOFError, ValueError, RemoteError) as exc:
         print(f"fastframe: error: {_one_line(exc)}", file=sys.stderr)
         return 1
 

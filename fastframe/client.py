@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import socket
-from typing import Iterable, List, Optional, Tuple
+import sys
+from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
+from ._auth import HandshakeError, client_handshake, recv_frame, send_frame
 from ._framed import FramedSocket
 
-__all__ = ["connect", "echo", "echo_raw", "get_time", "parse_address"]
+__all__ = [
+    "AuthError",
+    "RemoteError",
+    "connect",
+    "echo",
+    "echo_raw",
+    "exec_command",
+    "get_file",
+    "get_time",
+    "parse_address",
+    "part_path",
+]
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -83,3 +99,189 @@ def get_time(
             sock.send(b"")
             reply = sock.recv(64)
     return decode_time(reply, fmt)
+
+
+# -- command and file services --------------------------------------------------------------------------
+
+
+class RemoteError(Exception):
+    """The server answered with an error frame (``b"!" + code + b" " + message``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_frame(cls, frame: bytes) -> "RemoteError":
+        code, _, message = frame[1:].decode("utf-8", "replace").partition(" ")
+        if code == "auth":
+            return AuthError(message or "authentication failed")
+        return cls(code or "error", message)
+
+
+class AuthError(RemoteError):
+    """The shared-secret handshake failed (wrong or missing secret, or the server could not prove its own)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("auth", message)
+
+
+def _open_session(host: str, port: int, secret: Optional[bytes], timeout: Optional[float]) -> socket.socket:
+    """Connect and, with a secret, authenticate (mutually) before anything else is sent."""
+    sock = connect(host, port, timeout)
+    try:
+        if secret is not None:
+            try:
+                client_handshake(sock, secret)
+            except HandshakeError as exc:
+                raise AuthError(exc.message) from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _check_not_challenge(frame: bytes) -> None:
+    if frame.startswith(b"FFAUTH1 "):
+        raise AuthError("the server requires a shared secret (give --secret-file)")
+
+
+Sink = Union[Callable[[bytes], Any], BinaryIO, None]
+
+
+def _writer(sink: Sink, default: BinaryIO) -> Callable[[bytes], None]:
+    if sink is None:
+
+        def write_default(data: bytes) -> None:
+            default.write(data)
+            default.flush()
+
+        return write_default
+    write = getattr(sink, "write", None)
+    if write is not None:
+        return write  # type: ignore[no-any-return]
+    return sink  # type: ignore[return-value]
+
+
+def exec_command(
+    host: str,
+    port: int,
+    command: Union[str, Sequence[str]],
+    secret: Optional[bytes] = None,
+    stdout: Sink = None,
+    stderr: Sink = None,
+    timeout: Optional[float] = 60.0,
+) -> int:
+    """Run ``command`` on a command service; stream its output; return its exit status.
+
+    ``command`` is a command line (split by the server with shlex rules, never by a shell) or an argv list
+    (quoted with ``shlex.join`` so the server gets exactly these words).  ``stdout``/``stderr`` receive each
+    chunk as it arrives: a callable, or a binary file (default: this process's stdout/stderr).  The status is
+    negative (-N) when signal N killed the command.  An error frame raises :class:`RemoteError` (``code``:
+    not-allowed, not-found, timeout, output-cap, bad-request, busy) or :class:`AuthError`.  ``timeout`` is how
+    long to wait for each reply frame, not for the whole command.
+    """
+    line = command if isinstance(command, str) else shlex.join(list(command))
+    out = _writer(stdout, sys.stdout.buffer)
+    err = _writer(stderr, sys.stderr.buffer)
+    with FramedSocket(_open_session(host, port, secret, timeout)) as fs:
+        fs.send(line.encode("utf-8"))
+        while True:
+            frame = fs.recv()
+            kind = frame[:1]
+            if kind == b"O":
+                out(frame[1:])
+            elif kind == b"E":
+                err(frame[1:])
+            elif kind == b"X":
+                return int(frame[1:])
+            elif kind == b"!":
+                raise RemoteError.from_frame(frame)
+            else:
+                _check_not_challenge(frame)
+                raise RemoteError("protocol", f"unexpected reply frame {frame[:16]!r}")
+
+
+def part_path(out_path: str) -> str:
+    """Where :func:`get_file` keeps an unfinished download of ``out_path`` (``OUT.part``, same directory)."""
+    return out_path + ".part"
+
+
+_RECV_BUFFER = 1024 * 1024
+_MAX_META = 64 * 1024
+
+
+def get_file(
+    host: str,
+    port: int,
+    path: str,
+    out_path: str,
+    resume: bool = False,
+    secret: Optional[bytes] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    timeout: Optional[float] = 60.0,
+    fsync: bool = False,
+) -> int:
+    """Download ``path`` from a file service into ``out_path``; return the file's size.
+
+    The bytes are received into one fixed 1 MiB buffer and written straight to ``OUT.part`` (see
+    :func:`part_path`) in the same directory; only when every byte has arrived is it renamed to ``out_path``
+    (``os.replace``), so ``out_path`` is never a truncated file.  With ``resume=True`` an existing
+    ``OUT.part`` is kept and the download continues from its size; otherwise it starts over.  If the
+    transfer breaks, ``OUT.part`` stays behind for a later resume.  ``progress(done, total)`` is called as
+    bytes arrive (``done`` counts the resumed part too).  ``timeout`` applies to each receive.
+    """
+    tmp = part_path(out_path)
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    if not resume:
+        flags |= os.O_TRUNC
+    fd = os.open(tmp, flags, 0o644)
+    try:
+        offset = os.lseek(fd, 0, os.SEEK_END)
+        with _open_session(host, port, secret, timeout) as sock:
+            send_frame(sock, json.dumps({"path": path, "offset": offset}).encode("utf-8"))
+            # Read the metadata frame exactly (header, then payload): the raw file bytes follow it.
+            meta = recv_frame(sock, _MAX_META)
+            if meta[:1] == b"!":
+                raise RemoteError.from_frame(meta)
+            if meta[:1] != b"S":
+                _check_not_challenge(meta)
+                raise RemoteError("protocol", f"unexpected reply frame {meta[:16]!r}")
+            info = json.loads(meta[1:])
+            size, length = int(info["size"]), int(info["length"])
+            if int(info["offset"]) != offset or offset + length != size or length < 0:
+                raise RemoteError("protocol", f"inconsistent metadata {info!r} for offset {offset}")
+            done = offset
+            if progress is not None:
+                progress(done, size)
+            buf = bytearray(min(_RECV_BUFFER, max(length, 1)))
+            view = memoryview(buf)
+            remaining = length
+            while remaining:
+                n = sock.recv_into(view, min(remaining, len(buf)))
+                if not n:
+                    raise EOFError(f"connection closed after {done} of {size} bytes (resume with the .part file)")
+                chunk = view[:n]
+                while chunk:
+                    written = os.write(fd, chunk)
+                    chunk = chunk[written:]
+                remaining -= n
+                done += n
+                if progress is not None:
+                    progress(done, size)
+        if os.fstat(fd).st_size != size:
+            raise EOFError(f"{tmp} holds {os.fstat(fd).st_size} bytes, expected {size}")
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        try:
+            if not os.fstat(fd).st_size:
+                os.unlink(tmp)  # nothing worth resuming: leave no empty .part behind
+        except OSError:
+            pass
+        raise
+    finally:
+        os.close(fd)
+    os.replace(tmp, out_path)
+    return size

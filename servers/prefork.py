@@ -309,7 +309,9 @@ class PreforkEngine:
         if graceful:
             if first:
                 log.info("SIGTERM: stopping gracefully (at most %g s)", self.limits.graceful_timeout)
-                self._deadline = time.monotonic() + self.limits.graceful_timeout
+                # Each worker gives its in-flight work graceful_timeout from when *it* gets the signal, and then
+                # still has to close what is left (kill running commands): kill it only if it overstays that.
+                self._deadline = time.monotonic() + self.limits.graceful_timeout + FAST_STOP_GRACE
             signum = signal.SIGTERM
         else:
             log.info("stopping now")
