@@ -1,0 +1,266 @@
+"""The command service against real servers (both engines): output, exit status, limits, process cleanup."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, List, Tuple
+
+import pytest
+
+from fastframe.client import RemoteError, exec_command
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cmdroot")
+    for name in ("alpha.txt", "beta.txt", "gamma dir"):
+        (path / name).write_text(name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(start_server: Callable[..., Any], root: Path) -> Any:
+    allow = [a for name in ("ls", "echo", "sh", "head", "sleep") for a in ("--allow", name)]
+    return start_server("--echo", "0", "--command", "0", *allow, "--command-timeout", "5", "--root", str(root), expect=2)
+
+
+@pytest.fixture(scope="module")
+def strict_server(start_server: Callable[..., Any]) -> Any:
+    """Timeout 1 s, one command per process at a time."""
+    return start_server("--command", "0", "--allow", "sh", "--allow", "sleep", "--command-timeout", "1",
+                        "--max-commands", "1", expect=1)  # fmt: skip
+
+
+def run(server: Any, command: Any, **kwargs: Any) -> Tuple[int, bytes, bytes]:
+    out, err = bytearray(), bytearray()
+    host, port = server.addr("command")
+    status = exec_command(host, port, command, stdout=out.extend, stderr=err.extend, timeout=15, **kwargs)
+    return status, bytes(out), bytes(err)
+
+
+def test_echo(server: Any) -> None:
+    assert run(server, "echo hello   world") == (0, b"hello world\n", b"")
+    assert run(server, ["echo", "two  spaces", "'quoted'"]) == (0, b"two  spaces 'quoted'\n", b"")
+
+
+def test_ls_runs_in_the_root(server: Any) -> None:
+    status, out, err = run(server, "ls -1")
+    assert status == 0 and err == b""
+    assert out.decode().splitlines() == ["alpha.txt", "beta.txt", "gamma dir"]
+
+
+def test_both_streams(server: Any) -> None:
+    assert run(server, "sh -c 'echo out; echo err >&2'") == (0, b"out\n", b"err\n")
+
+
+def test_nonzero_exit(server: Any) -> None:
+    assert run(server, "sh -c 'exit 7'")[0] == 7
+    status, out, err = run(server, "ls /no/such/dir")
+    assert status == 2 and out == b"" and b"No such file" in err
+
+
+def test_killed_by_signal_is_negative(server: Any) -> None:
+    assert run(server, "sh -c 'kill -9 $$'")[0] == -9
+
+
+def test_minimal_environment_and_no_stdin(server: Any) -> None:
+    _, out, _ = run(server, "sh -c 'env; read line; echo read=$?'")
+    env = dict(line.split("=", 1) for line in out.decode().splitlines() if "=" in line and not line.startswith("read="))
+    env.pop("PWD", None)  # sh sets these itself
+    env.pop("SHLVL", None)
+    env.pop("_", None)
+    assert env == {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    assert b"read=1" in out  # stdin is /dev/null: read hits end-of-file at once
+
+
+def test_only_standard_fds_are_inherited(server: Any) -> None:
+    status, out, _ = run(server, "ls /proc/self/fd")
+    # 0, 1, 2 and the directory ls itself opened to list them
+    assert status == 0 and len(out.split()) <= 4, out
+
+
+def test_not_allowed(server: Any) -> None:
+    with pytest.raises(RemoteError) as info:
+        run(server, "cat /etc/passwd")
+    assert info.value.code == "not-allowed"
+
+
+@pytest.mark.parametrize(
+    "line", [b"", b"   ", b"echo 'unbalanced", b"echo \xff\xfe", b"echo hi\x00there"], ids=["empty", "blank", "quote", "utf8", "nul"]
+)
+def test_bad_request(server: Any, svc: SimpleNamespace, line: bytes) -> None:
+    frames = svc.command_replies(server.addr("command"), line)
+    assert len(frames) == 1 and frames[0].startswith(b"!bad-request "), frames
+
+
+def test_output_streams_while_running(server: Any) -> None:
+    host, port = server.addr("command")
+    arrivals: List[Tuple[float, bytes]] = []
+    start = time.monotonic()
+    status = exec_command(host, port, "sh -c 'echo first; sleep 1; echo second'",
+                          stdout=lambda b: arrivals.append((time.monotonic() - start, b)), timeout=15)  # fmt: skip
+    end = time.monotonic() - start
+    assert status == 0
+    assert b"".join(b for _, b in arrivals) == b"first\nsecond\n"
+    assert arrivals[0][0] < 0.7, arrivals  # "first" came long before the command ended
+    assert end >= 1.0
+
+
+def test_queued_commands_run_in_order(server: Any, svc: SimpleNamespace) -> None:
+    with svc.connect(server.addr("command")) as sock:
+        sock.sendall(b"".join(struct.pack("!I", len(c)) + c for c in (b"echo one", b"nosuch", b"sh -c 'sleep 0.2; echo two'", b"echo three")))
+        frames = [svc.recv_frame(sock) for _ in range(7)]
+    assert frames == [b"Oone\n", b"X0", b"!not-allowed 'nosuch' is not on the allow-list", b"Otwo\n", b"X0", b"Othree\n", b"X0"]
+
+
+def test_half_close_still_gets_every_reply(server: Any, svc: SimpleNamespace) -> None:
+    with svc.connect(server.addr("command")) as sock:
+        svc.send_frame(sock, b"sh -c 'sleep 0.3; echo late'")
+        sock.shutdown(socket.SHUT_WR)
+        frames = []
+        while True:
+            frame = svc.recv_frame_or_eof(sock)
+            if frame is None:
+                break
+            frames.append(frame)
+    assert frames == [b"Olate\n", b"X0"]
+
+
+def test_output_cap_kills_the_group(server: Any, svc: SimpleNamespace) -> None:
+    # The default cap is 1 MiB; the command would print 50 MiB.
+    frames = svc.command_replies(server.addr("command"), b"sh -c 'echo $$; exec head -c 52428800 /dev/zero'")
+    assert frames[-1].startswith(b"!output-cap "), frames[-1]
+    out = b"".join(f[1:] for f in frames[:-1])
+    assert all(f[:1] == b"O" for f in frames[:-1])
+    assert len(out) == MiB
+    pgid = int(out.split(b"\n", 1)[0])
+    assert out.split(b"\n", 1)[1].strip(b"\0") == b""
+    assert svc.wait_group_gone(pgid) == []
+
+
+def test_output_cap_plain_head(server: Any) -> None:
+    out = bytearray()
+    host, port = server.addr("command")
+    with pytest.raises(RemoteError) as info:
+        exec_command(host, port, "head -c 52428800 /dev/zero", stdout=out.extend, timeout=15)
+    assert info.value.code == "output-cap"
+    assert len(out) == MiB and not out.strip(b"\0")
+
+
+def test_timeout_kills_grandchildren_holding_the_pipes(strict_server: Any, svc: SimpleNamespace) -> None:
+    start = time.monotonic()
+    frames = svc.command_replies(strict_server.addr("command"), b"sh -c 'echo $$; sleep 100 & sleep 100'")
+    elapsed = time.monotonic() - start
+    assert frames[-1].startswith(b"!timeout "), frames
+    assert 0.9 < elapsed < 3.0
+    pgid = int(frames[0][1:])
+    assert svc.wait_group_gone(pgid) == []  # no process and no zombie left in the group
+    assert not [p for p in svc.all_processes() if p["cmdline"] == ["sleep", "100"] and p["session"] == pgid]
+
+
+def test_max_commands_busy(strict_server: Any, svc: SimpleNamespace, engine: Tuple[str, ...]) -> None:
+    # --max-commands 1 per process: of three concurrent commands, at least one (select: two) must be refused.
+    addr = strict_server.addr("command")
+    socks = [svc.connect(addr) for _ in range(3)]
+    try:
+        for sock in socks:
+            svc.send_frame(sock, b"sleep 5")
+        results = [svc.recv_frame(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    busy = [r for r in results if r.startswith(b"!busy ")]
+    timed_out = [r for r in results if r.startswith(b"!timeout ")]
+    assert len(busy) + len(timed_out) == 3, results
+    assert len(busy) == 2 if "select" in engine else len(busy) >= 1
+
+
+def test_connection_reset_kills_the_group(server: Any, svc: SimpleNamespace) -> None:
+    sock = svc.connect(server.addr("command"))
+    svc.send_frame(sock, b"sh -c 'echo $$; sleep 100 & sleep 100'")
+    pgid = int(svc.recv_frame(sock)[1:])
+    assert svc.group_members(pgid)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST: the server's next read fails, and the connection is lost
+    assert svc.wait_group_gone(pgid) == []
+
+
+def test_echo_answers_while_a_command_runs(server: Any, svc: SimpleNamespace) -> None:
+    host, port = server.addr("command")
+    result: List[Any] = []
+    runner = threading.Thread(target=lambda: result.append(exec_command(host, port, "sleep 2", timeout=15)))
+    started = time.monotonic()
+    runner.start()
+    rtts = []
+    try:
+        with svc.connect(server.addr("echo")) as echo:
+            time.sleep(0.2)  # let the command start
+            while time.monotonic() - started < 1.8:
+                t0 = time.perf_counter()
+                svc.send_frame(echo, b"ping")
+                assert svc.recv_frame(echo) == b"ping"
+                rtts.append(time.perf_counter() - t0)
+                time.sleep(0.05)
+    finally:
+        runner.join(15)
+    assert result == [0]
+    assert time.monotonic() - started >= 2.0
+    assert len(rtts) >= 10
+    assert max(rtts) < 0.05, sorted(rtts)[-3:]
+
+
+def test_large_streaming_output_under_the_cap(server: Any) -> None:
+    # 900 KiB through the pipes and the backpressure path, byte-exact.
+    status, out, _ = run(server, "head -c 921600 /dev/zero")
+    assert status == 0 and len(out) == 921600
+
+
+def rss(pids: List[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+        except (FileNotFoundError, StopIteration):
+            pass
+    return total
+
+
+def test_backpressure_when_the_client_does_not_read(start_server: Callable[..., Any], svc: SimpleNamespace) -> None:
+    server = start_server("--command", "0", "--allow", "head", "--output-cap", "64M", expect=1)
+    pids = [server.pid, *server.workers()]
+    before = rss(pids)
+    size = 48 * MiB
+    with svc.connect(server.addr("command"), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        svc.send_frame(sock, f"head -c {size} /dev/zero".encode())
+        time.sleep(1.5)  # not reading: the server must stop reading the pipes, not buffer 48 MiB
+        grown = rss(pids) - before
+        got = 0
+        while True:
+            frame = svc.recv_frame(sock)
+            if frame[:1] != b"O":
+                break
+            got += len(frame) - 1
+    assert frame == b"X0" and got == size
+    assert grown < 16 * MiB, f"the server grew by {grown / MiB:.1f} MiB while the client did not read"
+
+
+def test_graceful_stop_kills_running_commands(start_server: Callable[..., Any], svc: SimpleNamespace) -> None:
+    server = start_server("--command", "0", "--allow", "sh", "--graceful-timeout", "1", expect=1)
+    with svc.connect(server.addr("command")) as sock:
+        svc.send_frame(sock, b"sh -c 'echo $$; sleep 100 & sleep 100'")
+        pgid = int(svc.recv_frame(sock)[1:])
+        assert svc.wait_until(lambda: len(svc.group_members(pgid)) == 3)
+        server.workers()
+        server.signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+    assert svc.wait_group_gone(pgid, timeout=1.0) == []  # nothing left behind, not even a zombie
