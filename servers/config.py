@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from .echo import EchoService, RawEchoService
 from .engine import Limits, Listener, SelectEngine
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
-from .prefork import PreforkEngine
+from .prefork import PreforkEngine, _remove_pidfile, _write_pidfile
 from .service import DEFAULT_MAX_REQUEST, Service
 from .timeservice import TcpTimeService, TimeService
 
@@ -82,7 +82,9 @@ def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Servi
         else:
             factory = _FACTORIES.get(name)
             if factory is None:
-                raise ConfigError(f"the {name} service is not available in this build")
+                if explicit:
+                    raise ConfigError(f"the {name} service is not available in this build")
+                continue
             try:
                 built = factory(config)
             except ValueError as exc:
@@ -148,6 +150,22 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
         listeners = build_listeners(config)
     if not listeners:
         raise ConfigError("no service to start")
+    if config.engine not in ("select", "prefork"):
+        raise ConfigError(f"unknown engine {config.engine!r} (choose select or prefork)")
+    if config.pidfile:
+        # Written before the listening lines are printed: whoever reads those may look for it at once.
+        try:
+            _write_pidfile(config.pidfile)
+        except OSError as exc:
+            raise ConfigError(f"cannot write pidfile {config.pidfile}: {exc.strerror or exc}") from None
+    try:
+        return _run(config, listeners, out)
+    finally:
+        if config.pidfile:
+            _remove_pidfile(config.pidfile)
+
+
+def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO]) -> int:
     for listener in listeners:
         line = listener.describe()
         if out is not None:
@@ -155,18 +173,8 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
         log.info("%s: %s", line, listener.service.describe())
     if config.engine == "prefork":
         engine_name = f"prefork engine, {config.workers or os.cpu_count()} worker(s)"
-        runner = PreforkEngine(listeners, config.workers, config.limits, pidfile=config.pidfile)
+        runner = PreforkEngine(listeners, config.workers, config.limits)
         log.info("serving with the %s (master pid %d)", engine_name, os.getpid())
         return runner.run()
-    if config.engine != "select":
-        raise ConfigError(f"unknown engine {config.engine!r} (choose select or prefork)")
-    if config.pidfile:
-        from .prefork import _remove_pidfile, _write_pidfile
-
-        _write_pidfile(config.pidfile)
     log.info("serving with the select engine (pid %d)", os.getpid())
-    try:
-        return SelectEngine(listeners, config.limits).run()
-    finally:
-        if config.pidfile:
-            _remove_pidfile(config.pidfile)
+    return SelectEngine(listeners, config.limits).run()

@@ -320,7 +320,7 @@ class SelectEngine:
         if timers:
             timeout = min(timeout, max(0.0, timers[0].when - time.monotonic()))
         if self._accept_paused:
-            timeout = min(timeout, 0.05)
+            timeout = min(timeout, 0.01)  # re-check the balancer soon: the others may have caught up
         return timeout
 
     # -- registration ---------------------------------------------------------------------------------
@@ -873,9 +873,14 @@ class SelectEngine:
         if not self._conns:
             self._running = False
 
-    def run(self, install_signals: bool = True) -> int:
-        """Serve until stopped; return the exit status (0 for a requested stop)."""
+    def run(self, install_signals: bool = True, unblock_signals: Sequence[int] = ()) -> int:
+        """Serve until stopped; return the exit status (0 for a requested stop).
+
+        ``unblock_signals`` are unblocked once the engine's handlers are installed (a prefork worker is
+        forked with them blocked, so that none arrives before it can handle it)."""
         previous = self._install_signals() if install_signals else None
+        if unblock_signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
         self._running = True
         self.now = time.monotonic()
         try:

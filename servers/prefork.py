@@ -21,8 +21,8 @@ to a queue, so every decision is taken in one place, in order:
 
 Accepts are spread by the kernel and a shared table: every worker registers the shared listening socket
 with ``EPOLLEXCLUSIVE`` (one idle worker is woken per connection, not all), takes one connection per
-wake-up and re-registers (moving to the back of the kernel's queue of waiters), and steps out of the queue
-while it holds more connections than the least loaded live worker plus one.  The table lives in an
+wake-up and re-registers (moving to the back of the kernel's queue of waiters, so idle workers take turns),
+and steps out of the queue while it holds clearly more connections than the least loaded live worker.  The table lives in an
 anonymous shared mapping made before the first fork: one connection counter and one heartbeat per worker.
 The heartbeat doubles as a watchdog: a worker that stops beating for ``worker_timeout`` is killed and
 replaced.  A worker whose master died (its parent PID changed) stops gracefully on its own.
@@ -103,7 +103,8 @@ class Balancer:
         self.beats[self.slot] = now
 
     def may_accept(self) -> bool:
-        """True unless this worker holds more than the least loaded live worker plus one.
+        """True unless this worker holds clearly more than the least loaded live worker (one more, plus
+        an eighth, so that bursts are not throttled by workers taking turns).
 
         Workers that stopped beating (hung, or being killed) do not count, so one stuck worker cannot
         stop the others from accepting."""
@@ -118,7 +119,7 @@ class Balancer:
             c = counts[i]
             if 0 <= c < low and beats[i] > stale:
                 low = c
-        return mine <= low + 1
+        return mine <= low + 1 + low // 8
 
     def snapshot(self) -> Dict[int, int]:
         """slot -> connections held, for live slots."""
@@ -183,15 +184,24 @@ class PreforkEngine:
 
     def _spawn(self) -> None:
         slot = self.balancer.allocate()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child; covered by the subprocess tests
-            code = 1
-            try:
-                code = self._worker_main(slot)
-            except BaseException:
-                log.exception("worker crashed")
-            finally:
-                os._exit(code)
+        # Signals stay blocked across the fork: a SIGTERM meant for the new worker must not land in the
+        # master's handler (inherited, until the worker installs its own) and be lost there.  The worker
+        # unblocks them once its engine's handlers are in place; pending ones are delivered then.
+        signal.pthread_sigmask(signal.SIG_BLOCK, self._HANDLED)
+        pid = -1
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child; covered by the subprocess tests
+                code = 1
+                try:
+                    code = self._worker_main(slot)
+                except BaseException:
+                    log.exception("worker crashed")
+                finally:
+                    os._exit(code)
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self._HANDLED)
         self.workers[pid] = _Worker(pid, slot, time.monotonic())
         log.info("worker %d started (slot %d)", pid, slot)
 
@@ -204,11 +214,12 @@ class PreforkEngine:
         os.close(self._wake_r)
         os.close(self._wake_w)
         if os.environ.get("FASTFRAME_TEST_FAULT") == "worker-boot":
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self._HANDLED)
             raise RuntimeError("fault injected at worker boot (FASTFRAME_TEST_FAULT=worker-boot)")
         self.balancer.slot = slot
         engine = SelectEngine(self.listeners, self.limits, balancer=self.balancer, exclusive_accept=True)
         engine.parent_pid = self._master_pid
-        return engine.run()
+        return engine.run(unblock_signals=self._HANDLED)
 
     def _reap(self) -> None:
         while True:

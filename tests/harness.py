@@ -38,7 +38,8 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             env=full_env,
-            cwd=cwd,
+            # Never the repository root: `python -m fastframe` would import the unbuilt source tree there.
+            cwd=cwd or tempfile.gettempdir(),
             start_new_session=True,  # a Ctrl-C in the test terminal does not reach it; we signal it ourselves
         )
         self.pid = self.proc.pid
