@@ -1,0 +1,226 @@
+"""Stopping (SIGTERM graceful under load, SIGINT prompt), --pidfile, and systemd socket activation."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+GRACEFUL = 3.0
+MiB = 1024 * 1024
+
+
+class PipelinedClient(threading.Thread):
+    """Sends windows of 1-4 frames (mostly small, sometimes up to 1 MiB) and reads the replies, recording when
+    each request was fully handed to the kernel.  It stops at the first EOF or error and judges it against
+    ``signalled_at``: a request sent before the signal must be answered completely."""
+
+    def __init__(self, net, addr, idx: int) -> None:
+        super().__init__(daemon=True)
+        self.net = net
+        self.addr = addr
+        self.idx = idx
+        self.rng = random.Random(1000 + idx)
+        self.signalled_at: float | None = None
+        self.replies_before = 0
+        self.replies_after = 0
+        self.violations: list[str] = []
+        self.ending = ""
+        self.warm = threading.Event()
+        self.sock = net.connect(addr)
+        self.sock.settimeout(15)
+
+    def _payload(self, n: int) -> bytes:
+        size = self.rng.choice([0, 1, 100, 3000, 20000]) if self.rng.random() < 0.9 else self.rng.randint(100000, MiB)
+        return b"%d/%d/" % (self.idx, n) + self.rng.randbytes(size)
+
+    def run(self) -> None:
+        n = 0
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:
+                window = [self._payload(n + i) for i in range(self.rng.randint(1, 4))]
+                sent_at = []
+                for p in window:
+                    try:
+                        self.net.send_frame(self.sock, p)
+                    except OSError as exc:
+                        self._end(f"send: {type(exc).__name__}", sent_at)
+                        return
+                    sent_at.append(time.monotonic())
+                for i, p in enumerate(window):
+                    try:
+                        reply = self.net.recv_frame(self.sock)
+                    except EOFError as exc:
+                        self._end(str(exc), sent_at[i:], clean=str(exc) == "eof at boundary")
+                        return
+                    except OSError as exc:
+                        self._end(f"{type(exc).__name__}: {exc}", sent_at[i:])
+                        return
+                    if reply != p:
+                        self.violations.append(f"reply {n} differs: {len(reply)} bytes for {len(p)}")
+                        return
+                    if self.signalled_at is None:
+                        self.replies_before += 1
+                    else:
+                        self.replies_after += 1
+                    n += 1
+                self.warm.set()
+            self.violations.append("the server never closed the connection")
+        finally:
+            self.warm.set()
+            self.sock.close()
+
+    def _end(self, how: str, unanswered_sent_at: list[float], clean: bool = False) -> None:
+        self.ending = how
+        sig = self.signalled_at
+        early = [t for t in unanswered_sent_at if sig is None or t < sig]
+        if sig is None:
+            self.violations.append(f"connection ended before any signal: {how}")
+        elif early:
+            self.violations.append(f"{how} with {len(early)} request(s) sent before the signal unanswered")
+        elif not clean and how.startswith(("partial", "EOF")):
+            self.violations.append(f"{how}: not a frame boundary")
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_sigterm_under_load_answers_everything_received(engine, serve, net, round_):
+    server = serve("--echo", "0", "--graceful-timeout", str(GRACEFUL), engine=engine)
+    clients = [PipelinedClient(net, server.addr("echo"), i + 100 * round_) for i in range(20)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        assert c.warm.wait(15), f"client {c.idx} never got going"
+    time.sleep(0.3 + 0.4 * random.random())
+    workers = {pid: net.proc_start(pid) for pid in server.workers()}
+    signalled_at = time.monotonic()
+    for c in clients:
+        c.signalled_at = signalled_at
+    server.signal(signal.SIGTERM)
+    code, took = net.wait_exit(server, GRACEFUL + 5)
+    for c in clients:
+        c.join(20)
+        assert not c.is_alive(), f"client {c.idx} still running"
+    problems = {c.idx: c.violations for c in clients if c.violations}
+    assert not problems, f"{problems}\nendings: {[c.ending for c in clients]}\nstderr:\n{server.stderr()[-3000:]}"
+    assert all(c.replies_before > 0 for c in clients)
+    assert code == 0, server.stderr()[-3000:]
+    assert took <= GRACEFUL + 1.0, f"took {took:.1f} s to stop (graceful timeout {GRACEFUL} s)"
+    assert not net.still_running(workers), "workers outlived their master"
+    # after the stop nothing listens any more
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(server.addr("echo"), timeout=2).close()
+
+
+def test_sigterm_finishes_a_frame_the_client_is_still_sending(engine, serve, net):
+    """A request half-sent when SIGTERM arrives is waited for (within the graceful timeout) and answered."""
+    server = serve("--echo", "0", "--graceful-timeout", str(GRACEFUL), engine=engine)
+    with net.connect(server.addr("echo")) as s:
+        assert net.roundtrip(s, b"warm") == b"warm"
+        payload = random.Random(3).randbytes(200000)
+        frame = net.HEADER.pack(len(payload)) + payload
+        s.sendall(frame[:100000])
+        time.sleep(0.3)
+        server.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        s.sendall(frame[100000:])
+        assert net.recv_frame(s) == payload
+        with pytest.raises(EOFError, match="eof at boundary"):
+            net.recv_frame(s)
+    code, _ = net.wait_exit(server, GRACEFUL + 5)
+    assert code == 0
+
+
+def test_sigint_stops_promptly_with_status_0(engine, serve, net):
+    server = serve("--echo", "0", "--time", "0", expect=3, engine=engine)
+    idle = net.connect(server.addr("echo"))
+    busy = net.connect(server.addr("echo"))
+    try:
+        assert net.roundtrip(busy, b"x") == b"x"
+        workers = {pid: net.proc_start(pid) for pid in server.workers()}
+        assert len(workers) == (2 if engine == "prefork" else 0)
+        busy.sendall(net.HEADER.pack(1000) + b"half")  # a frame in progress does not hold SIGINT up
+        time.sleep(0.2)
+        server.signal(signal.SIGINT)
+        code, took = net.wait_exit(server, 5)
+    finally:
+        idle.close()
+        busy.close()
+    assert code == 0, server.stderr()[-3000:]
+    assert took < 2.0, took
+    assert not net.still_running(workers), "workers outlived their master"
+
+
+# -- --pidfile ------------------------------------------------------------------------------------------
+
+
+def test_pidfile_written_and_removed(engine, serve, net, workdir):
+    path = os.path.join(workdir, "run", "ff.pid")
+    os.makedirs(os.path.dirname(path))
+    server = serve("--echo", "0", "--pidfile", path, engine=engine)
+    # The select engine writes the file just after printing where it listens: give it a moment.
+    deadline = time.monotonic() + 5
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with open(path) as f:
+        assert f.read().strip() == str(server.pid)
+    with net.connect(server.addr("echo")) as s:
+        assert net.roundtrip(s, b"pid") == b"pid"
+    server.signal(signal.SIGTERM)
+    code, _ = net.wait_exit(server, 10)
+    assert code == 0
+    assert not os.path.exists(path), "the pidfile outlived the server"
+    assert os.listdir(os.path.dirname(path)) == []  # no temporary file left behind either
+
+
+# -- systemd socket activation ----------------------------------------------------------------------------
+
+# Exec the server with the socket on fd 3 and LISTEN_PID set to the server's own PID -- only the exec'd
+# process knows it, hence a wrapper that dup2()s and then execve()s itself into `python -m fastframe serve`.
+ACTIVATE = textwrap.dedent(
+    """
+    import os, sys
+    fd = int(sys.argv[1])
+    if fd != 3:
+        os.dup2(fd, 3)
+        os.close(fd)
+    os.set_inheritable(3, True)
+    env = dict(os.environ, LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES=sys.argv[2])
+    os.execve(sys.executable, [sys.executable, "-m", "fastframe", "serve"] + sys.argv[3:], env)
+    """
+)
+
+
+@pytest.mark.parametrize("fdname", ["echo", ""])
+def test_systemd_socket_activation(engine, spawn, net, workdir, fdname):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    # a connection made before the server even starts waits in the passed socket's backlog
+    early = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        args = [sys.executable, "-c", ACTIVATE, str(listener.fileno()), fdname, "--echo", "0"]
+        args += net.engine_args(engine)
+        server = spawn(args, expect=1, pass_fds=[listener.fileno()])
+        listener.close()  # only the server holds it now
+        assert server.addr("echo") == ("127.0.0.1", port), server.stdout_lines
+        assert net.roundtrip(early, b"queued before start") == b"queued before start"
+        with net.connect(("127.0.0.1", port)) as s:
+            assert net.roundtrip(s, b"activated") == b"activated"
+        if engine == "prefork":
+            net.wait_booted(server.wait_workers(2))
+        early.close()
+        server.signal(signal.SIGTERM)
+        code, _ = net.wait_exit(server, 10)
+        assert code == 0, server.stderr()
+    finally:
+        early.close()
+        listener.close()
