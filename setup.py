@@ -22,7 +22,6 @@ setup(
             ["src/_codec.pyx"],
             include_dirs=["src"],
             depends=["src/hton.h"],
-            cython_directives={"language_level": 3},
         )
     ],
     cmdclass={"build_ext": cython_build_ext},
