@@ -1,0 +1,1167 @@
+#!/usr/bin/env python3
+"""Server benchmark: fastframe's engines against what people run today, in one run, over real TCP on 127.0.0.1.
+
+Echo mode (the default) -- every server speaks the same framed echo protocol (a 4-byte big-endian length,
+then the payload; the reply is the same frame) and is driven by ``bench/loadgen.c``, a one-thread epoll load
+generator in C that this script compiles with gcc into ``bench/.build/``.  It keeps C connections each with
+D requests of S bytes in flight (closed loop), checks every byte of every reply, records each request's
+latency in a histogram, runs a warm-up and then a measured window, and reads the server's CPU time
+(utime + stime of the server and all of its descendants, from /proc) at the two edges of that window.
+
+Servers (``--servers``, comma-separated; default: all):
+
+  select           fastframe serve --engine select --echo 0            (the baseline of every ratio)
+  prefork          fastframe serve --engine prefork --workers N --echo 0
+  select-purepy    the select engine with FASTFRAME_PURE_PYTHON=1      (the codec's pure-Python twin)
+  c-epoll          bench/echo_c.c: a framed echo server in C, epoll    (the practical ceiling)
+  uvloop           asyncio.Protocol + hand-written "!I" parser, on uvloop   (bench/peers.py)
+  asyncio-protocol the same Protocol on the default asyncio loop
+  asyncio-streams  asyncio.start_server, readexactly + write + drain
+  twisted          Twisted Int32StringReceiver
+  selectors        the tutorial seeds: selectors + bytes buffer + struct.unpack + slicing
+  threading        socketserver.ThreadingTCPServer, recv_into exact loops
+
+Scenarios (``--scenarios``, default ``a,b,c``): (a) C x 64 B, depth 1; (b) C x 64 B, depth 16;
+(c) C x 16 KiB, depth 1; C is ``--connections`` (default 50).
+
+Every (scenario, server) measurement starts a fresh server and stops it afterwards (by PID, with every
+descendant it had).  With two or more CPUs the server (and, through fork inheritance, its workers and
+threads) is pinned to one CPU and the load generator to another; the prefork engine gets as many CPUs as it
+has workers, never the load generator's (on a 2-CPU machine: the same single CPU as everyone else).
+``--repeat N`` measures everything N times (round-robin, so slow drifts hit every server alike) and keeps,
+per row, the run with the median req/s.
+
+Files mode (``--files``): download one large file (``--file-size``, default 1 GiB) through fastframe's file
+service (``fastframe serve --files 0`` + ``fastframe get -o``), nginx with ``sendfile on`` + ``curl -o`` and
+``python -m http.server`` + ``curl -o``, and report seconds per GiB.
+
+Run ``python bench/bench_servers.py --help``; bench/README.md ("Server bench") says how to read the output.
+Loopback only, bounded in time, stops by itself.  Linux only (epoll, /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+BUILD_DIR = os.path.join(BENCH_DIR, ".build")
+PEERS = os.path.join(BENCH_DIR, "peers.py")
+CFLAGS = ["-O2", "-Wall"]
+GiB = 1 << 30
+MiB = 1 << 20
+LISTEN_LINE = re.compile(rb"^(\w+) tcp (\S+):(\d+)\s*$")
+NOISE_CORES = 0.25  # other processes using more than this (in CPUs) during a window get the row flagged
+
+
+class BenchError(Exception):
+    """A failure that ends one row (server did not start, wrong byte, ...), not the run."""
+
+
+# -- building the C programs ----------------------------------------------------------------------------
+
+
+def build(name: str) -> str:
+    """Compile bench/NAME.c into bench/.build/NAME-<hash of source and flags>; return the binary's path."""
+    src = os.path.join(BENCH_DIR, name + ".c")
+    cc = shutil.which(os.environ.get("CC", "gcc"))
+    if cc is None:
+        raise BenchError("gcc not found (set CC to a C compiler)")
+    with open(src, "rb") as f:
+        digest = hashlib.sha1(f.read() + " ".join([cc] + CFLAGS).encode()).hexdigest()[:12]
+    out = os.path.join(BUILD_DIR, f"{name}-{digest}")
+    if os.path.exists(out):
+        return out
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    proc = subprocess.run([cc, *CFLAGS, "-o", tmp, src], capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"compiling {name}.c failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    os.replace(tmp, out)  # atomic: two runs building at once both end with a whole binary
+    return out
+
+
+# -- processes ------------------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return data[data.rindex(")") + 2 :].split()  # fields from 3 (state) on; comm may hold spaces
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all of its descendants (via /proc/PID/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(k) for k in f.read().split())
+            except OSError:
+                pass
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its descendants, in seconds."""
+    ticks = 0
+    for p in process_tree(pid):
+        fields = _stat_fields(p)
+        if fields:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (user nice system irq softirq, from /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def _pin(cpus: set[int] | None) -> Any:
+    if not cpus:
+        return None
+
+    def preexec() -> None:  # runs in the child between fork and exec: the exec'd server inherits it
+        os.sched_setaffinity(0, cpus)
+
+    return preexec
+
+
+class Proc:
+    """A child process in its own session; stopped by PID together with every descendant seen."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cpus: set[int] | None = None,
+        cwd: str | None = None,
+        stdout: Any = subprocess.PIPE,
+    ) -> None:
+        self.argv = list(argv)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process; closed in stop()
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=self._stderr,
+                env=full_env,
+                cwd=cwd or BENCH_DIR,  # never the repository root: `python -m fastframe` there imports the source tree
+                start_new_session=True,
+                preexec_fn=_pin(cpus),  # noqa: PLW1509 - the bench runs no threads
+            )
+        except OSError as exc:
+            self._stderr.close()
+            raise BenchError(f"cannot start {self.argv[0]}: {exc.strerror or exc}") from None
+        self.pid = self.proc.pid
+        self._seen: dict[int, str] = {}  # descendant pid -> its start time (guards against PID reuse)
+        self._buf = b""
+
+    def remember_children(self) -> None:
+        for p in process_tree(self.pid)[1:]:
+            fields = _stat_fields(p)
+            if fields:
+                self._seen.setdefault(p, fields[19])
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        try:
+            self._stderr.seek(0)
+            text = self._stderr.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+        return " | ".join(text.splitlines()[-lines:])
+
+    def wait_line(self, pattern: re.Pattern[bytes], timeout: float) -> re.Match[bytes]:
+        """Read stdout lines until one matches ``pattern``."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                m = pattern.match(line.strip())
+                if m:
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"printed no listening address within {timeout:g} s; stderr: {self.stderr_tail()}")
+            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if not ready:
+                if self.proc.poll() is not None:
+                    raise BenchError(f"exited with status {self.proc.returncode}: {self.stderr_tail() or 'no message'}")
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise BenchError(f"exited with status {self.proc.wait()}: {self.stderr_tail() or 'no message'}")
+            self._buf += chunk
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            self.remember_children()
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.remember_children()
+                self.proc.kill()
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:  # pragma: no cover
+                    pass
+        for pid, start in self._seen.items():
+            fields = _stat_fields(pid)
+            if fields and fields[19] == start and fields[0] != "Z":
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+
+# -- servers and scenarios ------------------------------------------------------------------------------
+
+
+class ServerSpec:
+    def __init__(self, name: str, label: str, group: str, note: str = "") -> None:
+        self.name = name
+        self.label = label
+        self.group = group  # "fastframe", "c" or "peer": colours in the chart
+        self.note = note
+        self.skip: str | None = None  # why this server is not measured (missing package, ...)
+
+    def argv(self, ctx: Context) -> tuple[list[str], dict[str, str]]:
+        py = sys.executable
+        if self.name in ("select", "select-purepy"):
+            env = {"FASTFRAME_PURE_PYTHON": "1"} if self.name == "select-purepy" else {"FASTFRAME_PURE_PYTHON": ""}
+            return [py, "-m", "fastframe", "serve", "--engine", "select", "--echo", "0"], env
+        if self.name == "prefork":
+            return [py, "-m", "fastframe", "serve", "--engine", "prefork", "--workers", str(ctx.workers),
+                    "--echo", "0"], {"FASTFRAME_PURE_PYTHON": ""}  # fmt: skip
+        if self.name == "c-epoll":
+            assert ctx.echo_c is not None
+            return [ctx.echo_c, "0"], {}
+        return [py, PEERS, PEER_KINDS[self.name], "0"], {}
+
+
+PEER_KINDS = {
+    "uvloop": "uvloop-protocol",
+    "asyncio-protocol": "asyncio-protocol",
+    "asyncio-streams": "asyncio-streams",
+    "twisted": "twisted",
+    "selectors": "selectors",
+    "threading": "threading",
+}
+
+
+def all_servers(workers: int) -> list[ServerSpec]:
+    return [
+        ServerSpec("select", "fastframe select", "fastframe", "fastframe serve --engine select"),
+        ServerSpec("prefork", f"fastframe prefork x{workers}", "fastframe", f"--engine prefork --workers {workers}"),
+        ServerSpec("select-purepy", "fastframe select, pure-Py", "fastframe-py", "FASTFRAME_PURE_PYTHON=1"),
+        ServerSpec("c-epoll", "C epoll echo (ceiling)", "c", "bench/echo_c.c"),
+        ServerSpec("uvloop", "uvloop Protocol", "peer", "asyncio.Protocol + '!I' parser on uvloop"),
+        ServerSpec("asyncio-protocol", "asyncio Protocol", "peer", "asyncio.Protocol + '!I' parser"),
+        ServerSpec("asyncio-streams", "asyncio streams", "peer", "readexactly + write + drain"),
+        ServerSpec("twisted", "Twisted Int32String", "peer", "Int32StringReceiver"),
+        ServerSpec("selectors", "selectors seeds", "peer", "selectors + bytes buffer + slicing"),
+        ServerSpec("threading", "ThreadingTCPServer", "peer", "socketserver, thread per connection"),
+    ]
+
+
+SERVER_NAMES = [s.name for s in all_servers(2)]
+QUICK_SERVERS = ["select", "c-epoll"]
+
+
+class Scenario:
+    def __init__(self, key: str, size: int, depth: int) -> None:
+        self.key = key
+        self.size = size
+        self.depth = depth
+
+    def title(self, connections: int) -> str:
+        return f"({self.key}) {connections} connections x {fmt_bytes(self.size)}, depth {self.depth}"
+
+
+SCENARIOS = {"a": Scenario("a", 64, 1), "b": Scenario("b", 64, 16), "c": Scenario("c", 16 * 1024, 1)}
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workers: int = args.workers
+        self.loadgen = ""
+        self.echo_c: str | None = None
+        self.lg_cpus: set[int] | None = None
+        self.server_cpus: set[int] | None = None
+        self.prefork_cpus: set[int] | None = None
+        self.pinning = "not pinned"
+
+    def plan_cpus(self) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if self.args.no_pin:
+            self.pinning = "not pinned (--no-pin)"
+            return
+        if len(cpus) < 2:
+            self.pinning = f"not pinned: only {len(cpus)} CPU available"
+            return
+        self.lg_cpus = {cpus[0]}
+        self.server_cpus = {cpus[1]}
+        self.prefork_cpus = set(cpus[1 : 1 + max(1, self.workers)])
+        self.pinning = f"load generator on CPU {cpus[0]}, server on CPU {cpus[1]}"
+        if "prefork" in self.args.servers:
+            pre = ",".join(map(str, sorted(self.prefork_cpus)))
+            alone = len(self.prefork_cpus) == 1
+            self.pinning += f"; prefork master + {self.workers} workers on CPU{'' if alone else 's'} {pre}" + (
+                " (the same single CPU: this machine has no other one to give)" if alone else ""
+            )
+
+    def cpus_for(self, spec: ServerSpec) -> set[int] | None:
+        return self.prefork_cpus if spec.name == "prefork" else self.server_cpus
+
+
+# -- one measurement ------------------------------------------------------------------------------------
+
+
+def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
+    """Start the server, run the load generator against it, stop it; the loadgen's JSON or a failure."""
+    args = ctx.args
+    argv, env = spec.argv(ctx)
+    started = time.monotonic()
+    try:
+        server = Proc(argv, env=env, cpus=ctx.cpus_for(spec))
+    except BenchError as exc:
+        return {"ok": False, "error": f"server did not start: {exc}"}
+    try:
+        try:
+            m = server.wait_line(LISTEN_LINE, timeout=30.0)
+        except BenchError as exc:
+            return {"ok": False, "error": f"server did not start: {exc}"}
+        port = int(m.group(3))
+        lg_argv = [
+            ctx.loadgen, "--port", str(port), "--connections", str(args.connections), "--depth", str(scen.depth),
+            "--size", str(scen.size), "--warmup", str(args.warmup), "--duration", str(args.duration),
+            "--stall", str(args.stall), "--pid", str(server.pid),
+        ]  # fmt: skip
+        limit = args.warmup + args.duration + args.stall + 30.0
+        try:
+            lg = subprocess.run(
+                lg_argv, capture_output=True, text=True, timeout=limit, check=False,
+                preexec_fn=_pin(ctx.lg_cpus),
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"load generator did not finish within {limit:g} s"}
+        try:
+            result: dict[str, Any] = json.loads(lg.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"ok": False, "error": f"load generator failed (status {lg.returncode}): {lg.stderr.strip()[-300:]}"}
+        if not result.get("ok"):
+            tail = (
+                ""
+                if server.alive()
+                else f" (server exited with status {server.proc.returncode}: {server.stderr_tail()})"
+            )
+            result["error"] = f"{result.get('error', 'load generator failed')}{tail}"
+        return result
+    finally:
+        server.stop()
+        if args.verbose:
+            log(f"    ({time.monotonic() - started:.1f} s incl. start/stop)")
+
+
+def pick_median(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ok = sorted((r for r in runs if r.get("ok")), key=lambda r: r["req_per_s"])
+    if not ok:
+        return None
+    return ok[(len(ok) - 1) // 2]  # for an even count, the lower of the two middle runs: a real run, not a mean
+
+
+# -- output ---------------------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fmt_bytes(n: int) -> str:
+    if n >= GiB and n % GiB == 0:
+        return f"{n // GiB} GiB"
+    if n >= MiB and n % MiB == 0:
+        return f"{n // MiB} MiB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
+
+
+def fmt_num(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.{digits - 1}f}" if x >= 1 else f"{x:.{digits}f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """req_ratio = this row's req/s / the select engine's; cpu_ratio = this row's CPU/request / the select engine's."""
+    base: dict[str, dict[str, Any]] = {
+        r["scenario"]: r["chosen"] for r in rows if r["server"] == "select" and r["chosen"]
+    }
+    for r in rows:
+        b = base.get(r["scenario"])
+        c = r["chosen"]
+        r["req_ratio"] = c["req_per_s"] / b["req_per_s"] if b and c and b["req_per_s"] else None
+        ok_cpu = b and c and b["cpu_us_per_req"] > 0 and c["cpu_us_per_req"] >= 0
+        r["cpu_ratio"] = c["cpu_us_per_req"] / b["cpu_us_per_req"] if ok_cpu else None  # type: ignore[index]
+
+
+def print_tables(
+    rows: list[dict[str, Any]], scenarios: list[Scenario], connections: int, out: Any = sys.stdout
+) -> None:
+    width = max(len(r["label"]) for r in rows) + 1
+    head = (
+        f"{'server':<{width}} {'req/s':>9} {'MB/s':>7} {'p50 us':>8} {'p99 us':>8} {'CPU us/req':>10} "
+        f"{'srv CPU':>7} {'lg CPU':>6} {'x req/s':>7} {'x CPU':>6}"
+    )
+    for scen in scenarios:
+        print(f"\n{scen.title(connections)}", file=out)
+        print(head, file=out)
+        print("-" * len(head), file=out)
+        for r in rows:
+            if r["scenario"] != scen.key:
+                continue
+            c = r["chosen"]
+            if r["status"] == "skipped":
+                print(f"{r['label']:<{width}} skipped: {r['reason']}", file=out)
+                continue
+            if c is None:
+                print(f"{r['label']:<{width}} FAILED: {r['reason']}", file=out)
+                continue
+            noisy = "~" if c.get("other_cpu_cores", 0) > NOISE_CORES else " "
+            print(
+                f"{r['label']:<{width}} {c['req_per_s']:>9,.0f} {fmt_num(c['payload_mb_per_s']):>7} "
+                f"{fmt_num(c['latency_us']['p50']):>8} {fmt_num(c['latency_us']['p99']):>8} "
+                f"{fmt_num(c['cpu_us_per_req']):>10} {c['server_cpu_util'] * 100:>6.0f}% {c['loadgen_cpu_util'] * 100:>5.0f}% "
+                f"{fmt_ratio(r['req_ratio']):>7} {fmt_ratio(r['cpu_ratio']):>6}{noisy}",
+                file=out,
+            )
+            if r["reason"]:
+                print(f"{'':<{width}}   note: {r['reason']}", file=out)
+
+
+def plot(rows: list[dict[str, Any]], scenarios: list[Scenario], path: str, meta: dict[str, Any]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        return "matplotlib is not installed: no chart (pip install matplotlib)"
+    colours = {"fastframe": "#f28e2b", "fastframe-py": "#ffbe7d", "c": "#59595c", "peer": "#7ea6c9"}
+    servers: list[tuple[str, str, str]] = []
+    for r in rows:
+        if (r["server"], r["label"], r["group"]) not in servers:
+            servers.append((r["server"], r["label"], r["group"]))
+    n = len(scenarios)
+    fig, axes = plt.subplots(2, n, figsize=(4.6 * n + 1.5, 0.42 * len(servers) * 2 + 2.6), squeeze=False)
+    for col, scen in enumerate(scenarios):
+        by_server = {r["server"]: r for r in rows if r["scenario"] == scen.key}
+        for row_i, (metric, title, fmt) in enumerate(
+            (
+                ("req_per_s", "req/s (higher is better)", "{:,.0f}"),
+                ("cpu_us_per_req", "server CPU us/request (lower is better)", "{:.2f}"),
+            )
+        ):
+            ax = axes[row_i][col]
+            ys = list(range(len(servers)))
+            values, labels, cols, edges, notes = [], [], [], [], []
+            for name, label, group in servers:
+                row = by_server.get(name)
+                c: dict[str, Any] | None = row["chosen"] if row else None
+                values.append(c[metric] if c and c[metric] >= 0 else 0.0)
+                # req/s means little without the CPU share the server got: say it next to the number
+                noisy = c is not None and c.get("other_cpu_cores", 0) > NOISE_CORES
+                share = (
+                    f"  {c['server_cpu_util']:.0%} CPU{' ~' if noisy else ''}" if c and metric == "req_per_s" else ""
+                )
+                notes.append(share)
+                status = "" if c else (" (skipped)" if row and row["status"] == "skipped" else " (FAILED)")
+                labels.append(label + status)
+                cols.append(colours.get(group, "#999999"))
+                edges.append("#b2182b" if name == "select" else "none")
+            bars = ax.barh(
+                ys, values, color=cols, edgecolor=edges, linewidth=[2.5 if e != "none" else 0 for e in edges]
+            )
+            ax.set_yticks(ys)
+            ax.set_yticklabels(labels if col == 0 else [""] * len(labels), fontsize=9)
+            for tick, (name, _, _) in zip(ax.get_yticklabels(), servers):
+                if name == "select":
+                    tick.set_fontweight("bold")
+            ax.invert_yaxis()
+            top = max(values) if values and max(values) > 0 else 1.0
+            ax.set_xlim(0, top * (1.55 if metric == "req_per_s" else 1.32))
+            for bar, v, note in zip(bars, values, notes):
+                if v > 0:
+                    y = bar.get_y() + bar.get_height() / 2
+                    ax.text(v + top * 0.01, y, fmt.format(v) + note, va="center", fontsize=8)
+            ax.set_title(f"{scen.title(meta['connections'])}\n{title}" if row_i == 0 else title, fontsize=9.5)
+            ax.tick_params(axis="x", labelsize=8)
+            if metric == "req_per_s":
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:,.0f}k" if x else "0"))
+            ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(
+        f"fastframe framed echo, {meta['date']} - {meta['cpu_count']} CPUs, {meta['pinning_short']}; "
+        f"{meta['duration']:g} s per run, median of {meta['repeat']}\n"
+        f"'N% CPU': the server's CPU use in the window (below ~95%: it was not saturated); "
+        f"'~': other processes used > {NOISE_CORES:g} CPU meanwhile",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# -- the echo benchmark ---------------------------------------------------------------------------------
+
+
+def fastframe_info() -> dict[str, Any]:
+    probe = (
+        "import json, fastframe; print(json.dumps({'version': fastframe.__version__, "
+        "'implementation': fastframe.IMPLEMENTATION, 'path': fastframe.__file__}))"
+    )
+    info: dict[str, Any] = {}
+    for key, env in (("default", {"FASTFRAME_PURE_PYTHON": ""}), ("pure", {"FASTFRAME_PURE_PYTHON": "1"})):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+            check=False,
+            cwd=BENCH_DIR,
+        )
+        info[key] = json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr.strip()[-300:]}
+    return info
+
+
+def run_echo(args: argparse.Namespace) -> int:
+    ctx = Context(args)
+    try:
+        ctx.loadgen = build("loadgen")
+    except BenchError as exc:
+        log(f"bench_servers: cannot build the load generator: {exc}")
+        return 1
+    specs = [s for s in all_servers(args.workers) if s.name in args.servers]
+    specs.sort(key=lambda s: args.servers.index(s.name))
+    info = fastframe_info()
+    for spec in specs:
+        if spec.name == "c-epoll":
+            try:
+                ctx.echo_c = build("echo_c")
+            except BenchError as exc:
+                spec.skip = str(exc)
+        elif spec.name in ("select", "prefork") and "error" in info["default"]:
+            spec.skip = f"fastframe is not importable by {sys.executable}: {info['default']['error']}"
+        elif spec.name == "select-purepy" and "error" in info["pure"]:
+            spec.skip = f"fastframe (pure Python) is not importable: {info['pure']['error']}"
+        elif spec.name in ("uvloop", "twisted"):
+            module = {"uvloop": "uvloop", "twisted": "twisted"}[spec.name]
+            probe = subprocess.run(
+                [sys.executable, "-c", f"import {module}"], capture_output=True, cwd=BENCH_DIR, check=False, timeout=60
+            )
+            found = probe.returncode == 0
+            if not found:
+                spec.skip = f"{module} is not installed (pip install {module})"
+    if "error" not in info["default"] and info["default"]["implementation"] != "cython":
+        log(
+            f"warning: fastframe runs its {info['default']['implementation']} codec: the 'select' rows are not the extension"
+        )
+    ctx.plan_cpus()
+    scenarios = [SCENARIOS[k] for k in args.scenarios]
+    live = [s for s in specs if not s.skip]
+    total = len(live) * len(scenarios) * args.repeat
+    per = args.warmup + args.duration + 1.0
+    log(f"bench_servers: {len(live)} servers x {len(scenarios)} scenarios x {args.repeat} repeat(s) = {total} runs, "
+        f"about {total * per / 60:.1f} min; {ctx.pinning}")  # fmt: skip
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(sc.key, s.name): [] for sc in scenarios for s in specs}
+    t_start = time.monotonic()
+    i = 0
+    for rep in range(args.repeat):
+        for scen in scenarios:
+            for spec in live:
+                i += 1
+                r = measure(ctx, spec, scen)
+                r["repeat"] = rep
+                runs[(scen.key, spec.name)].append(r)
+                what = (
+                    f"{r['req_per_s']:>10,.0f} req/s  {r['cpu_us_per_req']:.2f} us/req"
+                    if r.get("ok")
+                    else f"FAILED: {r['error']}"
+                )
+                log(f"[{i:>3}/{total}] ({scen.key}) {spec.name:<17} {what}")
+    elapsed = time.monotonic() - t_start
+
+    rows: list[dict[str, Any]] = []
+    for scen in scenarios:
+        for spec in specs:
+            rs = runs[(scen.key, spec.name)]
+            chosen = pick_median(rs)
+            failed = [r for r in rs if not r.get("ok")]
+            if spec.skip:
+                status, reason = "skipped", spec.skip
+            elif chosen is None:
+                status, reason = "failed", failed[0]["error"] if failed else "no run"
+            else:
+                status = "ok"
+                reason = f"{len(failed)} of {len(rs)} runs failed: {failed[0]['error']}" if failed else ""
+            if chosen is not None and spec.name == "prefork":
+                extra = f"{chosen['server_procs']} processes (master + workers) counted for CPU"
+                reason = f"{reason}; {extra}" if reason else extra
+            rows.append({"scenario": scen.key, "server": spec.name, "label": spec.label, "group": spec.group,
+                         "status": status, "reason": reason, "chosen": chosen, "runs": rs})  # fmt: skip
+    add_ratios(rows)
+
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    meta = {
+        "date": date,
+        "command": _command_line(),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "fastframe": info,
+        "pinning": ctx.pinning,
+        "pinning_short": "server and load generator on separate CPUs" if ctx.lg_cpus else "not pinned",
+        "connections": args.connections,
+        "warmup": args.warmup,
+        "duration": args.duration,
+        "repeat": args.repeat,
+        "workers": args.workers,
+        "choice": "per row, the run with the median req/s (lower middle for an even count)",
+        "loadgen": os.path.basename(ctx.loadgen),
+        "elapsed_s": round(elapsed, 1),
+        "units": {
+            "req_per_s": "replies completed per second in the measured window",
+            "payload_mb_per_s": "request payload bytes echoed per second / 1e6 (one direction, headers excluded)",
+            "latency_us": "from the writev carrying a request's first byte to the recv completing its reply",
+            "cpu_us_per_req": "server utime+stime (server + descendants) over the window / requests",
+            "server_cpu_util": "server CPU seconds / window seconds (1.0 = one CPU busy)",
+            "loadgen_cpu_util": "load generator CPU seconds / window seconds",
+            "other_cpu_cores": "CPU used by every other process on the machine during the window, in CPUs",
+        },
+    }
+    print(f"fastframe server bench - {date} - {meta['cpu_model']}, {meta['cpu_count']} CPUs, Python {meta['python']}")
+    d = info["default"]
+    print(f"fastframe {d.get('version', '?')} ({d.get('implementation', d.get('error', '?'))} codec); {ctx.pinning}")
+    print(f"{args.connections} connections, {args.warmup:g} s warm-up + {args.duration:g} s measured per run, "
+          f"{args.repeat} repeat(s), median req/s run kept; command: {meta['command']}")  # fmt: skip
+    print_tables(rows, scenarios, args.connections)
+    print("\nx req/s: req/s / the select engine's (higher is better); x CPU: server CPU per request / the select "
+          "engine's (lower is better).\nsrv CPU / lg CPU: server / load generator CPU use during the window "
+          "(100% = one CPU; a server below ~95% was not the bottleneck).")  # fmt: skip
+    noisy = [r for r in rows if r["chosen"] and r["chosen"].get("other_cpu_cores", 0) > NOISE_CORES]
+    if noisy:
+        worst = max(r["chosen"]["other_cpu_cores"] for r in noisy)
+        print(f"~ : other processes used more than {NOISE_CORES:g} CPU during that window (up to {worst:.2f}): "
+              "a noisy neighbour; compare those rows with care.")  # fmt: skip
+    for spec in specs:
+        if spec.skip:
+            print(f"note: {spec.name} skipped: {spec.skip}")
+    print(f"total time {elapsed / 60:.1f} min")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "scenarios": {s.key: {"size": s.size, "depth": s.depth, "title": s.title(args.connections)} for s in scenarios},
+                       "results": rows}, f, indent=1)  # fmt: skip
+        print(f"results saved to {args.json}")
+    if args.plot:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+        problem = plot(rows, scenarios, args.plot, meta)
+        print(f"note: {problem}" if problem else f"chart saved to {args.plot}")
+    return 0 if all(r["status"] != "failed" for r in rows) else 1
+
+
+def replot(json_path: str, png: str) -> int:
+    """Draw the chart of a saved echo-bench JSON file."""
+    with open(json_path) as f:
+        saved = json.load(f)
+    scenarios = [Scenario(k, v["size"], v["depth"]) for k, v in saved["scenarios"].items()]
+    problem = plot(saved["results"], scenarios, png, saved["meta"])
+    print(f"note: {problem}" if problem else f"chart saved to {png}")
+    return 1 if problem else 0
+
+
+def _command_line() -> str:
+    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "bench/bench_servers.py"
+    return "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+# -- the file-transfer benchmark ------------------------------------------------------------------------
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_connectable(proc: Proc, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return
+        except OSError:
+            if not proc.alive():
+                raise BenchError(
+                    f"exited with status {proc.proc.returncode}: {proc.stderr_tail() or 'no message'}"
+                ) from None
+            if time.monotonic() > deadline:
+                raise BenchError(f"not accepting connections on port {port} after {timeout:g} s") from None
+            time.sleep(0.05)
+
+
+def make_file(path: str, size: int) -> str:
+    """Write ``size`` pseudo-random bytes (8 MiB block, varied per block); return the BLAKE2b digest."""
+    h = hashlib.blake2b()
+    block = bytearray(os.urandom(8 * MiB))
+    left = size
+    n = 0
+    with open(path, "wb") as f:
+        while left:
+            block[:8] = n.to_bytes(8, "big")  # no two blocks alike
+            chunk = memoryview(block)[: min(left, len(block))]
+            f.write(chunk)
+            h.update(chunk)
+            left -= len(chunk)
+            n += 1
+    return h.hexdigest()
+
+
+def digest_of(path: str) -> str:
+    h = hashlib.blake2b()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(8 * MiB)
+            if not chunk:
+                return h.hexdigest()
+            h.update(chunk)
+
+
+def fastframe_files_available() -> str | None:
+    """None if `fastframe get` and the file service exist, else why not."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastframe", "get", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=BENCH_DIR,
+    )
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return f"file service not available ('fastframe get' is missing: {last})"
+    return None
+
+
+class FilePeer:
+    def __init__(self, name: str, label: str) -> None:
+        self.name = name
+        self.label = label
+        self.skip: str | None = None
+
+
+def run_files(args: argparse.Namespace) -> int:
+    size = args.file_size
+    peers = [
+        FilePeer("fastframe", "fastframe serve --files + fastframe get -o"),
+        FilePeer("nginx", "nginx (sendfile on) + curl -o"),
+        FilePeer("http.server", "python -m http.server + curl -o"),
+    ]
+    curl = shutil.which("curl")
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    peers[0].skip = fastframe_files_available()
+    if nginx is None:
+        peers[1].skip = "nginx is not installed"
+    if curl is None:
+        for p in peers[1:]:
+            p.skip = "curl is not installed"
+    cpus = sorted(os.sched_getaffinity(0))
+    client_cpus = {cpus[0]} if len(cpus) >= 2 and not args.no_pin else None
+    server_cpus = {cpus[1]} if len(cpus) >= 2 and not args.no_pin else None
+    pinning = f"client on CPU {cpus[0]}, server on CPU {cpus[1]}" if client_cpus else "not pinned"
+    base = tempfile.mkdtemp(prefix="fastframe-files-", dir=args.file_dir)
+    results: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+    try:
+        need = 2 * size + 64 * MiB
+        free = shutil.disk_usage(base).free
+        if free < need:
+            log(f"bench_servers: {base} has {free / GiB:.1f} GiB free, the file bench needs {need / GiB:.1f} GiB")
+            return 1
+        root = os.path.join(base, "root")
+        os.makedirs(root)
+        src = os.path.join(root, "blob.bin")
+        log(f"bench_servers: writing a {fmt_bytes(size)} test file in {root} ...")
+        want = make_file(src, size)
+        with open(src, "rb") as f:  # read it once: every download starts from a hot page cache
+            while f.read(8 * MiB):
+                pass
+        out = os.path.join(base, "download.bin")
+        servers: dict[str, tuple[Proc, list[str]]] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        try:
+            for peer in peers:  # every server runs for the whole bench, so the rounds can interleave them
+                row: dict[str, Any] = {"server": peer.name, "label": peer.label, "status": "ok", "reason": "",
+                                       "runs": [], "warmup": None}  # fmt: skip
+                results.append(row)
+                rows[peer.name] = row
+                if peer.skip:
+                    row.update(status="skipped", reason=peer.skip)
+                    log(f"  {peer.name}: skipped: {peer.skip}")
+                    continue
+                try:
+                    server, where = start_file_server(peer.name, root, base, nginx, server_cpus)
+                except BenchError as exc:
+                    row.update(status="failed", reason=f"server did not start: {exc}")
+                    log(f"  {peer.name}: FAILED: {row['reason']}")
+                    continue
+                if peer.name == "fastframe":
+                    argv = [sys.executable, "-m", "fastframe", "get", where, "blob.bin", "-o", out]
+                else:
+                    argv = [curl, "-sS", "--fail", "-o", out, where]  # type: ignore[list-item]
+                servers[peer.name] = (server, argv)
+            for rep in range(-1, args.repeat):  # round -1: one untimed warm-up download per server
+                for name, (server, argv) in servers.items():
+                    row = rows[name]
+                    run = download(argv, server, out, size, want, client_cpus)
+                    if rep < 0:
+                        row["warmup"] = run
+                        what = "warm-up"
+                    else:
+                        row["runs"].append(run)
+                        what = f"{rep + 1}/{args.repeat}"
+                    log(
+                        f"  {name} [{what}]: " + (f"{run['seconds']:.3f} s" if run["ok"] else f"FAILED: {run['error']}")
+                    )
+        finally:
+            for server, _ in servers.values():
+                server.stop()
+        for name in servers:
+            row = rows[name]
+            ok = sorted((r for r in row["runs"] if r["ok"]), key=lambda r: r["seconds"])
+            row["chosen"] = ok[(len(ok) - 1) // 2] if ok else None
+            if not ok:
+                row.update(status="failed", reason=row["runs"][0]["error"] if row["runs"] else "no run")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    startup = {"fastframe get": startup_seconds([sys.executable, "-m", "fastframe", "--version"])}
+    if curl:
+        startup["curl"] = startup_seconds([curl, "--version"])
+    elapsed = time.monotonic() - t_start
+
+    base_s = next((r["chosen"]["seconds"] for r in results if r["server"] == "fastframe" and r.get("chosen")), None)
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    print(f"fastframe file-transfer bench - {date} - {_cpu_model()}, {os.cpu_count()} CPUs")
+    print(f"one {fmt_bytes(size)} file, source in the page cache, client writes it to {args.file_dir or tempfile.gettempdir()} "
+          f"(no fsync); {pinning}; one untimed warm-up download each, then median of {args.repeat} "
+          f"(interleaved rounds)")  # fmt: skip
+    width = max(len(r["label"]) for r in results) + 1
+    head = (
+        f"{'server + client':<{width}} {'s/GiB':>7} {'GiB/s':>6} {'srv CPU s':>9} {'cli CPU s':>9} {'x fastframe':>11}"
+    )
+    print("\n" + head)
+    print("-" * len(head))
+    for r in results:
+        c = r.get("chosen")
+        if r["status"] == "skipped":
+            print(f"{r['label']:<{width}} skipped: {r['reason']}")
+            continue
+        if not c:
+            print(f"{r['label']:<{width}} FAILED: {r['reason']}")
+            continue
+        per_gib = c["seconds"] / (size / GiB)
+        r["s_per_gib"] = per_gib
+        r["ratio"] = c["seconds"] / base_s if base_s else None
+        noisy = "~" if c["other_cpu_cores"] > NOISE_CORES else ""
+        print(f"{r['label']:<{width}} {per_gib:>7.3f} {1 / per_gib:>6.2f} {c['server_cpu_s']:>9.2f} {c['client_cpu_s']:>9.2f} "
+              f"{fmt_ratio(r['ratio']):>11}{noisy}")  # fmt: skip
+    print("\ns/GiB: wall time from starting the client to its exit (connect and start-up included), per GiB; "
+          "x fastframe: time / fastframe's (above 1: slower than fastframe).")  # fmt: skip
+    print("client start-up alone (best of 3 '--version' runs): "
+          + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in startup.items() if v is not None))  # fmt: skip
+    if any(r.get("chosen") and r["chosen"]["other_cpu_cores"] > NOISE_CORES for r in results):
+        print(f"~ : other processes used more than {NOISE_CORES:g} CPU during that download: compare with care.")
+    print(f"total time {elapsed:.0f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        meta = {"date": date, "command": _command_line(), "file_size": size, "client_startup_s": startup, "repeat": args.repeat, "pinning": pinning, "cpu_model": _cpu_model(),
+                "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "elapsed_s": round(elapsed, 1)}  # fmt: skip
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+        print(f"results saved to {args.json}")
+    return 0 if all(r["status"] != "failed" for r in results) else 1
+
+
+def start_file_server(name: str, root: str, base: str, nginx: str | None, cpus: set[int] | None) -> tuple[Proc, str]:
+    if name == "fastframe":
+        proc = Proc([sys.executable, "-m", "fastframe", "serve", "--files", "0", "--root", root], cpus=cpus)
+        try:
+            m = proc.wait_line(LISTEN_LINE, timeout=30.0)
+        except BenchError:
+            proc.stop()
+            raise
+        return proc, f"127.0.0.1:{int(m.group(3))}"
+    if name == "nginx":
+        assert nginx is not None
+        tmp = os.path.join(base, "nginx")
+        os.makedirs(tmp, exist_ok=True)
+        port = free_port()
+        conf = os.path.join(tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(tmp=tmp, port=port, root=root))
+        proc = Proc(
+            [nginx, "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "error.log")], cpus=cpus, stdout=subprocess.DEVNULL
+        )
+    else:
+        proc = Proc(
+            [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", root], cpus=cpus
+        )
+        try:
+            m = proc.wait_line(re.compile(rb".* port (\d+) "), timeout=30.0)
+        except BenchError:
+            proc.stop()
+            raise
+        port = int(m.group(1))
+    try:
+        wait_connectable(proc, port, 15.0)
+    except BenchError:
+        proc.stop()
+        raise
+    return proc, f"http://127.0.0.1:{port}/blob.bin"
+
+
+def startup_seconds(argv: list[str]) -> float | None:
+    best = None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        if subprocess.run(argv, capture_output=True, cwd=BENCH_DIR, timeout=60, check=False).returncode != 0:
+            return None
+        took = time.perf_counter() - t0
+        best = took if best is None else min(best, took)
+    return best
+
+
+def download(argv: list[str], server: Proc, out: str, size: int, want: str, cpus: set[int] | None) -> dict[str, Any]:
+    """Run one client to completion (bounded: 600 s), timed from start to exit; check what it wrote."""
+    try:
+        os.unlink(out)
+    except FileNotFoundError:
+        pass
+    os.sync()  # the previous download's dirty pages are written back before the clock starts, not during
+    with tempfile.TemporaryFile() as errf:
+        busy0 = machine_busy_seconds()
+        cpu0 = tree_cpu_seconds(server.pid)
+        t0 = time.perf_counter()
+        try:
+            client = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf, cwd=BENCH_DIR,
+                preexec_fn=_pin(cpus),  # noqa: PLW1509 - the bench runs no threads
+            )  # fmt: skip
+        except OSError as exc:
+            return {"ok": False, "error": f"cannot start {argv[0]}: {exc.strerror}"}
+        deadline = time.monotonic() + 600.0
+        while True:
+            pid, status, usage = os.wait4(client.pid, os.WNOHANG)  # wait4: the client's own CPU time
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                client.kill()
+                client.wait()
+                return {"ok": False, "error": "client did not finish within 600 s"}
+            time.sleep(0.002)
+        t1 = time.perf_counter()
+        code = os.waitstatus_to_exitcode(status)
+        client.returncode = code  # already reaped: keep Popen from waiting for it again
+        cpu1 = tree_cpu_seconds(server.pid)
+        busy1 = machine_busy_seconds()
+        errf.seek(0)
+        err = errf.read().decode(errors="replace").strip()
+    if code != 0:
+        return {
+            "ok": False,
+            "error": f"client exited with status {code}: {' | '.join(err.splitlines()[-2:]) or 'no message'}",
+        }
+    got = os.path.getsize(out) if os.path.exists(out) else -1
+    if got != size:
+        return {"ok": False, "error": f"downloaded {got} bytes, expected {size}"}
+    if digest_of(out) != want:
+        return {"ok": False, "error": "downloaded file differs from the source"}
+    client_cpu = usage.ru_utime + usage.ru_stime
+    others = max(0.0, (busy1 - busy0 - client_cpu - (cpu1 - cpu0)) / (t1 - t0))
+    return {"ok": True, "seconds": t1 - t0, "server_cpu_s": cpu1 - cpu0, "client_cpu_s": client_cpu,
+            "other_cpu_cores": others}  # fmt: skip
+
+
+# -- command line ---------------------------------------------------------------------------------------
+
+
+def _list(choices: Sequence[str]) -> Any:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(bad) or 'empty list'}; choose from {','.join(choices)}"
+            )
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (examples: 64M, 1G)")
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": MiB, "g": GiB}[m.group(2)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Framed-echo server benchmark (default) or file-transfer benchmark (--files); see bench/README.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--servers", type=_list(SERVER_NAMES), default=None, metavar="LIST",
+                   help=f"servers to measure, in this order (default: all): {','.join(SERVER_NAMES)}")  # fmt: skip
+    p.add_argument("--scenarios", type=_list(list(SCENARIOS)), default=["a", "b", "c"], metavar="LIST",
+                   help="a: 64 B depth 1; b: 64 B depth 16; c: 16 KiB depth 1")  # fmt: skip
+    p.add_argument("--connections", type=int, default=50, metavar="C", help="connections per run")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="measured seconds per run (default 5)")
+    p.add_argument(
+        "--warmup", type=float, default=None, metavar="S", help="warm-up seconds before each window (default 1)"
+    )
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="measure N times, keep the median-req/s run (default 1; 3 with --files)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="prefork workers")
+    p.add_argument("--stall", type=float, default=5.0, metavar="S", help="fail a run after S seconds without a reply")
+    p.add_argument("--no-pin", action="store_true", help="do not pin the server and the load generator to CPUs")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 s per run, 0.2 s warm-up, servers select,c-epoll (64 MiB file with --files)")  # fmt: skip
+    p.add_argument("--json", metavar="FILE", help="save all results and the environment as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="bar chart of req/s and CPU us/request (matplotlib)")
+    p.add_argument("--verbose", action="store_true", help="more progress output on stderr")
+    f = p.add_argument_group("file-transfer mode")
+    p.add_argument("--replot", metavar="JSON", help="draw --plot from a saved --json file instead of measuring")
+    f.add_argument("--files", action="store_true", help="run the file-transfer bench instead of the echo bench")
+    f.add_argument("--file-size", type=_size, default=None, metavar="SIZE", help="size of the test file (default 1G)")
+    f.add_argument(
+        "--file-dir", metavar="DIR", default=None, help="where the test file and the download go (default: $TMPDIR)"
+    )
+    args = p.parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            p.error("--replot needs --plot FILE.png")
+        return replot(args.replot, args.plot)
+    if not sys.platform.startswith("linux"):
+        p.error("Linux only (epoll, /proc)")
+    if args.files:
+        args.repeat = args.repeat or (1 if args.quick else 3)
+        args.file_size = args.file_size or (64 * MiB if args.quick else GiB)
+        if args.repeat < 1 or args.file_size < 1:
+            p.error("--repeat and --file-size must be positive")
+        return run_files(args)
+    args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 1.0)
+    args.repeat = args.repeat or 1
+    args.servers = args.servers or (QUICK_SERVERS if args.quick else SERVER_NAMES)
+    if args.connections < 1 or args.duration <= 0 or args.warmup < 0 or args.repeat < 1 or args.workers < 1:
+        p.error("--connections, --duration, --repeat and --workers must be positive")
+    return run_echo(args)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
