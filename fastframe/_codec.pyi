@@ -85,5 +85,18 @@ class Decoder:
         Returns the frames completed ([] if none), or None at end of stream (then call close()).  Raises
         BlockingIOError when nothing was ready, OSError on failure.
         """
+    def feed_wire(self, data: Buffer) -> memoryview:
+        """Like feed(), but return the frames completed so far as they were on the wire.
+
+        One read-only memoryview of whole frames, headers included, back to back (empty if none is
+        complete yet); every header has been checked against the prefix and ``max_frame``.  For relays and
+        echoes, which pass frames on unchanged without an object per frame.  The extension returns a view
+        of its own memory, never reused while the view is alive; the pure twin returns a copy.
+        """
+    def read_wire_from(self, fd: int) -> Optional[memoryview]:
+        """One ``recv`` from socket ``fd`` (never blocking), then what feed_wire() would return.
+
+        None at end of stream; BlockingIOError when nothing was ready; OSError on failure.
+        """
     def close(self) -> None:
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

@@ -195,7 +195,7 @@ class Decoder:
         "_width", "_fmt", "_little", "_max_frame", "_prefix", "_maxlen",
         "_buf", "_start", "_end",
         "_large", "_large_filled", "_large_hlen",
-        "_win_kind", "_win_len", "_header_only", "_error", "_closed",
+        "_win_kind", "_win_len", "_header_only", "_error", "_closed", "_scanned",
     )  # fmt: skip
 
     def __init__(self, prefix: str = "!I", max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -219,6 +219,7 @@ class Decoder:
         self._win_kind = 0  # what the last get_buffer() lent: 0 nothing, 1 the read buffer, 2 a large frame
         self._win_len = 0
         self._header_only = False
+        self._scanned = 0
         self._error: Optional[BaseException] = None
         self._closed = False
 
@@ -275,10 +276,12 @@ class Decoder:
                 return value, i + 1
         return -1, 0
 
-    def _parse(self, buf: Buffer, pos: int, end: int, out: List[bytes]) -> int:
+    def _parse(self, buf: Buffer, pos: int, end: int, out: List[bytes], wire: bool = False) -> int:
         """Cut every complete frame out of buf[pos:end]; return the new position.
 
-        A large frame whose payload is incomplete takes the rest of the bytes into its own object."""
+        A large frame whose payload is incomplete takes the rest of the bytes into its own object.  With
+        ``wire``, frames are only checked and skipped (``_scanned`` follows the progress, for errors), and
+        every frame, however large, is assembled in the read buffer."""
         max_frame = self._max_frame
         while pos < end:
             avail = end - pos
@@ -291,10 +294,12 @@ class Decoder:
                 self._header_only = False
             total = hlen + length
             if total <= avail:
-                out.append(bytes(buf[pos + hlen : pos + total]))
+                if not wire:
+                    out.append(bytes(buf[pos + hlen : pos + total]))
                 pos += total
+                self._scanned = pos
                 continue
-            if length >= LARGE_FRAME:
+            if length >= LARGE_FRAME and not wire:
                 try:
                     large = bytearray(length)
                 except (MemoryError, OverflowError) as exc:
@@ -479,6 +484,66 @@ class Decoder:
             self._win_len = 0
             return None
         return self.buffer_updated(n)
+
+    # -- whole frames as they were on the wire --------------------------------------------------------
+
+    def _wire_mode(self) -> None:
+        if self._large is not None:
+            raise ValueError("a frame begun by feed()/read_from()/buffer_updated() must be finished by them")
+        self._header_only = False
+
+    def _take_wire(self) -> memoryview:
+        start = self._start
+        self._scanned = start
+        with memoryview(self._buf) as mv:
+            try:
+                pos = self._parse(mv, start, self._end, [], wire=True)
+            except BaseException as exc:
+                out: List[bytes] = []
+                if self._scanned > start and isinstance(exc, FrameError):
+                    self._parse(mv, start, self._scanned, out)
+                self._fail(exc, out)
+                raise
+            data = bytes(mv[start:pos])  # the twin copies; the extension lends its own memory
+        self._start = pos
+        if self._start == self._end:
+            self._start = self._end = 0
+        return memoryview(data)
+
+    def feed_wire(self, data: Buffer) -> memoryview:
+        """Like feed(), but return the frames completed so far as they were on the wire.
+
+        The result is one read-only memoryview of whole frames, headers included, back to back (empty if
+        none is complete yet): every header has been checked against the prefix and ``max_frame``, and a
+        partial frame stays buffered.  For relays and echoes, which pass frames on unchanged without making
+        an object per frame.  On a FrameError the payloads of the whole frames before it are in its
+        ``frames``.  A decoder may switch between feed() and feed_wire() only between frames.
+        """
+        self._check()
+        self._wire_mode()
+        self._win_kind = 0
+        self._win_len = 0
+        self._append(_view(data))
+        return self._take_wire()
+
+    def read_wire_from(self, fd: int) -> Optional[memoryview]:
+        """One ``recv`` from the non-blocking socket ``fd``, then what feed_wire() would return.
+
+        None at end of stream; BlockingIOError when nothing was ready; OSError on failure.
+        """
+        self._check()
+        self._wire_mode()
+        view = self.get_buffer()
+        try:
+            n = os.readv(fd, [view])
+        finally:
+            view.release()
+            self._win_kind = 0
+            self._win_len = 0
+        if not n:
+            return None
+        self._end += n
+        return self._take_wire()
 
     def close(self) -> None:
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

@@ -6,7 +6,7 @@ The wire format, the limits and the behaviour are specified by the pure-Python t
 """
 
 cimport cython
-from cpython.buffer cimport PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_FORMAT
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_SIMPLE, PyBUF_STRIDES, PyBUF_WRITABLE
 from cpython.buffer cimport PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append
@@ -52,6 +52,7 @@ cdef enum:
     _INITIAL_BUFFER = 64 * 1024  # first size of a decoder's read buffer
     _MIN_READ = 16 * 1024        # get_buffer() offers at least this much room when it has no better idea
     _MAX_READ = 256 * 1024       # ... and never grows the buffer beyond what a sizehint this large asks for
+    _SHRINK_ABOVE = 1024 * 1024  # an empty read buffer bigger than this goes back to the first size
     _WIN_NONE = 0
     _WIN_BUFFER = 1
     _WIN_LARGE = 2
@@ -266,6 +267,7 @@ cdef class _Memory:
     cdef Py_ssize_t win_off    # the next view exposes data[win_off : win_off + win_len]
     cdef Py_ssize_t win_len
     cdef Py_ssize_t exports    # views alive
+    cdef Py_ssize_t pinned     # ... of which spans of whole frames (_Span): their bytes must stay as they are
 
     def __dealloc__(self):
         if self.owner is None and self.data != NULL:
@@ -316,6 +318,45 @@ cdef _Memory _borrow_bytes(bytes obj):
 
 @cython.final
 @cython.auto_pickle(False)
+cdef class _Span:
+    """Read-only bytes of whole frames inside a decoder's block (what read_wire_from returns a view of).
+
+    While a view of it is alive the block is pinned: the decoder reads into a new block rather than
+    overwrite bytes the caller may still be sending."""
+    cdef _Memory block
+    cdef Py_ssize_t off
+    cdef Py_ssize_t length
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("frames returned by read_wire_from() are read-only")
+        view.buf = self.block.data + self.off
+        view.obj = self
+        view.len = self.length
+        view.readonly = 1
+        view.itemsize = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = "B"
+        view.ndim = 1
+        view.shape = NULL
+        if (flags & PyBUF_ND) == PyBUF_ND:
+            view.shape = &view.len
+        view.strides = NULL
+        if (flags & PyBUF_STRIDES) == PyBUF_STRIDES:
+            view.strides = &view.itemsize
+        view.suboffsets = NULL
+        view.internal = NULL
+        self.block.exports += 1
+        self.block.pinned += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.block.exports -= 1
+        self.block.pinned -= 1
+
+
+@cython.final
+@cython.auto_pickle(False)
 cdef class Decoder:
     """Incremental frame parser: bytes in, complete payloads out.
 
@@ -336,6 +377,7 @@ cdef class Decoder:
     cdef int _win_kind             # what the last get_buffer() lent (_WIN_*)
     cdef Py_ssize_t _win_len       # ... and how many bytes
     cdef bint _header_only         # read the next header alone (a large frame just ended)
+    cdef Py_ssize_t _scanned       # wire mode: bytes of whole frames checked so far in this parse
     cdef object _error             # the first error; once set, input is refused
     cdef bint _closed
 
@@ -416,10 +458,12 @@ cdef class Decoder:
                 return 1
         return 0
 
-    cdef Py_ssize_t _parse(self, const char *p, Py_ssize_t n, list out) except -1:
+    cdef Py_ssize_t _parse(self, const char *p, Py_ssize_t n, list out, bint wire=False) except -1:
         """Cut every complete frame out of p[0:n]; return the bytes consumed.
 
-        A large frame whose payload is incomplete takes the rest of the bytes into its own object."""
+        A large frame whose payload is incomplete takes the rest of the bytes into its own object.  With
+        ``wire``, frames are only checked and skipped (``_scanned`` follows the progress, for errors), and
+        every frame, however large, is assembled in the read buffer."""
         cdef Py_ssize_t pos = 0, avail, hlen, got
         cdef uint64_t length
         while pos < n:
@@ -431,10 +475,12 @@ cdef class Decoder:
             if length < _LARGE:
                 self._header_only = False
             if length <= <uint64_t>(avail - hlen):
-                PyList_Append(out, PyBytes_FromStringAndSize(p + pos + hlen, <Py_ssize_t>length))
+                if not wire:
+                    PyList_Append(out, PyBytes_FromStringAndSize(p + pos + hlen, <Py_ssize_t>length))
                 pos += hlen + <Py_ssize_t>length
+                self._scanned = pos
                 continue
-            if length >= _LARGE:
+            if length >= _LARGE and not wire:
                 got = avail - hlen
                 try:
                     self._large = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
@@ -457,15 +503,13 @@ cdef class Decoder:
         cdef Py_ssize_t live = self._end - self._start
         cdef Py_ssize_t new_size
         cdef char *data
-        cdef _Memory fresh
         if buf.size - self._end >= want:
             return 0
         new_size = buf.size if buf.size - live >= want else max(2 * buf.size, live + want)
         if buf.exports:
             # A view lent earlier is still alive: leave that block to it and move to a new one.
-            fresh = _new_block(new_size)
-            memcpy(fresh.data, buf.data + self._start, live)
-            self._buf = fresh
+            self._move_to(_new_block(new_size))
+            return 0
         else:
             if self._start:
                 memmove(buf.data, buf.data + self._start, live)
@@ -475,6 +519,15 @@ cdef class Decoder:
                     raise MemoryError()
                 buf.data = data
                 buf.size = new_size
+        self._start = 0
+        self._end = live
+        return 0
+
+    cdef int _move_to(self, _Memory fresh) except -1:
+        """Continue in ``fresh``: copy the unread bytes there and leave the old block to its views."""
+        cdef Py_ssize_t live = self._end - self._start
+        memcpy(fresh.data, self._buf.data + self._start, live)
+        self._buf = fresh
         self._start = 0
         self._end = live
         return 0
@@ -580,6 +633,10 @@ cdef class Decoder:
             mem.win_len = self._large_size - self._large_filled
             self._win_kind = _WIN_LARGE
         else:
+            if self._buf.pinned or (self._start == self._end and self._buf.size > _SHRINK_ABOVE):
+                # Frames handed out by read_wire_from() may still be in use there (or a big frame left the
+                # buffer big): continue in a fresh block of the usual size.
+                self._move_to(_new_block(max(<Py_ssize_t>_INITIAL_BUFFER, 2 * (self._end - self._start))))
             if self._header_only:
                 # After a large frame: read the next header alone, so a large payload never lands here.
                 want = self._width - (self._end - self._start) if self._width else 1
@@ -660,6 +717,86 @@ cdef class Decoder:
             self._win_len = 0
             return None
         return self._updated(n)
+
+    # -- whole frames as they were on the wire --------------------------------------------------------
+
+    cdef int _wire_mode(self) except -1:
+        if self._large is not None:
+            raise ValueError("a frame begun by feed()/read_from()/buffer_updated() must be finished by them")
+        self._header_only = False
+        return 0
+
+    cdef object _take_wire(self):
+        """Check the buffered bytes for whole frames and hand them out as one read-only view (no copy)."""
+        cdef Py_ssize_t used
+        cdef _Span span
+        cdef list out
+        self._scanned = 0
+        try:
+            used = self._parse(self._buf.data + self._start, self._end - self._start, None, True)
+        except BaseException as exc:
+            out = []
+            if self._scanned and isinstance(exc, FrameError):
+                # the whole frames before the bad header are not lost: they ride on the exception
+                self._parse(self._buf.data + self._start, self._scanned, out)
+            self._fail(exc, out)
+            raise
+        span = _Span.__new__(_Span)
+        span.block = self._buf
+        span.off = self._start
+        span.length = used
+        self._start += used
+        return PyMemoryView_FromObject(span)
+
+    def feed_wire(self, data):
+        """Like feed(), but return the frames completed so far as they were on the wire.
+
+        The result is one read-only memoryview of whole frames, headers included, back to back (empty if
+        none is complete yet): every header has been checked against the prefix and ``max_frame``, and a
+        partial frame stays buffered.  For relays and echoes, which pass frames on unchanged without making
+        an object per frame.  On a FrameError the payloads of the whole frames before it are in its
+        ``frames``.  A decoder may switch between feed() and feed_wire() only between frames.
+        """
+        cdef Py_buffer view
+        self._check()
+        self._wire_mode()
+        self._win_kind = _WIN_NONE
+        self._win_len = 0
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if self._buf.pinned:
+                self._move_to(_new_block(max(<Py_ssize_t>_INITIAL_BUFFER, self._end - self._start + view.len)))
+            self._append(<const char *>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+        return self._take_wire()
+
+    def read_wire_from(self, int fd):
+        """One ``recv`` from socket ``fd`` (never blocking), then what feed_wire() would return.
+
+        None at end of stream; BlockingIOError when nothing was ready; OSError on failure.  The view stays
+        valid as long as it is referenced: the decoder never reuses memory a live view shows.
+        """
+        cdef _Memory mem
+        cdef ssize_t n
+        cdef int err
+        self._check()
+        self._wire_mode()
+        mem = self._lend(-1)
+        self._win_kind = _WIN_NONE
+        self._win_len = 0
+        while True:
+            n = recv(fd, mem.data + mem.win_off, <size_t>mem.win_len, MSG_DONTWAIT)
+            if n >= 0:
+                break
+            err = errno
+            if err != EINTR:
+                raise OSError(err, strerror(err))
+            PyErr_CheckSignals()
+        if n == 0:
+            return None
+        self._end += n
+        return self._take_wire()
 
     def close(self):
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
+import threading
 from types import ModuleType, SimpleNamespace
 from typing import Iterator, List, Tuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fastframe.exceptions import FrameTooLarge
+from fastframe.exceptions import FrameTooLarge, IncompleteFrame
 
 
 @pytest.fixture
@@ -187,3 +191,123 @@ def test_max_frame_can_be_changed(codec: ModuleType, ref: SimpleNamespace) -> No
     with pytest.raises(TypeError):
         other.max_frame = 1.5
     assert other.max_frame == codec.DEFAULT_MAX_FRAME
+
+
+# -- whole frames as they were on the wire: feed_wire() / read_wire_from() -------------------------------
+
+WIRE_PAYLOADS = [b"", b"a", b"bc" * 50, bytes(range(256)) * 300, b"z" * 65536, b"tail"]
+
+
+def test_feed_wire_every_split(codec: ModuleType, ref: SimpleNamespace) -> None:
+    for prefix in ("!I", "<H", "varint"):
+        payloads = [p for p in WIRE_PAYLOADS if len(p) <= 65535 or prefix != "<H"]
+        wire = ref.encode(payloads, prefix)
+        bounds = []  # end offsets of the frames: a wire result must always stop on one of them
+        pos = 0
+        for p in payloads:
+            pos += len(ref.header(len(p), prefix)) + len(p)
+            bounds.append(pos)
+        for split in list(range(0, 40)) + list(range(40, len(wire), 997)) + [len(wire)]:
+            decoder = codec.Decoder(prefix, max_frame=1 << 20)
+            first = decoder.feed_wire(wire[:split])
+            assert isinstance(first, memoryview) and first.readonly
+            assert len(first) == max([0] + [b for b in bounds if b <= split])
+            assert decoder.pending == split - len(first)
+            second = decoder.feed_wire(bytearray(wire[split:]))
+            assert bytes(first) + bytes(second) == wire
+            assert decoder.pending == 0
+            decoder.close()
+
+
+def test_feed_wire_byte_at_a_time(codec: ModuleType, ref: SimpleNamespace) -> None:
+    payloads = [b"", b"x", b"hello world"]
+    wire = ref.encode(payloads, "varint")
+    decoder = codec.Decoder("varint")
+    out = b"".join(bytes(decoder.feed_wire(wire[i : i + 1])) for i in range(len(wire)))
+    assert out == wire
+
+
+def test_feed_wire_limits_and_errors(codec: ModuleType, ref: SimpleNamespace) -> None:
+    decoder = codec.Decoder(max_frame=100)
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.feed_wire(ref.encode([b"one", b"two"]) + struct.pack("!I", 101))
+    assert info.value.frames == [b"one", b"two"]  # the whole frames before the bad header are not lost
+    with pytest.raises(ValueError):  # FrameError: refused from now on
+        decoder.feed_wire(ref.encode([b"x"]))
+    bad_varint = codec.Decoder("varint")
+    with pytest.raises(ValueError):
+        bad_varint.feed_wire(b"\x80\x00")
+    cut = codec.Decoder()
+    assert bytes(cut.feed_wire(ref.encode([b"whole"]) + b"\x00\x00\x00\x09part")) == ref.encode([b"whole"])
+    with pytest.raises(IncompleteFrame):
+        cut.close()
+
+
+def test_feed_wire_views_are_read_only_and_stable(codec: ModuleType, ref: SimpleNamespace) -> None:
+    decoder = codec.Decoder()
+    held = []
+    for i in range(300):  # enough traffic to wrap, compact and grow the read buffer many times
+        payload = ref.pseudo_random((i * 7919) % 5000, i)
+        held.append((decoder.feed_wire(ref.encode([payload])), payload))
+    for view, payload in held:
+        assert bytes(view) == ref.encode([payload])
+        with pytest.raises(TypeError):
+            view[0] = 0
+
+
+def test_switching_between_feed_and_feed_wire(codec: ModuleType, ref: SimpleNamespace) -> None:
+    decoder = codec.Decoder()
+    assert decoder.feed(ref.encode([b"list"])) == [b"list"]
+    assert bytes(decoder.feed_wire(ref.encode([b"wire"]))) == ref.encode([b"wire"])
+    big = ref.pseudo_random(200000, 9)
+    wire = ref.encode([big])
+    assert decoder.feed(wire[:1000]) == []  # a large frame begun by feed() ...
+    with pytest.raises(ValueError):
+        decoder.feed_wire(wire[1000:])  # ... must be finished by feed()
+    assert decoder.feed(wire[1000:]) == [big]
+    assert bytes(decoder.feed_wire(wire)) == wire  # between frames, either is fine
+
+
+def test_read_wire_from_zero_copy_relay(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+    """Views returned by read_wire_from stay intact while held, even as more data arrives."""
+    a, b = nb_pair
+    payloads = [ref.pseudo_random((i * 104729) % 70000, i) for i in range(60)]
+    wire = ref.encode(payloads)
+    sender = threading.Thread(target=lambda: (a.setblocking(True), a.sendall(wire), a.shutdown(socket.SHUT_WR)))
+    sender.start()
+    decoder = codec.Decoder()
+    held = []
+    try:
+        for _ in range(100000):
+            try:
+                view = decoder.read_wire_from(b.fileno())
+            except BlockingIOError:
+                select.select([b], [], [], 1.0)
+                continue
+            if view is None:
+                break
+            held.append(view)
+        else:
+            pytest.fail("no end of stream")
+    finally:
+        sender.join(10)
+    assert b"".join(bytes(v) for v in held) == wire
+    decoder.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=300), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8),
+    prefix=st.sampled_from(["!B", "!H", "!I", "<Q", "varint"]),
+)
+def test_feed_wire_property(payloads: List[bytes], cuts: List[int], prefix: str) -> None:
+    from fastframe import _codec, _codec_py
+
+    wire = b"".join(_codec_py.encode(p, prefix) for p in payloads)
+    points = sorted({0, len(wire), *[c % (len(wire) + 1) for c in cuts]})
+    for module in (_codec, _codec_py):
+        decoder = module.Decoder(prefix)
+        out = b"".join(bytes(decoder.feed_wire(wire[i:j])) for i, j in zip(points, points[1:]))
+        assert out == wire
+        assert decoder.pending == 0
