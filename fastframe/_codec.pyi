@@ -98,5 +98,16 @@ class Decoder:
 
         None at end of stream; BlockingIOError when nothing was ready; OSError on failure.
         """
+    @property
+    def completed(self) -> int:
+        """Frames completed since the decoder was made (a progress counter, e.g. for frame deadlines)."""
+    def relay(self, fd: int, out_fd: int = -1) -> Optional[bytes]:
+        """One ``recv`` from socket ``fd``, then ``send`` the whole frames it completed to ``out_fd``
+        (default: back to ``fd``, an echo) straight from the decoder's memory -- never blocking.
+
+        Returns None at end of stream, else the bytes the kernel did not take (``b""`` when it took them
+        all, or nothing was complete), for the caller to queue.  Raises BlockingIOError when nothing was
+        ready, OSError on failure, FrameError like feed_wire() (nothing of that read is sent then).
+        """
     def close(self) -> None:
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

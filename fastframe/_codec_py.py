@@ -195,7 +195,7 @@ class Decoder:
         "_width", "_fmt", "_little", "_max_frame", "_prefix", "_maxlen",
         "_buf", "_start", "_end",
         "_large", "_large_filled", "_large_hlen",
-        "_win_kind", "_win_len", "_header_only", "_error", "_closed", "_scanned",
+        "_win_kind", "_win_len", "_header_only", "_error", "_closed", "_scanned", "_completed",
     )  # fmt: skip
 
     def __init__(self, prefix: str = "!I", max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -220,6 +220,7 @@ class Decoder:
         self._win_len = 0
         self._header_only = False
         self._scanned = 0
+        self._completed = 0
         self._error: Optional[BaseException] = None
         self._closed = False
 
@@ -252,6 +253,11 @@ class Decoder:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def completed(self) -> int:
+        """Frames completed since the decoder was made (a progress counter, e.g. for frame deadlines)."""
+        return self._completed
 
     # -- header parsing -------------------------------------------------------------------------------
 
@@ -298,6 +304,7 @@ class Decoder:
                     out.append(bytes(buf[pos + hlen : pos + total]))
                 pos += total
                 self._scanned = pos
+                self._completed += 1
                 continue
             if length >= LARGE_FRAME and not wire:
                 try:
@@ -347,6 +354,7 @@ class Decoder:
 
     def _finish_large(self, out: List[bytes]) -> None:
         out.append(bytes(self._large))  # type: ignore[arg-type]
+        self._completed += 1
         self._large = None
         self._header_only = True
 
@@ -501,7 +509,9 @@ class Decoder:
             except BaseException as exc:
                 out: List[bytes] = []
                 if self._scanned > start and isinstance(exc, FrameError):
+                    before = self._completed
                     self._parse(mv, start, self._scanned, out)
+                    self._completed = before
                 self._fail(exc, out)
                 raise
             data = bytes(mv[start:pos])  # the twin copies; the extension lends its own memory
@@ -544,6 +554,25 @@ class Decoder:
             return None
         self._end += n
         return self._take_wire()
+
+    def relay(self, fd: int, out_fd: int = -1) -> Optional[bytes]:
+        """One ``recv`` from socket ``fd``, then ``send`` the whole frames it completed to ``out_fd``
+        (default: back to ``fd``, an echo) -- never blocking.
+
+        Returns None at end of stream, else the bytes the kernel did not take (``b""`` when it took them
+        all, or nothing was complete), for the caller to queue.  Raises BlockingIOError when nothing was
+        ready, OSError on failure, FrameError like feed_wire() (nothing of that read is sent then).
+        """
+        wire = self.read_wire_from(fd)
+        if wire is None:
+            return None
+        if not wire:
+            return b""
+        try:
+            sent = os.write(fd if out_fd < 0 else out_fd, wire)
+        except BlockingIOError:
+            sent = 0
+        return bytes(wire[sent:])
 
     def close(self) -> None:
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

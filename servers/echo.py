@@ -16,6 +16,7 @@ class EchoService(Service):
 
     def __init__(self, upper: bool = False, max_request: int = DEFAULT_MAX_REQUEST, prefix: str = "!I") -> None:
         self.upper = upper
+        self.mirror = not upper  # the engine may relay checked frames without calling frames_received
         self.max_request = max_request
         self.prefix = prefix
 

@@ -141,9 +141,9 @@ class Connection(Conn):
     """One TCP client: its socket, its decoder, its queued output and its deadlines."""
 
     __slots__ = (
-        "engine", "sock", "fd", "service", "decoder", "read", "handle", "prefix", "state", "peer",
+        "engine", "sock", "fd", "service", "decoder", "read", "wire", "relay", "handle", "prefix", "state", "peer",
         "out", "out_size", "events", "dirty", "closed", "close_after_flush",
-        "user_paused", "last", "frame_start", "file", "watched", "timers", "_busy", "lingering",
+        "user_paused", "last", "frame_start", "frames_seen", "file", "watched", "timers", "_busy", "lingering",
     )  # fmt: skip
 
     def __init__(self, engine: "SelectEngine", sock: socket.socket, peer: Address, service: Service) -> None:
@@ -153,8 +153,12 @@ class Connection(Conn):
         self.service = service
         self.prefix = service.prefix
         self.decoder = fastframe.Decoder(service.prefix, service.max_request) if service.framed else None
-        # Bound once here, called once per wake-up: one recv into the decoder, one call into the service.
+        # Bound once here, called once per wake-up: one recv into the decoder, one call into the service
+        # (or, for a service whose replies are its requests, one relay of the checked frames).
         self.read = self.decoder.read_from if self.decoder is not None else None
+        mirror = self.decoder is not None and service.mirror
+        self.wire = self.decoder.read_wire_from if mirror else None  # type: ignore[union-attr]
+        self.relay = self.decoder.relay if mirror else None  # type: ignore[union-attr]
         self.handle = service.frames_received
         self.state: Any = None
         self.peer = peer
@@ -166,7 +170,8 @@ class Connection(Conn):
         self.close_after_flush = False
         self.user_paused = False
         self.last = engine.now  # last read (or write progress)
-        self.frame_start = 0.0  # when the unfinished frame began (0: none)
+        self.frame_start = 0.0  # when the sweep first saw an unfinished frame make no progress (0: none)
+        self.frames_seen = 0  # decoder.completed at that moment
         self.file: Optional[List[Any]] = None  # [fd, offset, remaining, done] of a sendfile in progress
         self.watched: Set[int] = set()
         self.timers: Set[Timer] = set()
@@ -538,6 +543,9 @@ class SelectEngine:
 
     def _on_readable(self, conn: Connection) -> None:
         """One recv into the decoder, one call into the service, one send of every reply."""
+        if conn.wire is not None:
+            self._on_readable_mirror(conn)
+            return
         read = conn.read
         if read is None:
             self._on_readable_raw(conn)
@@ -559,12 +567,50 @@ class SelectEngine:
         if frames is None:
             self._on_eof(conn)
             return
-        now = conn.last = self.now
+        conn.last = self.now
         if frames:
-            conn.frame_start = now if conn.decoder.pending else 0.0  # type: ignore[union-attr]
             self._deliver(conn, frames)
-        elif not conn.frame_start:
-            conn.frame_start = now
+
+    def _on_readable_mirror(self, conn: Connection) -> None:
+        """A mirror service: one recv, then the whole frames it completed go back as they came.
+
+        The loop relays them in one call when nothing is queued ahead; here they queue behind."""
+        try:
+            if conn.out or conn.file is not None:
+                wire = conn.wire(conn.fd)  # type: ignore[misc]
+                rest = None if wire is None else bytes(wire)
+            else:
+                rest = conn.relay(conn.fd)  # type: ignore[misc]
+        except BlockingIOError:
+            return
+        except FrameError as exc:
+            self._mirror_failed(conn, exc)
+            return
+        except OSError as exc:
+            log.debug("%s: %s: %s", conn.service.name, conn.peer, exc)
+            self._close(conn)
+            return
+        if rest is None:
+            self._on_eof(conn)
+            return
+        conn.last = self.now
+        if rest:
+            self._queue_rest(conn, rest)
+
+    def _mirror_failed(self, conn: Connection, exc: FrameError) -> None:
+        if exc.frames:  # the whole frames before the bad one still go back
+            self._send(conn, fastframe.encode_many(exc.frames, conn.prefix))
+        if not conn.closed:
+            self._frame_error(conn, exc)
+
+    def _queue_rest(self, conn: Connection, rest: Any) -> None:
+        """What the kernel did not take: queue it (behind anything queued already) and wait for writability."""
+        if conn.out:
+            conn._queue(rest)
+            return
+        conn.out.append(rest)
+        conn.out_size += len(rest)
+        self._update_events(conn)
 
     def _deliver(self, conn: Connection, frames: List[bytes]) -> None:
         try:
@@ -584,9 +630,7 @@ class SelectEngine:
             self._close(conn)
             return
         if rest is not None:
-            conn.out.append(rest)
-            conn.out_size += len(rest)
-            self._update_events(conn)
+            self._queue_rest(conn, rest)
 
     def _send(self, conn: Connection, data: bytes) -> None:
         """Send now if nothing is queued ahead (the common case: one send per wake-up), else queue."""
@@ -725,7 +769,7 @@ class SelectEngine:
             self._close(conn)
             return
         conn.lingering = True
-        conn.read = None  # from now on reads are discarded
+        conn.read = conn.wire = conn.relay = None  # from now on reads are discarded
         conn.close_after_flush = False
         conn.user_paused = False
         self._update_events(conn)
@@ -782,9 +826,21 @@ class SelectEngine:
                 continue
             if conn.lingering or conn.busy:
                 continue
-            if conn.frame_start and now - conn.frame_start > limits.frame_timeout:
-                self._frame_error(conn, FrameTimeout(f"frame not completed within {limits.frame_timeout:g} s"))
-            elif now - conn.last > limits.idle_timeout:
+            # Frame deadline, kept off the per-read path: a connection holding part of a frame while its
+            # decoder completed nothing since the sweep that first saw it is cut after frame_timeout
+            # (so between frame_timeout and frame_timeout plus one sweep interval after the frame began).
+            decoder = conn.decoder
+            if decoder is not None and decoder.pending:
+                done = decoder.completed
+                if not conn.frame_start or done != conn.frames_seen:
+                    conn.frame_start = now
+                    conn.frames_seen = done
+                elif now - conn.frame_start > limits.frame_timeout:
+                    self._frame_error(conn, FrameTimeout(f"frame not completed within {limits.frame_timeout:g} s"))
+                    continue
+            else:
+                conn.frame_start = 0.0
+            if now - conn.last > limits.idle_timeout:
                 log.info("%s: closing %s: idle for %.0f s", conn.service.name, conn.peer, now - conn.last)
                 self._close(conn)
         self.call_later(self._sweep_interval(), self._sweep)
@@ -905,7 +961,7 @@ class SelectEngine:
                 events = poll(self._next_timeout())
             except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for safety
                 continue
-            self.now = monotonic()
+            self.now = now = monotonic()
             for fd, ev in events:
                 conn = conns.get(fd)
                 if conn is None:
@@ -914,6 +970,28 @@ class SelectEngine:
                         handler(ev)
                     continue
                 if ev & readable and conn.events & READ:
+                    relay = conn.relay
+                    if relay is not None and not conn.out:
+                        # The hot path of a mirror service (echo): one C call receives, checks the frames
+                        # and sends the whole ones back from the decoder's memory.
+                        try:
+                            rest = relay(fd)
+                        except BlockingIOError:
+                            continue
+                        except FrameError as exc:
+                            self._mirror_failed(conn, exc)
+                            continue
+                        except OSError as exc:
+                            log.debug("%s: %s: %s", conn.service.name, conn.peer, exc)
+                            self._close(conn)
+                            continue
+                        if rest is None:
+                            self._on_eof(conn)
+                        else:
+                            conn.last = now
+                            if rest:
+                                self._queue_rest(conn, rest)
+                        continue
                     on_readable(conn)
                     if conn.closed:
                         continue

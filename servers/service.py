@@ -113,12 +113,15 @@ class Service:
     Class attributes describe it to the engine: ``name`` (used in logs and the listing printed at start-up),
     ``transport`` (``"tcp"`` or ``"udp"``), ``framed`` (False for a raw byte-stream service), ``prefix`` and
     ``max_request`` (the largest request frame accepted; a larger header closes the connection before any
-    memory is allocated for it).
+    memory is allocated for it).  ``mirror = True`` declares that the reply to every request frame is that
+    frame, byte for byte: the engine then checks each frame and sends it back straight from the decoder's
+    memory, without calling ``frames_received`` or making an object per frame.
     """
 
     name = "service"
     transport = "tcp"
     framed = True
+    mirror = False
     prefix = "!I"
     max_request = DEFAULT_MAX_REQUEST
 

@@ -378,6 +378,7 @@ cdef class Decoder:
     cdef Py_ssize_t _win_len       # ... and how many bytes
     cdef bint _header_only         # read the next header alone (a large frame just ended)
     cdef Py_ssize_t _scanned       # wire mode: bytes of whole frames checked so far in this parse
+    cdef unsigned long long _completed  # frames completed since creation
     cdef object _error             # the first error; once set, input is refused
     cdef bint _closed
 
@@ -421,6 +422,11 @@ cdef class Decoder:
     @property
     def closed(self):
         return self._closed
+
+    @property
+    def completed(self):
+        """Frames completed since the decoder was made (a progress counter, e.g. for frame deadlines)."""
+        return self._completed
 
     # -- header parsing -------------------------------------------------------------------------------
 
@@ -479,6 +485,7 @@ cdef class Decoder:
                     PyList_Append(out, PyBytes_FromStringAndSize(p + pos + hlen, <Py_ssize_t>length))
                 pos += hlen + <Py_ssize_t>length
                 self._scanned = pos
+                self._completed += 1
                 continue
             if length >= _LARGE and not wire:
                 got = avail - hlen
@@ -540,6 +547,7 @@ cdef class Decoder:
 
     cdef int _finish_large(self, list out) except -1:
         PyList_Append(out, self._large)
+        self._completed += 1
         self._large = None
         self._large_mem = None
         self._header_only = True
@@ -730,6 +738,16 @@ cdef class Decoder:
         """Check the buffered bytes for whole frames and hand them out as one read-only view (no copy)."""
         cdef Py_ssize_t used
         cdef _Span span
+        self._take_wire_span(&used)
+        span = _Span.__new__(_Span)
+        span.block = self._buf
+        span.off = self._start - used
+        span.length = used
+        return PyMemoryView_FromObject(span)
+
+    cdef int _take_wire_span(self, Py_ssize_t *used_out) except -1:
+        """Check the buffered bytes for whole frames and consume them; their length goes to used_out."""
+        cdef Py_ssize_t used
         cdef list out
         self._scanned = 0
         try:
@@ -738,15 +756,14 @@ cdef class Decoder:
             out = []
             if self._scanned and isinstance(exc, FrameError):
                 # the whole frames before the bad header are not lost: they ride on the exception
+                before = self._completed
                 self._parse(self._buf.data + self._start, self._scanned, out)
+                self._completed = before
             self._fail(exc, out)
             raise
-        span = _Span.__new__(_Span)
-        span.block = self._buf
-        span.off = self._start
-        span.length = used
         self._start += used
-        return PyMemoryView_FromObject(span)
+        used_out[0] = used
+        return 0
 
     def feed_wire(self, data):
         """Like feed(), but return the frames completed so far as they were on the wire.
@@ -797,6 +814,58 @@ cdef class Decoder:
             return None
         self._end += n
         return self._take_wire()
+
+    def relay(self, int fd, int out_fd=-1):
+        """One ``recv`` from socket ``fd``, then ``send`` the whole frames it completed to ``out_fd``
+        (default: back to ``fd``, an echo) straight from the decoder's memory -- never blocking.
+
+        Returns None at end of stream, else the bytes the kernel did not take (``b""`` when it took them
+        all, or nothing was complete), for the caller to queue.  Raises BlockingIOError when nothing was
+        ready, OSError on failure, FrameError like feed_wire() (nothing of that read is sent then).
+        """
+        cdef _Memory mem
+        cdef ssize_t n
+        cdef Py_ssize_t used, sent = 0
+        cdef const char *p
+        cdef int err
+        cdef object rest
+        self._check()
+        self._wire_mode()
+        if out_fd < 0:
+            out_fd = fd
+        mem = self._lend(-1)
+        self._win_kind = _WIN_NONE
+        self._win_len = 0
+        while True:
+            n = recv(fd, mem.data + mem.win_off, <size_t>mem.win_len, MSG_DONTWAIT)
+            if n >= 0:
+                break
+            err = errno
+            if err != EINTR:
+                raise OSError(err, strerror(err))
+            PyErr_CheckSignals()
+        if n == 0:
+            return None
+        self._end += n
+        self._take_wire_span(&used)
+        if used == 0:
+            return b""
+        p = self._buf.data + self._start - used
+        while sent < used:
+            n = send(out_fd, p + sent, <size_t>(used - sent), MSG_DONTWAIT | MSG_NOSIGNAL)
+            if n >= 0:
+                sent += n
+                continue
+            err = errno
+            if err == EAGAIN or err == EWOULDBLOCK:
+                break
+            if err != EINTR:
+                raise OSError(err, strerror(err))
+            PyErr_CheckSignals()
+        rest = b"" if sent == used else PyBytes_FromStringAndSize(p + sent, used - sent)
+        if self._start == self._end and not self._buf.pinned:
+            self._start = self._end = 0
+        return rest
 
     def close(self):
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""

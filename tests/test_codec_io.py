@@ -311,3 +311,131 @@ def test_feed_wire_property(payloads: List[bytes], cuts: List[int], prefix: str)
         out = b"".join(bytes(decoder.feed_wire(wire[i:j])) for i, j in zip(points, points[1:]))
         assert out == wire
         assert decoder.pending == 0
+
+
+def test_relay_echoes_whole_frames(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+    """relay(fd) sends the whole frames of each read back to fd, keeps partial ones, and reports EOF."""
+    a, b = nb_pair
+    payloads = [ref.pseudo_random((i * 7901) % 3000, i) for i in range(40)]
+    wire = ref.encode(payloads)
+    decoder = codec.Decoder()
+    a.setblocking(True)
+    a.settimeout(ref.SOCKET_TIMEOUT)
+    a.sendall(wire[:-3])  # the last frame is cut short: it must not come back yet
+    echoed = b""
+    for _ in range(100000):
+        if len(echoed) == len(wire) - len(ref.encode(payloads[-1:])):
+            break
+        try:
+            rest = decoder.relay(b.fileno())
+        except BlockingIOError:
+            select.select([b], [], [], 0.2)
+            a.setblocking(False)
+            try:
+                echoed += a.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            a.setblocking(True)
+            continue
+        assert rest == b""  # loopback buffers take these small batches whole
+    expected = wire[: len(wire) - len(ref.encode(payloads[-1:]))]
+    assert echoed == expected
+    assert decoder.pending == len(ref.encode(payloads[-1:])) - 3
+    assert decoder.completed == len(payloads) - 1
+    a.sendall(wire[-3:])
+    a.shutdown(socket.SHUT_WR)
+    result: object = b""
+    for _ in range(100000):
+        try:
+            result = decoder.relay(b.fileno())
+        except BlockingIOError:
+            select.select([b], [], [], 0.2)
+            continue
+        if result is None:
+            break
+    assert result is None
+    assert ref.recv_exactly(a, len(ref.encode(payloads[-1:]))) == ref.encode(payloads[-1:])
+    assert decoder.completed == len(payloads)
+    decoder.close()
+
+
+def test_relay_to_another_socket_and_backpressure(codec: ModuleType, ref: SimpleNamespace) -> None:
+    """relay(fd, out_fd) forwards to a different socket and hands back what a full socket did not take."""
+    src_a, src_b = socket.socketpair()
+    dst_a, dst_b = socket.socketpair()
+    for s in (src_b, dst_a, dst_b):
+        s.setblocking(False)
+    try:
+        payload = ref.pseudo_random(200000, 5)
+        frames = ref.encode([payload] * 40)  # 8 MB: more than a socketpair holds
+        decoder = codec.Decoder()
+        sender = threading.Thread(target=lambda: (src_a.sendall(frames), src_a.shutdown(socket.SHUT_WR)))
+        sender.start()
+        stream = bytearray()  # what the destination's reader sees, in order
+        refused = 0
+
+        def drain() -> None:
+            try:
+                while True:
+                    stream.extend(dst_b.recv(1 << 20))
+            except BlockingIOError:
+                pass
+
+        for _ in range(200000):
+            try:
+                rest = decoder.relay(src_b.fileno(), dst_a.fileno())
+            except BlockingIOError:
+                select.select([src_b], [], [], 0.2)
+                continue
+            if rest is None:
+                break
+            if rest:
+                # The destination is full: a real relay queues the rest and sends it once writable.
+                refused += 1
+                drain()
+                stream.extend(rest)
+        sender.join(10)
+        drain()
+        assert refused, "the destination never filled up"
+        assert bytes(stream) == frames
+        assert decoder.completed == 40
+    finally:
+        for s in (src_a, src_b, dst_a, dst_b):
+            s.close()
+
+
+def test_relay_frame_error(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+    a, b = nb_pair
+    a.setblocking(True)
+    a.sendall(ref.encode([b"good"]) + struct.pack("!I", 1 << 30))
+    decoder = codec.Decoder()
+    for _ in range(100000):
+        try:
+            decoder.relay(b.fileno())
+        except BlockingIOError:
+            select.select([b], [], [], 0.2)
+            continue
+        except FrameTooLarge as exc:
+            assert exc.frames == [b"good"]  # not sent: the caller decides what to do with them
+            break
+    else:
+        pytest.fail("no FrameTooLarge")
+    a.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        a.recv(10)  # nothing of that read was echoed
+
+
+def test_completed_counts_frames(codec: ModuleType, ref: SimpleNamespace) -> None:
+    decoder = codec.Decoder()
+    assert decoder.completed == 0
+    big = ref.pseudo_random(100000, 1)
+    wire = ref.encode([b"a", b"", big, b"b"])
+    decoder.feed(wire[:10])
+    assert decoder.completed == 2
+    ref.feed_via_buffer(decoder, wire[10:])
+    assert decoder.completed == 4
+    decoder.feed_wire(ref.encode([b"c"] * 3))
+    assert decoder.completed == 7
+    with pytest.raises(FrameTooLarge):
+        decoder.feed_wire(ref.encode([b"d"]) + struct.pack("!I", 1 << 30))
+    assert decoder.completed == 8  # the whole frame before the error counts once
