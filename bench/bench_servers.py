@@ -283,6 +283,8 @@ class ServerSpec:
 
 PEER_KINDS = {
     "uvloop": "uvloop-protocol",
+    "uvloop-raw": "uvloop-raw",
+    "asyncio-raw": "asyncio-raw",
     "asyncio-protocol": "asyncio-protocol",
     "asyncio-streams": "asyncio-streams",
     "twisted": "twisted",
@@ -298,6 +300,8 @@ def all_servers(workers: int) -> list[ServerSpec]:
         ServerSpec("select-purepy", "fastframe select, pure-Py", "fastframe-py", "FASTFRAME_PURE_PYTHON=1"),
         ServerSpec("c-epoll", "C epoll echo (ceiling)", "c", "bench/echo_c.c"),
         ServerSpec("uvloop", "uvloop Protocol", "peer", "asyncio.Protocol + '!I' parser on uvloop"),
+        ServerSpec("uvloop-raw", "uvloop raw echo (no framing)", "peer", "data_received -> write(data): parses nothing"),
+        ServerSpec("asyncio-raw", "asyncio raw echo (no framing)", "peer", "data_received -> write(data): parses nothing"),
         ServerSpec("asyncio-protocol", "asyncio Protocol", "peer", "asyncio.Protocol + '!I' parser"),
         ServerSpec("asyncio-streams", "asyncio streams", "peer", "readexactly + write + drain"),
         ServerSpec("twisted", "Twisted Int32String", "peer", "Int32StringReceiver"),
@@ -381,17 +385,26 @@ def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
             "--stall", str(args.stall), "--pid", str(server.pid),
         ]  # fmt: skip
         limit = args.warmup + args.duration + args.stall + 30.0
+        lg = subprocess.Popen(
+            lg_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pin(ctx.lg_cpus),
+        )  # fmt: skip
+        spread: list[int] | None = None
         try:
-            lg = subprocess.run(
-                lg_argv, capture_output=True, text=True, timeout=limit, check=False,
-                preexec_fn=_pin(ctx.lg_cpus),
-            )  # fmt: skip
+            if spec.name == "prefork":
+                # Mid-window, count how the connections landed on the workers (the accept spread).
+                time.sleep(args.warmup + args.duration / 2)
+                spread = connection_spread(server.pid, port)
+            out, err = lg.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
+            lg.kill()
+            lg.communicate()
             return {"ok": False, "error": f"load generator did not finish within {limit:g} s"}
         try:
-            result: dict[str, Any] = json.loads(lg.stdout.strip().splitlines()[-1])
+            result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return {"ok": False, "error": f"load generator failed (status {lg.returncode}): {lg.stderr.strip()[-300:]}"}
+            return {"ok": False, "error": f"load generator failed (status {lg.returncode}): {err.strip()[-300:]}"}
+        if spread is not None:
+            result["connections_per_worker"] = spread
         if not result.get("ok"):
             tail = (
                 ""
@@ -404,6 +417,48 @@ def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
         server.stop()
         if args.verbose:
             log(f"    ({time.monotonic() - started:.1f} s incl. start/stop)")
+
+
+def connection_spread(pid: int, port: int) -> list[int]:
+    """Established TCP connections on local ``port`` held by each child (worker) of ``pid``, from /proc."""
+    children: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            children.extend(int(c) for c in f.read().split())
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for row in f:
+                    parts = row.split()
+                    if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        established.add(parts[9])
+        except FileNotFoundError:
+            pass
+    counts = []
+    for child in sorted(children):
+        n = 0
+        try:
+            for fd in os.listdir(f"/proc/{child}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{child}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and target[8:-1] in established:
+                    n += 1
+        except FileNotFoundError:
+            continue
+        counts.append(n)
+    return counts
+
+
+def spread_note(counts: list[int]) -> str:
+    if not counts or not sum(counts):
+        return "connections per worker: not measured"
+    fair = sum(counts) / len(counts)
+    worst = max(abs(c - fair) for c in counts) / fair
+    return f"connections per worker {'/'.join(map(str, counts))} (at most {worst:.0%} from an even share)"
 
 
 def pick_median(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -608,8 +663,8 @@ def run_echo(args: argparse.Namespace) -> int:
             spec.skip = f"fastframe is not importable by {sys.executable}: {info['default']['error']}"
         elif spec.name == "select-purepy" and "error" in info["pure"]:
             spec.skip = f"fastframe (pure Python) is not importable: {info['pure']['error']}"
-        elif spec.name in ("uvloop", "twisted"):
-            module = {"uvloop": "uvloop", "twisted": "twisted"}[spec.name]
+        elif spec.name in ("uvloop", "uvloop-raw", "twisted"):
+            module = {"uvloop": "uvloop", "uvloop-raw": "uvloop", "twisted": "twisted"}[spec.name]
             probe = subprocess.run(
                 [sys.executable, "-c", f"import {module}"], capture_output=True, cwd=BENCH_DIR, check=False, timeout=60
             )
@@ -659,7 +714,8 @@ def run_echo(args: argparse.Namespace) -> int:
                 status = "ok"
                 reason = f"{len(failed)} of {len(rs)} runs failed: {failed[0]['error']}" if failed else ""
             if chosen is not None and spec.name == "prefork":
-                extra = f"{chosen['server_procs']} processes (master + workers) counted for CPU"
+                extra = f"{chosen['server_procs']} processes (master + workers) counted for CPU; "
+                extra += spread_note(chosen.get("connections_per_worker", []))
                 reason = f"{reason}; {extra}" if reason else extra
             rows.append({"scenario": scen.key, "server": spec.name, "label": spec.label, "group": spec.group,
                          "status": status, "reason": reason, "chosen": chosen, "runs": rs})  # fmt: skip

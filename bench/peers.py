@@ -15,6 +15,10 @@ KIND is one of:
                      (``struct.unpack_from`` + slices, one ``transport.write`` per ``data_received``)
   asyncio-streams    ``asyncio.start_server``: ``readexactly(4)``, ``readexactly(n)``, ``write`` + ``drain``
   uvloop-protocol    the asyncio-protocol code, run on uvloop (needs ``pip install uvloop``)
+  uvloop-raw         a reference, not a framed server: ``data_received`` writes the bytes straight back (RFC 862
+                     echo on uvloop).  It parses nothing and checks nothing, so it is the floor for a Python
+                     echo on uvloop; a framed client cannot tell it from a framed echo.
+  asyncio-raw        the same raw echo on the default asyncio loop
   threading          ``socketserver.ThreadingTCPServer``: a thread per connection, ``recv_into`` exact loops
   twisted            Twisted ``Int32StringReceiver`` on the default (epoll) reactor (needs Twisted)
   selectors          the tutorial "seeds": ``selectors.DefaultSelector``, non-blocking sockets, a ``bytes``
@@ -88,7 +92,22 @@ def _protocol_class() -> Any:
     return EchoProtocol
 
 
-def run_asyncio_protocol(port: int, use_uvloop: bool = False) -> None:
+def _raw_protocol_class() -> Any:
+    import asyncio
+
+    class RawEcho(asyncio.Protocol):
+        """Bytes in, same bytes out: no framing, no limits (a reference point, not a framed server)."""
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    return RawEcho
+
+
+def run_asyncio_protocol(port: int, use_uvloop: bool = False, raw: bool = False) -> None:
     import asyncio
 
     loop: asyncio.AbstractEventLoop
@@ -99,7 +118,8 @@ def run_asyncio_protocol(port: int, use_uvloop: bool = False) -> None:
     else:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    server: Any = loop.run_until_complete(loop.create_server(_protocol_class(), HOST, port, backlog=1024))
+    factory = _raw_protocol_class() if raw else _protocol_class()
+    server: Any = loop.run_until_complete(loop.create_server(factory, HOST, port, backlog=1024))
     announce(server.sockets[0].getsockname()[1])
     _run_until_signal(loop)
 
@@ -304,13 +324,15 @@ KINDS: dict[str, Callable[[int], None]] = {
     "asyncio-protocol": run_asyncio_protocol,
     "asyncio-streams": run_asyncio_streams,
     "uvloop-protocol": lambda port: run_asyncio_protocol(port, use_uvloop=True),
+    "uvloop-raw": lambda port: run_asyncio_protocol(port, use_uvloop=True, raw=True),
+    "asyncio-raw": lambda port: run_asyncio_protocol(port, raw=True),
     "threading": run_threading,
     "twisted": run_twisted,
     "selectors": run_selectors,
 }
 
 #: the module each kind needs beyond the standard library
-REQUIRES: dict[str, str] = {"uvloop-protocol": "uvloop", "twisted": "twisted"}
+REQUIRES: dict[str, str] = {"uvloop-protocol": "uvloop", "uvloop-raw": "uvloop", "twisted": "twisted"}
 
 
 def main(argv: list[str]) -> int:
