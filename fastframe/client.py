@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import select
 import shlex
 import socket
 import sys
@@ -203,6 +206,83 @@ def exec_command(
                 raise RemoteError("protocol", f"unexpected reply frame {frame[:16]!r}")
 
 
+def _recv_into_file(
+    sock: socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
+) -> None:
+    """Receive ``length`` bytes into one fixed buffer and write each chunk to ``fd``."""
+    buf = bytearray(min(_RECV_BUFFER, max(length, 1)))
+    view = memoryview(buf)
+    remaining = length
+    while remaining:
+        n = sock.recv_into(view, min(remaining, len(buf)))
+        if not n:
+            raise EOFError(f"connection closed after {done} of {size} bytes (resume with the .part file)")
+        chunk = view[:n]
+        while chunk:
+            written = os.write(fd, chunk)
+            chunk = chunk[written:]
+        remaining -= n
+        done += n
+        if progress is not None:
+            progress(done, size)
+
+
+def _splice_into(
+    sock: socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
+) -> int:
+    """Move up to ``length`` bytes from the socket to ``fd`` through a pipe with ``splice`` (Linux): the kernel
+    hands the pages over and no byte is copied through user space.  Returns how many bytes it moved; 0
+    when splice is unavailable here (the caller then receives the rest with recv_into)."""
+    splice = getattr(os, "splice", None)
+    if splice is None or not length or type(sock) is not socket.socket:  # no splice, or a TLS socket
+        return 0
+    r, w = os.pipe()
+    moved = 0
+    try:
+        try:
+            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), _RECV_BUFFER)
+        except OSError:
+            pass  # the default pipe size works too, in smaller steps
+        timeout = sock.gettimeout()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        while moved < length:
+            try:
+                n = splice(sock.fileno(), w, min(length - moved, _RECV_BUFFER))
+            except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                if not poller.poll(None if timeout is None else timeout * 1000):
+                    raise socket.timeout("timed out") from None
+                continue
+            except OSError as exc:
+                if moved == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return 0  # e.g. an output that cannot take spliced pages: receive normally
+                raise
+            if not n:
+                raise EOFError(f"connection closed after {done + moved} of {size} bytes (resume with the .part file)")
+            while n:
+                try:
+                    k = splice(r, fd, n)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    # The output takes no spliced pages: copy out what is in the pipe, then receive normally.
+                    while n:
+                        chunk = memoryview(os.read(r, n))
+                        n -= len(chunk)
+                        moved += len(chunk)
+                        while chunk:
+                            chunk = chunk[os.write(fd, chunk) :]
+                    return moved
+                n -= k
+                moved += k
+            if progress is not None:
+                progress(done + moved, size)
+    finally:
+        os.close(r)
+        os.close(w)
+    return moved
+
+
 def part_path(out_path: str) -> str:
     """Where :func:`get_file` keeps an unfinished download of ``out_path`` (``OUT.part``, same directory)."""
     return out_path + ".part"
@@ -225,7 +305,8 @@ def get_file(
 ) -> int:
     """Download ``path`` from a file service into ``out_path``; return the file's size.
 
-    The bytes are received into one fixed 1 MiB buffer and written straight to ``OUT.part`` (see
+    The bytes go from the socket to ``OUT.part`` with ``splice`` where Linux offers it (no copy through user
+    space), else through one fixed 1 MiB ``recv_into`` buffer -- never a whole-file buffer -- (see
     :func:`part_path`) in the same directory; only when every byte has arrived is it renamed to ``out_path``
     (``os.replace``), so ``out_path`` is never a truncated file.  With ``resume=True`` an existing
     ``OUT.part`` is kept and the download continues from its size; otherwise it starts over.  If the
@@ -252,24 +333,11 @@ def get_file(
             size, length = int(info["size"]), int(info["length"])
             if int(info["offset"]) != offset or offset + length != size or length < 0:
                 raise RemoteError("protocol", f"inconsistent metadata {info!r} for offset {offset}")
-            done = offset
             if progress is not None:
-                progress(done, size)
-            buf = bytearray(min(_RECV_BUFFER, max(length, 1)))
-            view = memoryview(buf)
-            remaining = length
-            while remaining:
-                n = sock.recv_into(view, min(remaining, len(buf)))
-                if not n:
-                    raise EOFError(f"connection closed after {done} of {size} bytes (resume with the .part file)")
-                chunk = view[:n]
-                while chunk:
-                    written = os.write(fd, chunk)
-                    chunk = chunk[written:]
-                remaining -= n
-                done += n
-                if progress is not None:
-                    progress(done, size)
+                progress(offset, size)
+            received = _splice_into(sock, fd, length, offset, size, progress)
+            if received < length:
+                _recv_into_file(sock, fd, length - received, offset + received, size, progress)
         if os.fstat(fd).st_size != size:
             raise EOFError(f"{tmp} holds {os.fstat(fd).st_size} bytes, expected {size}")
         if fsync:
