@@ -160,6 +160,13 @@ class FramedSocket:
         except EOFError as exc:
             self._error = exc
 
+    def _wait(self) -> None:
+        """Receive until a frame is ready, or raise what ended the stream (after the frames before it)."""
+        if self._error is None:
+            self._fill()
+        if not self._frames:
+            raise self._error  # type: ignore[misc]
+
     def recv(self) -> bytes:
         """Return the next payload.
 
@@ -168,20 +175,14 @@ class FramedSocket:
         """
         frames = self._frames
         if not frames:
-            if self._error is None:
-                self._fill()
-            if not frames:
-                raise self._error  # type: ignore[misc]
+            self._wait()
         return frames.popleft()
 
     def recv_many(self) -> List[bytes]:
         """Return every payload already received, waiting for at least one."""
         frames = self._frames
         if not frames:
-            if self._error is None:
-                self._fill()
-            if not frames:
-                raise self._error  # type: ignore[misc]
+            self._wait()
         out = list(frames)
         frames.clear()
         return out

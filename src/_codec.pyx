@@ -253,6 +253,28 @@ def write_frames(int fd, payloads, prefix="!I"):
     return PyMemoryView_FromObject(out)[n:]
 
 
+cdef inline void _fill_view(Py_buffer *view, object owner, char *buf, Py_ssize_t length, bint readonly,
+                            int flags) noexcept:
+    """A one-dimensional byte view, as PyBuffer_FillInfo makes (which would leak the None Cython puts in obj)."""
+    view.buf = buf
+    view.obj = owner
+    view.len = length
+    view.readonly = readonly
+    view.itemsize = 1
+    view.format = NULL
+    if flags & PyBUF_FORMAT:
+        view.format = "B"
+    view.ndim = 1
+    view.shape = NULL
+    if (flags & PyBUF_ND) == PyBUF_ND:
+        view.shape = &view.len
+    view.strides = NULL
+    if (flags & PyBUF_STRIDES) == PyBUF_STRIDES:
+        view.strides = &view.itemsize
+    view.suboffsets = NULL
+    view.internal = NULL
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class _Memory:
@@ -275,23 +297,7 @@ cdef class _Memory:
             self.data = NULL
 
     def __getbuffer__(self, Py_buffer *view, int flags):
-        view.buf = self.data + self.win_off
-        view.obj = self
-        view.len = self.win_len
-        view.readonly = 0
-        view.itemsize = 1
-        view.format = NULL
-        if flags & PyBUF_FORMAT:
-            view.format = "B"
-        view.ndim = 1
-        view.shape = NULL
-        if (flags & PyBUF_ND) == PyBUF_ND:
-            view.shape = &view.len
-        view.strides = NULL
-        if (flags & PyBUF_STRIDES) == PyBUF_STRIDES:
-            view.strides = &view.itemsize
-        view.suboffsets = NULL
-        view.internal = NULL
+        _fill_view(view, self, self.data + self.win_off, self.win_len, False, flags)
         self.exports += 1
 
     def __releasebuffer__(self, Py_buffer *view):
@@ -330,23 +336,7 @@ cdef class _Span:
     def __getbuffer__(self, Py_buffer *view, int flags):
         if flags & PyBUF_WRITABLE:
             raise BufferError("frames returned by read_wire_from() are read-only")
-        view.buf = self.block.data + self.off
-        view.obj = self
-        view.len = self.length
-        view.readonly = 1
-        view.itemsize = 1
-        view.format = NULL
-        if flags & PyBUF_FORMAT:
-            view.format = "B"
-        view.ndim = 1
-        view.shape = NULL
-        if (flags & PyBUF_ND) == PyBUF_ND:
-            view.shape = &view.len
-        view.strides = NULL
-        if (flags & PyBUF_STRIDES) == PyBUF_STRIDES:
-            view.strides = &view.itemsize
-        view.suboffsets = NULL
-        view.internal = NULL
+        _fill_view(view, self, self.block.data + self.off, self.length, True, flags)
         self.block.exports += 1
         self.block.pinned += 1
 
@@ -705,26 +695,29 @@ cdef class Decoder:
         ``buffer_updated(sock.recv_into(get_buffer()))``, without the intermediate objects: an event loop's
         one call per readable socket.
         """
-        cdef _Memory mem
+        cdef ssize_t n
+        self._check()
+        n = self._recv(fd, self._lend(-1))
+        if n == 0:
+            self._win_kind = _WIN_NONE
+            self._win_len = 0
+            return None
+        return self._updated(n)
+
+    cdef ssize_t _recv(self, int fd, _Memory mem) except -1:
+        """One non-blocking recv into the window just lent (OSError, BlockingIOError included, on failure)."""
         cdef ssize_t n
         cdef int err
-        self._check()
-        mem = self._lend(-1)
         while True:
             n = recv(fd, mem.data + mem.win_off, <size_t>mem.win_len, MSG_DONTWAIT)
             if n >= 0:
-                break
+                return n
             err = errno
             if err != EINTR:
                 self._win_kind = _WIN_NONE
                 self._win_len = 0
                 raise OSError(err, strerror(err))
             PyErr_CheckSignals()
-        if n == 0:
-            self._win_kind = _WIN_NONE
-            self._win_len = 0
-            return None
-        return self._updated(n)
 
     # -- whole frames as they were on the wire --------------------------------------------------------
 
@@ -794,22 +787,12 @@ cdef class Decoder:
         None at end of stream; BlockingIOError when nothing was ready; OSError on failure.  The view stays
         valid as long as it is referenced: the decoder never reuses memory a live view shows.
         """
-        cdef _Memory mem
         cdef ssize_t n
-        cdef int err
         self._check()
         self._wire_mode()
-        mem = self._lend(-1)
+        n = self._recv(fd, self._lend(-1))
         self._win_kind = _WIN_NONE
         self._win_len = 0
-        while True:
-            n = recv(fd, mem.data + mem.win_off, <size_t>mem.win_len, MSG_DONTWAIT)
-            if n >= 0:
-                break
-            err = errno
-            if err != EINTR:
-                raise OSError(err, strerror(err))
-            PyErr_CheckSignals()
         if n == 0:
             return None
         self._end += n
@@ -823,7 +806,6 @@ cdef class Decoder:
         all, or nothing was complete), for the caller to queue.  Raises BlockingIOError when nothing was
         ready, OSError on failure, FrameError like feed_wire() (nothing of that read is sent then).
         """
-        cdef _Memory mem
         cdef ssize_t n
         cdef Py_ssize_t used, sent = 0
         cdef const char *p
@@ -833,17 +815,9 @@ cdef class Decoder:
         self._wire_mode()
         if out_fd < 0:
             out_fd = fd
-        mem = self._lend(-1)
+        n = self._recv(fd, self._lend(-1))
         self._win_kind = _WIN_NONE
         self._win_len = 0
-        while True:
-            n = recv(fd, mem.data + mem.win_off, <size_t>mem.win_len, MSG_DONTWAIT)
-            if n >= 0:
-                break
-            err = errno
-            if err != EINTR:
-                raise OSError(err, strerror(err))
-            PyErr_CheckSignals()
         if n == 0:
             return None
         self._end += n
