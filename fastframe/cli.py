@@ -8,7 +8,7 @@ import re
 import socket
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 from . import IMPLEMENTATION, __version__
 from .client import RemoteError

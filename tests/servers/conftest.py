@@ -284,7 +284,10 @@ def booted(pid: int) -> bool:
     """A prefork worker has finished booting once it catches SIGTERM itself and no longer carries the master's
     SIGTTIN handler (inherited across fork() until the worker replaces it)."""
     masks = _signal_masks(pid)
-    bit = lambda sig: 1 << (sig - 1)
+
+    def bit(sig: int) -> int:
+        return 1 << (sig - 1)
+
     return bool(masks) and bool(masks["SigCgt"] & bit(signal.SIGTERM)) and not masks["SigCgt"] & bit(signal.SIGTTIN)
 
 
