@@ -188,7 +188,10 @@ class Decoder:
     is known, it gets its own object of the final size, and :meth:`get_buffer` lends the remaining part of
     that object, so the payload goes from the kernel straight to where it will stay.  After such a frame
     the decoder reads the next header on its own (a few bytes), so that a stream of large frames never
-    lands a payload in the read buffer.
+    lands a payload in the read buffer.  The one copy left is bounded: when a large frame follows small
+    ones, the payload bytes that arrived in the same read as its header (at most one read window, 64 KiB)
+    are copied into its object once; no other byte of it is ever copied or moved.  (This twin copies the
+    finished frame once more, into a bytes object; the extension does not.)
     """
 
     __slots__ = (
