@@ -345,6 +345,52 @@ cdef class _Span:
         self.block.pinned -= 1
 
 
+cdef char *_relay_area = NULL       # read_from() and relay() read here when their decoder holds nothing
+cdef Py_ssize_t _RELAY_AREA = 256 * 1024
+
+
+cdef char *_shared_area() except NULL:
+    global _relay_area
+    if _relay_area == NULL:
+        _relay_area = <char *>PyMem_Malloc(_RELAY_AREA)
+        if _relay_area == NULL:
+            raise MemoryError()
+    return _relay_area
+
+
+cdef ssize_t _recv_into(int fd, char *buf, Py_ssize_t size) except -1:
+    """One non-blocking recv (OSError, BlockingIOError included, on failure)."""
+    cdef ssize_t n
+    cdef int err
+    while True:
+        n = recv(fd, buf, <size_t>size, MSG_DONTWAIT)
+        if n >= 0:
+            return n
+        err = errno
+        if err != EINTR:
+            raise OSError(err, strerror(err))
+        PyErr_CheckSignals()
+
+
+cdef object _send_all(int fd, const char *p, Py_ssize_t length):
+    """Send what the socket takes without blocking; return the rest as bytes (b"" when it took it all)."""
+    cdef Py_ssize_t sent = 0
+    cdef ssize_t n
+    cdef int err
+    while sent < length:
+        n = send(fd, p + sent, <size_t>(length - sent), MSG_DONTWAIT | MSG_NOSIGNAL)
+        if n >= 0:
+            sent += n
+            continue
+        err = errno
+        if err == EAGAIN or err == EWOULDBLOCK:
+            break
+        if err != EINTR:
+            raise OSError(err, strerror(err))
+        PyErr_CheckSignals()
+    return b"" if sent == length else PyBytes_FromStringAndSize(p + sent, length - sent)
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class Decoder:
@@ -696,28 +742,42 @@ cdef class Decoder:
         one call per readable socket.
         """
         cdef ssize_t n
+        cdef Py_ssize_t used
+        cdef list out
         self._check()
-        n = self._recv(fd, self._lend(-1))
+        if self._start != self._end or self._large is not None or self._header_only:
+            n = self._recv(fd, self._lend(-1))
+            if n == 0:
+                self._win_kind = _WIN_NONE
+                self._win_len = 0
+                return None
+            return self._updated(n)
+        # Nothing buffered: read into the area shared by every decoder (hot in the CPU cache), cut the
+        # frames out of it, and keep only an unfinished tail (a large frame's goes into its own object).
+        self._win_kind = _WIN_NONE
+        self._win_len = 0
+        # (one read window's worth, like get_buffer(): the most of a large payload that may be copied once)
+        n = _recv_into(fd, _shared_area(), _INITIAL_BUFFER)
         if n == 0:
-            self._win_kind = _WIN_NONE
-            self._win_len = 0
             return None
-        return self._updated(n)
+        out = []
+        try:
+            used = self._parse(_relay_area, n, out)
+            if used < n:
+                self._append(_relay_area + used, n - used)
+        except BaseException as exc:
+            self._fail(exc, out)
+            raise
+        return out
 
     cdef ssize_t _recv(self, int fd, _Memory mem) except -1:
         """One non-blocking recv into the window just lent (OSError, BlockingIOError included, on failure)."""
-        cdef ssize_t n
-        cdef int err
-        while True:
-            n = recv(fd, mem.data + mem.win_off, <size_t>mem.win_len, MSG_DONTWAIT)
-            if n >= 0:
-                return n
-            err = errno
-            if err != EINTR:
-                self._win_kind = _WIN_NONE
-                self._win_len = 0
-                raise OSError(err, strerror(err))
-            PyErr_CheckSignals()
+        try:
+            return _recv_into(fd, mem.data + mem.win_off, mem.win_len)
+        except BaseException:
+            self._win_kind = _WIN_NONE
+            self._win_len = 0
+            raise
 
     # -- whole frames as they were on the wire --------------------------------------------------------
 
@@ -807,39 +867,45 @@ cdef class Decoder:
         ready, OSError on failure, FrameError like feed_wire() (nothing of that read is sent then).
         """
         cdef ssize_t n
-        cdef Py_ssize_t used, sent = 0
+        cdef Py_ssize_t used
         cdef const char *p
-        cdef int err
-        cdef object rest
+        cdef list out
         self._check()
         self._wire_mode()
         if out_fd < 0:
             out_fd = fd
-        n = self._recv(fd, self._lend(-1))
-        self._win_kind = _WIN_NONE
-        self._win_len = 0
+        if self._start != self._end:
+            # Part of a frame is buffered: read behind it, in this decoder's own block.
+            n = self._recv(fd, self._lend(-1))
+            self._win_kind = _WIN_NONE
+            self._win_len = 0
+            if n == 0:
+                return None
+            self._end += n
+            self._take_wire_span(&used)
+            rest = _send_all(out_fd, self._buf.data + self._start - used, used)
+            if self._start == self._end and not self._buf.pinned:
+                self._start = self._end = 0
+            return rest
+        # Nothing buffered (the common case): read into one area shared by every decoder, which stays in
+        # the CPU cache where a block per connection would not, and keep only an unfinished tail.
+        n = _recv_into(fd, _shared_area(), _RELAY_AREA)
         if n == 0:
             return None
-        self._end += n
-        self._take_wire_span(&used)
-        if used == 0:
-            return b""
-        p = self._buf.data + self._start - used
-        while sent < used:
-            n = send(out_fd, p + sent, <size_t>(used - sent), MSG_DONTWAIT | MSG_NOSIGNAL)
-            if n >= 0:
-                sent += n
-                continue
-            err = errno
-            if err == EAGAIN or err == EWOULDBLOCK:
-                break
-            if err != EINTR:
-                raise OSError(err, strerror(err))
-            PyErr_CheckSignals()
-        rest = b"" if sent == used else PyBytes_FromStringAndSize(p + sent, used - sent)
-        if self._start == self._end and not self._buf.pinned:
-            self._start = self._end = 0
-        return rest
+        self._scanned = 0
+        try:
+            used = self._parse(_relay_area, n, None, True)
+        except BaseException as exc:
+            out = []
+            if self._scanned and isinstance(exc, FrameError):
+                before = self._completed
+                self._parse(_relay_area, self._scanned, out)
+                self._completed = before
+            self._fail(exc, out)
+            raise
+        if used < n:
+            self._append(_relay_area + used, n - used)
+        return _send_all(out_fd, _relay_area, used)
 
     def close(self):
         """Mark the end of the stream; raise IncompleteFrame if it cut a frame off."""
