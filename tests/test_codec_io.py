@@ -439,3 +439,49 @@ def test_completed_counts_frames(codec: ModuleType, ref: SimpleNamespace) -> Non
     with pytest.raises(FrameTooLarge):
         decoder.feed_wire(ref.encode([b"d"]) + struct.pack("!I", 1 << 30))
     assert decoder.completed == 8  # the whole frame before the error counts once
+
+
+@pytest.mark.parametrize("method", ["read_from", "relay"])
+def test_decoders_reading_in_turn_keep_their_own_data(codec: ModuleType, method: str, ref: SimpleNamespace) -> None:
+    """The extension reads into one area shared by every decoder when a decoder holds nothing; the tails it
+    keeps must stay with their own decoder however reads interleave."""
+    pairs = [ref.tcp_pair() for _ in range(3)]
+    try:
+        streams = []
+        for i, (a, b) in enumerate(pairs):
+            b.setblocking(False)
+            payloads = [ref.pseudo_random(((i + 1) * 7919 * k) % 9000, i * 1000 + k) for k in range(30)]
+            streams.append((a, b, codec.Decoder(), payloads, ref.encode(payloads), bytearray(), []))
+        offsets = [0] * len(streams)
+        for step in range(10000):
+            progressed = False
+            for idx, (a, b, decoder, payloads, wire, echoed, got) in enumerate(streams):
+                if offsets[idx] < len(wire):
+                    chunk = wire[offsets[idx] : offsets[idx] + 1 + (step * 131 + idx * 17) % 5000]
+                    a.sendall(chunk)  # arbitrary cuts: most reads leave part of a frame behind
+                    offsets[idx] += len(chunk)
+                    progressed = True
+                select.select([b], [], [], 0.05)
+                try:
+                    result = getattr(decoder, method)(b.fileno())
+                except BlockingIOError:
+                    continue
+                assert result is not None
+                if method == "read_from":
+                    got.extend(result)
+                else:
+                    assert result == b""
+                    a.settimeout(5)
+                    while len(echoed) < sum(len(ref.encode([p])) for p in payloads[: decoder.completed]):
+                        echoed.extend(a.recv(1 << 20))
+            if not progressed and all(s[2].pending == 0 and s[2].completed == len(s[3]) for s in streams):
+                break
+        for a, b, decoder, payloads, wire, echoed, got in streams:
+            if method == "read_from":
+                assert got == payloads
+            else:
+                assert bytes(echoed) == wire
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
