@@ -1178,7 +1178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--warmup", type=float, default=None, metavar="S", help="warm-up seconds before each window (default 1)"
     )
     p.add_argument("--repeat", type=int, default=None, metavar="N",
-                   help="measure N times, keep the median-req/s run (default 1; 3 with --files)")  # fmt: skip
+                   help="measure N times, keep the median-req/s run (default 1; 5 with --files)")  # fmt: skip
     p.add_argument("--workers", type=int, default=2, metavar="N", help="prefork workers")
     p.add_argument("--stall", type=float, default=5.0, metavar="S", help="fail a run after S seconds without a reply")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the load generator to CPUs")
@@ -1202,7 +1202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not sys.platform.startswith("linux"):
         p.error("Linux only (epoll, /proc)")
     if args.files:
-        args.repeat = args.repeat or (1 if args.quick else 3)
+        args.repeat = args.repeat or (1 if args.quick else 5)
         args.file_size = args.file_size or (64 * MiB if args.quick else GiB)
         if args.repeat < 1 or args.file_size < 1:
             p.error("--repeat and --file-size must be positive")
