@@ -847,16 +847,19 @@ cdef class Decoder:
         None at end of stream; BlockingIOError when nothing was ready; OSError on failure.  The view stays
         valid as long as it is referenced: the decoder never reuses memory a live view shows.
         """
-        cdef ssize_t n
         self._check()
         self._wire_mode()
-        n = self._recv(fd, self._lend(-1))
+        if self._recv_behind(fd) == 0:
+            return None
+        return self._take_wire()
+
+    cdef ssize_t _recv_behind(self, int fd) except -1:
+        """One recv into this decoder's own block, behind what it holds; the bytes count as buffered."""
+        cdef ssize_t n = self._recv(fd, self._lend(-1))
         self._win_kind = _WIN_NONE
         self._win_len = 0
-        if n == 0:
-            return None
         self._end += n
-        return self._take_wire()
+        return n
 
     def relay(self, int fd, int out_fd=-1):
         """One ``recv`` from socket ``fd``, then ``send`` the whole frames it completed to ``out_fd``
@@ -876,12 +879,8 @@ cdef class Decoder:
             out_fd = fd
         if self._start != self._end:
             # Part of a frame is buffered: read behind it, in this decoder's own block.
-            n = self._recv(fd, self._lend(-1))
-            self._win_kind = _WIN_NONE
-            self._win_len = 0
-            if n == 0:
+            if self._recv_behind(fd) == 0:
                 return None
-            self._end += n
             self._take_wire_span(&used)
             rest = _send_all(out_fd, self._buf.data + self._start - used, used)
             if self._start == self._end and not self._buf.pinned:

@@ -19,6 +19,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Iterator, List, Sequence, Tuple, Type
 
 import pytest
+from reference import leb128
 
 import fastframe
 from fastframe import _codec, _codec_py
@@ -74,16 +75,6 @@ STRUCT_PREFIXES = {
 ALL_PREFIXES = tuple(STRUCT_PREFIXES) + ("varint",)
 
 
-def leb128(n: int) -> bytes:
-    """Unsigned LEB128, written out independently of the codec."""
-    if n < 0:
-        raise ValueError("negative")
-    out = bytearray()
-    while True:
-        n, low = n >> 7, n & 0x7F
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def ref_header(n: int, prefix: str = "!I") -> bytes:

@@ -22,6 +22,7 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import leb128
 
 import fastframe
 from fastframe import FrameError, FrameTooLarge, IncompleteFrame, _codec, _codec_py
@@ -36,13 +37,6 @@ LARGE = 64 * 1024
 HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, low = n >> 7, n & 0x7F
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def hdr(n: int, prefix: str) -> bytes:

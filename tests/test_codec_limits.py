@@ -12,6 +12,7 @@ import sys
 import tracemalloc
 
 import pytest
+from reference import leb128
 
 from fastframe import FrameError, FrameTooLarge, IncompleteFrame
 
@@ -21,13 +22,6 @@ MAX_OF = {p: (2**64 - 1 if p == "varint" else 2 ** (8 * struct.calcsize(STRUCT_O
 MiB = 1024 * 1024
 
 
-def leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, low = n >> 7, n & 0x7F
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def hdr(n: int, prefix: str) -> bytes:

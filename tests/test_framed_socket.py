@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from reference import leb128 as _leb128
 
 from fastframe import FrameError, FrameTooLarge, IncompleteFrame
 
@@ -487,12 +488,3 @@ def _wait_until_queued(sock: socket.socket, n: int, timeout: float = 5.0) -> Non
             return
         assert time.monotonic() < deadline, f"only {queued} of {n} bytes arrived"
         time.sleep(0.01)
-
-
-def _leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, low = n >> 7, n & 0x7F
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
