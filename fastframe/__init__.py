@@ -125,7 +125,16 @@ else:
                 stacklevel=2,
             )
         from . import _codec_py as _impl  # noqa: F401  (FramedSocket and aio use the chosen module)
-        from ._codec_py import DEFAULT_MAX_FRAME, LARGE_FRAME, PREFIXES, Decoder, encode, encode_many, header, write_frames
+        from ._codec_py import (
+            DEFAULT_MAX_FRAME,
+            LARGE_FRAME,
+            PREFIXES,
+            Decoder,
+            encode,
+            encode_many,
+            header,
+            write_frames,
+        )
 
         IMPLEMENTATION = "python"
 

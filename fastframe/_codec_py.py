@@ -195,7 +195,7 @@ class Decoder:
     """
 
     __slots__ = (
-        "_width", "_fmt", "_little", "_max_frame", "_prefix", "_maxlen",
+        "_width", "_fmt", "_max_frame", "_prefix",
         "_buf", "_start", "_end",
         "_large", "_large_filled", "_large_hlen",
         "_win_kind", "_win_len", "_header_only", "_error", "_closed", "_scanned", "_completed",
@@ -210,7 +210,6 @@ class Decoder:
             raise OverflowError("max_frame is too large")
         self._prefix = prefix
         self._width = fmt[0]
-        self._little = fmt[1]
         self._fmt = _STRUCTS.get(fmt)
         self._max_frame = max_frame
         self._buf = bytearray(_INITIAL_BUFFER)

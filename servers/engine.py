@@ -219,7 +219,7 @@ class Connection(Conn):
             conn.timers.discard(timer)
             callback()
 
-        timer = self.engine.call_later(delay, fire, owner=self)
+        timer = self.engine.call_later(delay, fire)
         self.timers.add(timer)
         return timer
 
@@ -300,7 +300,7 @@ class SelectEngine:
 
     # -- timers ---------------------------------------------------------------------------------------
 
-    def call_later(self, delay: float, callback: Callable[[], None], owner: Optional[Connection] = None) -> Timer:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(time.monotonic() + max(0.0, delay), callback)
         heapq.heappush(self._timers, timer)
         return timer

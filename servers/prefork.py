@@ -121,10 +121,6 @@ class Balancer:
                 low = c
         return mine <= low + 1 + low // 8
 
-    def snapshot(self) -> Dict[int, int]:
-        """slot -> connections held, for live slots."""
-        return {i: self.counts[i] for i in range(self._top[0]) if self.counts[i] >= 0}
-
 
 class _Worker:
     __slots__ = ("pid", "slot", "born", "retiring")

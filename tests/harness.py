@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 LINE = re.compile(r"^(\w+) (tcp|udp) (\[[0-9a-fA-F:.]+\]|[^\s:]+):(\d+)$")
 
@@ -169,3 +170,27 @@ def socket_count(pid: int, port: int) -> int:
         except FileNotFoundError:
             pass
     return count
+
+
+class Background:
+    """Run ``fn(*args)`` in a thread; ``join()`` returns its result or re-raises its exception."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+        def run() -> None:
+            try:
+                self.result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 20.0) -> Any:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "background thread did not finish in time"
+        if self.error is not None:
+            raise self.error
+        return self.result

@@ -10,10 +10,10 @@ import array
 import select
 import socket
 import struct
-import threading
 import time
 
 import pytest
+from harness import Background
 from reference import leb128 as _leb128
 
 from fastframe import FrameError, FrameTooLarge, IncompleteFrame
@@ -23,30 +23,6 @@ MiB = 1024 * 1024
 
 def frame(data: bytes) -> bytes:
     return struct.pack("!I", len(data)) + bytes(data)
-
-
-class Background:
-    """Run fn(*args) in a thread; join() re-raises its exception or returns its result."""
-
-    def __init__(self, fn, *args):
-        self.result = None
-        self.error = None
-
-        def run():
-            try:
-                self.result = fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in join()
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def join(self, timeout: float = 20.0):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "background thread did not finish in time"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 class RecordingSocket:

@@ -20,12 +20,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from multiprocessing.connection import Client, Listener
 
 import pytest
 import twisted  # noqa: F401 - a hard test dependency: fail loudly if it is missing
+from harness import Background
 from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import Int32StringReceiver
 
@@ -37,28 +37,6 @@ SIZES = [0, 1, 100, 16384, 16385, 65535, 65536, 70000, 1 * MiB]
 def payloads(sizes, seed=0):
     rng = random.Random(seed)
     return [rng.randbytes(n) for n in sizes]
-
-
-class Background:
-    def __init__(self, fn, *args):
-        self.result = None
-        self.error = None
-
-        def run():
-            try:
-                self.result = fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in join()
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def join(self, timeout: float = TIMEOUT):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "background thread did not finish in time"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 # ======================================================================================================
