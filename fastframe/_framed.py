@@ -8,7 +8,7 @@ import socket
 from types import ModuleType
 from typing import Any, ClassVar, Deque, Iterable, Iterator, List, Optional, Sequence, Union
 
-from . import _impl
+from ._codec_choice import codec as _impl
 from .exceptions import FrameError
 
 __all__ = ["FramedSocket"]

@@ -17,7 +17,7 @@ import logging
 from types import ModuleType
 from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar, Deque, Iterable, Optional, Tuple, Union
 
-from . import _impl
+from ._codec_choice import codec as _impl
 from ._framed import SCATTER_THRESHOLD, Buffer, _nbytes
 from .exceptions import FrameError
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from reference import leb128
 
 import fastframe
-from fastframe import FrameError, FrameTooLarge, IncompleteFrame, _codec, _codec_py
+from fastframe import FrameError, FrameTooLarge, IncompleteFrame, _codec, _codec_choice, _codec_py
 
 SPEC_PREFIXES = ("!B", ">B", "<B", "!H", ">H", "<H", "!I", ">I", "<I", "!Q", ">Q", "<Q", "varint")
 #: Prefixes that can express a payload of LARGE_FRAME (64 KiB) bytes or more.
@@ -74,17 +74,17 @@ def test_extension_really_loaded():
     """A broken build must not pass as pure Python: on CPython the extension is what the package uses."""
     if _pure_requested():
         assert fastframe.IMPLEMENTATION == "python"
-        assert fastframe._impl is _codec_py
+        assert _codec_choice.codec is _codec_py
         return
     if sys.implementation.name == "cpython":
         assert fastframe.IMPLEMENTATION == "cython", "the C extension is not in use: is the package built?"
-        assert fastframe._impl is _codec
+        assert _codec_choice.codec is _codec
         assert _codec.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), _codec.__file__
         assert fastframe.encode is _codec.encode
         assert fastframe.Decoder is _codec.Decoder
         assert fastframe.FramedSocket.codec is _codec
     else:  # pragma: no cover - other interpreters may run either, but must tell the truth
-        assert fastframe._impl is (_codec if fastframe.IMPLEMENTATION == "cython" else _codec_py)
+        assert _codec_choice.codec is (_codec if fastframe.IMPLEMENTATION == "cython" else _codec_py)
 
 
 def test_extension_belongs_to_the_imported_package():
@@ -101,7 +101,7 @@ def test_pure_python_env_forces_twin(tmp_path):
         warnings.simplefilter("error")
         import fastframe, fastframe._codec_py
         assert fastframe.IMPLEMENTATION == "python", fastframe.IMPLEMENTATION
-        assert fastframe._impl is fastframe._codec_py
+        assert fastframe._codec_choice.codec is fastframe._codec_py
         assert fastframe.Decoder is fastframe._codec_py.Decoder
         assert fastframe.FramedSocket.codec is fastframe._codec_py
         print("OK")
