@@ -356,6 +356,8 @@ async def start_server(
     arguments go to ``loop.create_server``.
     """
     loop = asyncio.get_running_loop()
+    if port is not None:  # by keyword: older typeshed (mypy 1.x) types create_server's port as int, not Optional
+        kwds["port"] = port
     return await loop.create_server(
-        lambda: _StreamProtocol(FrameReader(high_water), prefix, max_frame, client_connected_cb), host, port, **kwds
+        lambda: _StreamProtocol(FrameReader(high_water), prefix, max_frame, client_connected_cb), host, **kwds
     )
