@@ -2,7 +2,8 @@
 
 ``codec`` is parametrized over the C extension (id ``cython``) and the pure-Python twin (id ``python``).
 Both modules are imported directly, so the extension is exercised even when ``FASTFRAME_PURE_PYTHON`` makes
-the package itself use the twin.  A missing extension is an import error here, never a skip;
+the package itself use the twin.  A missing extension is an import error here, never a skip (except in a
+build made without extensions on purpose, ``FASTFRAME_NO_EXTENSIONS=1``);
 ``test_codec.py::test_extension_really_loaded`` is the guard that says so in one line.
 
 Test modules cannot import this file (``--import-mode=importlib``), so shared helpers are handed out by the
@@ -22,13 +23,21 @@ import pytest
 from reference import leb128
 
 import fastframe
-from fastframe import _codec, _codec_py
+from fastframe import _codec_choice, _codec_py
+
+if _codec_choice.built_without_extensions():  # FASTFRAME_NO_EXTENSIONS=1: no extension by choice, its cases skip
+    _codec = None
+    _CYTHON = pytest.param(None, id="cython", marks=pytest.mark.skip(reason="built with FASTFRAME_NO_EXTENSIONS=1"))
+else:  # any other build: a missing extension fails right here
+    from fastframe import _codec
+
+    _CYTHON = pytest.param(_codec, id="cython")
 
 #: Timeout (seconds) on every socket the fixtures create: a hang becomes a failure, not a stuck run.
 SOCKET_TIMEOUT = 10.0
 
 
-@pytest.fixture(scope="session", params=[pytest.param(_codec, id="cython"), pytest.param(_codec_py, id="python")])
+@pytest.fixture(scope="session", params=[_CYTHON, pytest.param(_codec_py, id="python")])
 def codec(request: pytest.FixtureRequest) -> ModuleType:
     """The codec module under test: ``fastframe._codec`` or ``fastframe._codec_py``.
 

@@ -25,7 +25,10 @@ from hypothesis import strategies as st
 from reference import leb128
 
 import fastframe
-from fastframe import FrameError, FrameTooLarge, IncompleteFrame, _codec, _codec_choice, _codec_py
+from fastframe import FrameError, FrameTooLarge, IncompleteFrame, _codec_choice, _codec_py
+
+# A build made with FASTFRAME_NO_EXTENSIONS=1 has no extension by choice (any other build must have one).
+_codec = None if _codec_choice.built_without_extensions() else importlib.import_module("fastframe._codec")
 
 SPEC_PREFIXES = ("!B", ">B", "<B", "!H", ">H", "<H", "!I", ">I", "<I", "!Q", ">Q", "<Q", "varint")
 #: Prefixes that can express a payload of LARGE_FRAME (64 KiB) bytes or more.
@@ -71,8 +74,9 @@ def _run_python(code: str, tmp_path, **env_overrides: str) -> subprocess.Complet
 
 
 def test_extension_really_loaded():
-    """A broken build must not pass as pure Python: on CPython the extension is what the package uses."""
-    if _pure_requested():
+    """A broken build must not pass as pure Python: on CPython the extension is what the package uses, unless
+    the package was built without it on purpose (FASTFRAME_NO_EXTENSIONS=1, recorded in the build)."""
+    if _pure_requested() or _codec_choice.built_without_extensions():
         assert fastframe.IMPLEMENTATION == "python"
         assert _codec_choice.codec is _codec_py
         return
@@ -124,7 +128,10 @@ def test_default_import_uses_extension_in_subprocess(tmp_path):
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    expected = "cython" if sys.implementation.name == "cpython" else fastframe.IMPLEMENTATION
+    if _codec_choice.built_without_extensions():
+        expected = "python"  # pure by choice: still no warning
+    else:
+        expected = "cython" if sys.implementation.name == "cpython" else fastframe.IMPLEMENTATION
     assert proc.stdout.strip() == expected
 
 
