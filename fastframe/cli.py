@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import socket
 import sys
 import time
 from typing import List, Optional
 
 from . import IMPLEMENTATION, __version__
-from .client import RemoteError
 from .exceptions import FrameError
+
+# Start-up is most of a small download, so this module imports only what every command needs: each command
+# imports its own modules (the servers, the clients, logging, re) when it runs, and main() builds only the
+# parser of the command asked for (tests/test_startup.py keeps it that way).
 
 __all__ = ["build_parser", "main"]
 
@@ -23,6 +24,8 @@ class CliError(Exception):
 
 def _size(text: str) -> int:
     """``1048576``, ``64k``, ``8M``, ``1GiB`` (binary multiples)."""
+    import re
+
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*", text.lower())
     if match is None:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 64k, 8M)")
@@ -259,7 +262,7 @@ _EXEC_ERROR_STATUS = {"not-allowed": 127, "not-found": 127, "timeout": 124}
 
 
 def _cmd_exec(args: argparse.Namespace) -> int:
-    from .client import AuthError, exec_command
+    from .client import AuthError, RemoteError, exec_command
 
     host, port = args.address
     argv = list(args.command)
@@ -366,7 +369,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 # -- main -----------------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[List[str]] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastframe",
         description="Length-prefixed framing for TCP: servers, clients and tools.",
@@ -377,16 +380,32 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"fastframe {__version__} ({IMPLEMENTATION} codec, Python {sys.version.split()[0]})",
     )
-    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
-    _add_serve(sub)
-    _add_echo(sub)
-    _add_time(sub)
-    _add_exec(sub)
-    _add_get(sub)
+    # prog given: argparse would otherwise format the usage (and import shutil for the terminal width) to make it
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", prog=parser.prog)
+    for name, add in _COMMANDS.items():
+        if only is None or name in only:
+            add(sub)
     return parser
 
 
+_COMMANDS = {"serve": _add_serve, "echo": _add_echo, "time": _add_time, "exec": _add_exec, "get": _add_get}
+
+
+def _needed_commands(argv: List[str]) -> Optional[List[str]]:
+    """The subcommands whose parsers ``argv`` needs: only the one it names first (its --help included), none
+    for a bare ``--version``, and all of them (None) for anything else: --help, errors, no command.  pip loads
+    its commands the same way; here it keeps ``fastframe get`` from importing the servers, whose defaults
+    ``serve``'s parser shows."""
+    if argv and argv[0] in _COMMANDS:
+        return [argv[0]]
+    if argv == ["--version"]:
+        return []
+    return None
+
+
 def _setup_logging(level: str) -> None:
+    import logging
+
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s [%(process)d] %(message)s",
@@ -395,12 +414,15 @@ def _setup_logging(level: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_needed_commands(sys.argv[1:] if argv is None else list(argv)))
     args = parser.parse_args(argv)
     if args.subcommand is None:
         parser.print_help()
         return 2
-    _setup_logging(getattr(args, "log_level", "warning"))
+    if hasattr(args, "log_level"):  # the server logs; the clients print their one line themselves
+        _setup_logging(args.log_level)
+    from .client import RemoteError
+
     try:
         return int(args.func(args))
     except CliError as exc:

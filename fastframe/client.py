@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import select
-import shlex
 import socket
 import sys
 from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ._auth import HandshakeError, client_handshake, recv_frame, send_frame
 from ._framed import FramedSocket
+
+# json, shlex and the handshake (hashlib, hmac, secrets) are imported by the calls that use them: each CLI
+# command is a process, and its start-up is most of a small request.
 
 __all__ = [
     "AuthError",
@@ -135,6 +135,8 @@ def _open_session(host: str, port: int, secret: Optional[bytes], timeout: Option
     sock = connect(host, port, timeout)
     try:
         if secret is not None:
+            from ._auth import HandshakeError, client_handshake
+
             try:
                 client_handshake(sock, secret)
             except HandshakeError as exc:
@@ -185,6 +187,8 @@ def exec_command(
     not-allowed, not-found, timeout, output-cap, bad-request, busy) or :class:`AuthError`.  ``timeout`` is how
     long to wait for each reply frame, not for the whole command.
     """
+    import shlex
+
     line = command if isinstance(command, str) else shlex.join(list(command))
     out = _writer(stdout, sys.stdout.buffer)
     err = _writer(stderr, sys.stderr.buffer)
@@ -313,6 +317,10 @@ def get_file(
     transfer breaks, ``OUT.part`` stays behind for a later resume.  ``progress(done, total)`` is called as
     bytes arrive (``done`` counts the resumed part too).  ``timeout`` applies to each receive.
     """
+    import json
+
+    from ._auth import recv_frame, send_frame
+
     tmp = part_path(out_path)
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
     if not resume:

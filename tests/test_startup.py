@@ -1,0 +1,120 @@
+"""Start-up stays small: each CLI command imports what it uses and nothing else.
+
+A client command is a whole process, so its start-up is most of a small request (issue 13: `fastframe get`
+of 4 KiB took 135 ms against 15 ms for curl).  A timing assertion would be flaky; what made it slow was
+imports, so these tests pin those down instead: each runs a code path in a fresh interpreter and lists the
+modules it loaded.  A module that creeps back (the servers behind `get`, logging, asyncio, a metadata
+scan) fails here, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+#: Never needed by a client command or by `--version`.
+NEVER = (
+    "fastframe.servers",
+    "fastframe.aio",
+    "asyncio",
+    "logging",
+    "importlib.metadata",
+    "platform",
+    "subprocess",
+    "multiprocessing",
+    "threading",
+    "ssl",
+)
+#: Needed only by the commands that use them (get: json and its metadata framing; exec: shlex; a secret: the
+#: HMAC handshake).
+ON_DEMAND = ("json", "shlex", "hashlib", "hmac", "secrets", "fastframe._auth")
+
+
+def loaded_by(code: str, cwd: Path) -> set[str]:
+    """Run ``code`` in a fresh interpreter (after ``from fastframe.cli import main``) and return every module
+    it loaded.  The probe itself imports nothing: it prints sys.modules with builtins only."""
+    probe = textwrap.dedent(
+        """
+        import sys
+        from fastframe.cli import main
+        try:
+        {body}
+        except SystemExit:
+            pass
+        print(repr(sorted(sys.modules)))
+        """
+    ).format(body=textwrap.indent(textwrap.dedent(code).strip(), "    "))
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTFRAME_PURE_PYTHON", "PYTHONWARNINGS")}
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return set(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
+
+
+def offending(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound here and never listened on, so nothing else takes it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+def test_importing_the_cli_loads_no_command(tmp_path: Path) -> None:
+    modules = loaded_by("pass", tmp_path)
+    assert "fastframe.cli" in modules and "argparse" in modules  # the probe did run
+    assert not offending(modules, NEVER + ON_DEMAND + ("fastframe.client",))
+
+
+def test_version_builds_no_subcommand(tmp_path: Path) -> None:
+    modules = loaded_by('main(["--version"])', tmp_path)
+    assert not offending(modules, NEVER + ON_DEMAND + ("fastframe.client",))
+
+
+def test_get_loads_only_what_a_download_needs(tmp_path: Path, refused_port: int) -> None:
+    """Up to the connect (refused here): the client, json for the metadata frame, and no server."""
+    modules = loaded_by(f'main(["get", "127.0.0.1:{refused_port}", "f", "-o", "out", "--timeout", "5"])', tmp_path)
+    assert "fastframe.client" in modules and "json" in modules  # it got as far as the download
+    assert not offending(modules, NEVER + ("shlex",))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.part").exists()
+
+
+def test_echo_loads_neither_json_nor_the_handshake(tmp_path: Path, refused_port: int) -> None:
+    modules = loaded_by(f'main(["echo", "127.0.0.1:{refused_port}", "hi", "--timeout", "5"])', tmp_path)
+    assert "fastframe.client" in modules
+    assert not offending(modules, NEVER + ON_DEMAND)
+
+
+def test_exec_without_a_secret_loads_no_handshake(tmp_path: Path, refused_port: int) -> None:
+    modules = loaded_by(f'main(["exec", "127.0.0.1:{refused_port}", "--", "true"])', tmp_path)
+    assert "fastframe.client" in modules
+    assert not offending(modules, NEVER + ("json", "hashlib", "hmac", "secrets", "fastframe._auth"))
+
+
+def test_help_still_lists_every_command(tmp_path: Path) -> None:
+    """The parser is built per command; --help and a wrong command still see all of them."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTFRAME_PURE_PYTHON"}
+    commands = ("serve", "echo", "time", "exec", "get")
+    run = subprocess.run([sys.executable, "-m", "fastframe", "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert all(f"    {c} " in run.stdout for c in commands), run.stdout
+    run = subprocess.run([sys.executable, "-m", "fastframe", "frobnicate"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 2
+    assert all(repr(c) in run.stderr for c in commands), run.stderr
+    run = subprocess.run([sys.executable, "-m", "fastframe", "get", "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 0 and run.stdout.startswith("usage: fastframe get "), run.stdout
