@@ -31,9 +31,10 @@ has workers, never the load generator's (on a 2-CPU machine: the same single CPU
 ``--repeat N`` measures everything N times (round-robin, so slow drifts hit every server alike) and keeps,
 per row, the run with the median req/s.
 
-Files mode (``--files``): download one large file (``--file-size``, default 1 GiB) through fastframe's file
-service (``fastframe serve --files 0`` + ``fastframe get -o``), nginx with ``sendfile on`` + ``curl -o`` and
-``python -m http.server`` + ``curl -o``, and report seconds per GiB.
+Files mode (``--files``): download files of 4 KiB (latency: start-up is most of it), 64 MiB and
+``--file-size`` (default 1 GiB) through fastframe's file service (``fastframe serve --files 0`` + ``fastframe
+get -o``), nginx with ``sendfile on`` + ``curl -o`` and ``python -m http.server`` + ``curl -o``, and report
+milliseconds per small download (and the ratio to ``python -c pass`` in the same run) and seconds per GiB.
 
 Run ``python bench/bench_servers.py --help``; bench/README.md ("Server bench") says how to read the output.
 Loopback only, bounded in time, stops by itself.  Linux only (epoll, /proc).
@@ -908,8 +909,23 @@ class FilePeer:
         self.skip: str | None = None
 
 
+#: Files at most this large are latency rows: each round downloads them SMALL_BATCH times in a row, since one
+#: download is a few milliseconds of mostly process start-up.
+SMALL_FILE = 1 * MiB
+SMALL_BATCH = 20
+#: Rows every files run has besides --file-size: start-up dominated (4 KiB) and start-up visible (64 MiB).
+FIXED_FILE_SIZES = (4 * 1024, 64 * MiB)
+
+
+def fastframe_client() -> list[str]:
+    """How a user runs the client: the `fastframe` console script beside this interpreter (`python -m
+    fastframe` costs runpy's imports on top), or `-m` where no script is installed."""
+    script = os.path.join(os.path.dirname(sys.executable), "fastframe")
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "fastframe"]
+
+
 def run_files(args: argparse.Namespace) -> int:
-    size = args.file_size
+    sizes = sorted({*(n for n in FIXED_FILE_SIZES if n < args.file_size), args.file_size})
     peers = [
         FilePeer("fastframe", "fastframe serve --files + fastframe get -o"),
         FilePeer("nginx", "nginx (sendfile on) + curl -o"),
@@ -931,100 +947,133 @@ def run_files(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     t_start = time.monotonic()
     try:
-        need = 2 * size + 64 * MiB
+        need = sum(sizes) + max(sizes) + 64 * MiB
         free = shutil.disk_usage(base).free
         if free < need:
             log(f"bench_servers: {base} has {free / GiB:.1f} GiB free, the file bench needs {need / GiB:.1f} GiB")
             return 1
         root = os.path.join(base, "root")
         os.makedirs(root)
-        src = os.path.join(root, "blob.bin")
-        log(f"bench_servers: writing a {fmt_bytes(size)} test file in {root} ...")
-        want = make_file(src, size)
-        with open(src, "rb") as f:  # read it once: every download starts from a hot page cache
-            while f.read(8 * MiB):
-                pass
+        wants: dict[int, str] = {}
+        for size in sizes:
+            src = os.path.join(root, f"blob-{size}.bin")
+            log(f"bench_servers: writing a {fmt_bytes(size)} test file in {root} ...")
+            wants[size] = make_file(src, size)
+            with open(src, "rb") as f:  # read it once: every download starts from a hot page cache
+                while f.read(8 * MiB):
+                    pass
         out = os.path.join(base, "download.bin")
-        servers: dict[str, tuple[Proc, list[str]]] = {}
-        rows: dict[str, dict[str, Any]] = {}
+        servers: dict[str, tuple[Proc, str]] = {}
+        rows: dict[tuple[int, str], dict[str, Any]] = {}
         try:
+            for size in sizes:
+                for peer in peers:
+                    rows[size, peer.name] = row = {
+                        "size": size, "server": peer.name, "label": peer.label, "status": "ok", "reason": "",
+                        "runs": [], "warmup": None,
+                    }  # fmt: skip
+                    results.append(row)
+                    if peer.skip:
+                        row.update(status="skipped", reason=peer.skip)
             for peer in peers:  # every server runs for the whole bench, so the rounds can interleave them
-                row: dict[str, Any] = {"server": peer.name, "label": peer.label, "status": "ok", "reason": "",
-                                       "runs": [], "warmup": None}  # fmt: skip
-                results.append(row)
-                rows[peer.name] = row
                 if peer.skip:
-                    row.update(status="skipped", reason=peer.skip)
                     log(f"  {peer.name}: skipped: {peer.skip}")
                     continue
                 try:
-                    server, where = start_file_server(peer.name, root, base, nginx, server_cpus)
+                    servers[peer.name] = start_file_server(peer.name, root, base, nginx, server_cpus)
                 except BenchError as exc:
-                    row.update(status="failed", reason=f"server did not start: {exc}")
-                    log(f"  {peer.name}: FAILED: {row['reason']}")
-                    continue
-                if peer.name == "fastframe":
-                    argv = [sys.executable, "-m", "fastframe", "get", where, "blob.bin", "-o", out]
-                else:
-                    argv = [curl, "-sS", "--fail", "-o", out, where]  # type: ignore[list-item]
-                servers[peer.name] = (server, argv)
-            for rep in range(-1, args.repeat):  # round -1: one untimed warm-up download per server
-                for name, (server, argv) in servers.items():
-                    row = rows[name]
-                    run = download(argv, server, out, size, want, client_cpus)
-                    if rep < 0:
-                        row["warmup"] = run
-                        what = "warm-up"
-                    else:
-                        row["runs"].append(run)
-                        what = f"{rep + 1}/{args.repeat}"
-                    log(
-                        f"  {name} [{what}]: " + (f"{run['seconds']:.3f} s" if run["ok"] else f"FAILED: {run['error']}")
-                    )
+                    for size in sizes:
+                        rows[size, peer.name].update(status="failed", reason=f"server did not start: {exc}")
+                    log(f"  {peer.name}: FAILED: server did not start: {exc}")
+
+            def argv_for(name: str, where: str, size: int) -> list[str]:
+                if name == "fastframe":
+                    return [*fastframe_client(), "get", where, f"blob-{size}.bin", "-o", out]
+                assert curl is not None
+                return [curl, "-sS", "--fail", "-o", out, f"{where}/blob-{size}.bin"]
+
+            for rep in range(-1, args.repeat):  # round -1: one untimed warm-up download per server and size
+                for size in sizes:
+                    batch = SMALL_BATCH if size <= SMALL_FILE and rep >= 0 else 1
+                    for name, (server, where) in servers.items():
+                        row = rows[size, name]
+                        runs = [download(argv_for(name, where, size), server, out, size, wants[size], client_cpus)
+                                for _ in range(batch)]  # fmt: skip
+                        if rep < 0:
+                            row["warmup"] = runs[0]
+                            what = "warm-up"
+                        else:
+                            row["runs"].extend(runs)
+                            what = f"{rep + 1}/{args.repeat}"
+                        failed = [r["error"] for r in runs if not r["ok"]]
+                        ok = sorted(r["seconds"] for r in runs if r["ok"])
+                        took = f"{ok[(len(ok) - 1) // 2] * 1000:.1f} ms" if ok else ""
+                        took += f" (median of {len(ok)})" if batch > 1 else ""
+                        log(f"  {fmt_bytes(size)} {name} [{what}]: " + (f"FAILED: {failed[0]}" if failed else took))
+            # The floor every Python client stands on, measured in the same run: the interpreter alone.
+            floor = [sys.executable, "-c", "pass"]
+            interpreter = sorted(run_seconds(floor, client_cpus) for _ in range(args.repeat * SMALL_BATCH))
         finally:
             for server, _ in servers.values():
                 server.stop()
-        for name in servers:
-            row = rows[name]
+        for (_, name), row in rows.items():
+            if name not in servers:
+                continue
             ok = sorted((r for r in row["runs"] if r["ok"]), key=lambda r: r["seconds"])
             row["chosen"] = ok[(len(ok) - 1) // 2] if ok else None
             if not ok:
                 row.update(status="failed", reason=row["runs"][0]["error"] if row["runs"] else "no run")
+            elif len(ok) < len(row["runs"]):
+                row.update(status="failed", reason=next(r["error"] for r in row["runs"] if not r["ok"]))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    startup = {"fastframe get": startup_seconds([sys.executable, "-m", "fastframe", "--version"])}
+    python_pass_s = interpreter[(len(interpreter) - 1) // 2]
+    startup = {"fastframe get": startup_seconds([*fastframe_client(), "--version"])}
     if curl:
         startup["curl"] = startup_seconds([curl, "--version"])
     elapsed = time.monotonic() - t_start
 
-    base_s = next((r["chosen"]["seconds"] for r in results if r["server"] == "fastframe" and r.get("chosen")), None)
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     print(f"fastframe file-transfer bench - {date} - {_cpu_model()}, {os.cpu_count()} CPUs")
-    print(f"one {fmt_bytes(size)} file, source in the page cache, client writes it to {args.file_dir or tempfile.gettempdir()} "
-          f"(no fsync); {pinning}; one untimed warm-up download each, then median of {args.repeat} "
-          f"(interleaved rounds)")  # fmt: skip
+    print(f"files of {', '.join(fmt_bytes(n) for n in sizes)}, source in the page cache, client writes to "
+          f"{args.file_dir or tempfile.gettempdir()} (no fsync); {pinning}; one untimed warm-up download each, then "
+          f"the median of {args.repeat} interleaved rounds (files up to {fmt_bytes(SMALL_FILE)}: "
+          f"{SMALL_BATCH} downloads a round)")  # fmt: skip
     width = max(len(r["label"]) for r in results) + 1
-    head = (
-        f"{'server + client':<{width}} {'s/GiB':>7} {'GiB/s':>6} {'srv CPU s':>9} {'cli CPU s':>9} {'x fastframe':>11}"
-    )
-    print("\n" + head)
-    print("-" * len(head))
-    for r in results:
-        c = r.get("chosen")
-        if r["status"] == "skipped":
-            print(f"{r['label']:<{width}} skipped: {r['reason']}")
-            continue
-        if not c:
-            print(f"{r['label']:<{width}} FAILED: {r['reason']}")
-            continue
-        per_gib = c["seconds"] / (size / GiB)
-        r["s_per_gib"] = per_gib
-        r["ratio"] = c["seconds"] / base_s if base_s else None
-        noisy = "~" if c["other_cpu_cores"] > NOISE_CORES else ""
-        print(f"{r['label']:<{width}} {per_gib:>7.3f} {1 / per_gib:>6.2f} {c['server_cpu_s']:>9.2f} {c['client_cpu_s']:>9.2f} "
-              f"{fmt_ratio(r['ratio']):>11}{noisy}")  # fmt: skip
-    print("\ns/GiB: wall time from starting the client to its exit (connect and start-up included), per GiB; "
-          "x fastframe: time / fastframe's (above 1: slower than fastframe).")  # fmt: skip
+    for size in sizes:
+        size_rows = [r for r in results if r["size"] == size]
+        ours = next((r for r in size_rows if r["server"] == "fastframe" and r.get("chosen")), None)
+        base_s = ours["chosen"]["seconds"] if ours else None
+        small = size <= SMALL_FILE
+        title = f"{fmt_bytes(size) + ' file':<{width}}"
+        if small:
+            head = f"{title} {'ms':>8} {'x py -c pass':>12} {'x fastframe':>11}"
+        else:
+            head = f"{title} {'s/GiB':>7} {'GiB/s':>6} {'srv CPU s':>9} {'cli CPU s':>9} {'x fastframe':>11}"
+        print("\n" + head)
+        print("-" * len(head))
+        for r in size_rows:
+            c = r.get("chosen")
+            if r["status"] == "skipped":
+                print(f"{r['label']:<{width}} skipped: {r['reason']}")
+                continue
+            if not c or r["status"] == "failed":
+                print(f"{r['label']:<{width}} FAILED: {r['reason']}")
+                continue
+            r["ratio"] = c["seconds"] / base_s if base_s else None
+            noisy = "~" if c["other_cpu_cores"] > NOISE_CORES else ""
+            if small:
+                r["x_python_pass"] = c["seconds"] / python_pass_s
+                print(f"{r['label']:<{width}} {c['seconds'] * 1000:>8.1f} {r['x_python_pass']:>12.2f} "
+                      f"{fmt_ratio(r['ratio']):>11}{noisy}")  # fmt: skip
+            else:
+                per_gib = c["seconds"] / (size / GiB)
+                r["s_per_gib"] = per_gib
+                print(f"{r['label']:<{width}} {per_gib:>7.3f} {1 / per_gib:>6.2f} {c['server_cpu_s']:>9.2f} "
+                      f"{c['client_cpu_s']:>9.2f} {fmt_ratio(r['ratio']):>11}{noisy}")  # fmt: skip
+    print("\nms, s/GiB: wall time from starting the client to its exit (start-up and connect included); "
+          "x fastframe: time / fastframe's (above 1: slower than fastframe); x py -c pass: time / the median "
+          f"'{sys.executable} -c pass' of this run ({python_pass_s * 1000:.1f} ms).")  # fmt: skip
     print("client start-up alone (best of 3 '--version' runs): "
           + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in startup.items() if v is not None))  # fmt: skip
     if any(r.get("chosen") and r["chosen"]["other_cpu_cores"] > NOISE_CORES for r in results):
@@ -1032,7 +1081,9 @@ def run_files(args: argparse.Namespace) -> int:
     print(f"total time {elapsed:.0f} s")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        meta = {"date": date, "command": _command_line(), "file_size": size, "client_startup_s": startup, "repeat": args.repeat, "pinning": pinning, "cpu_model": _cpu_model(),
+        meta = {"date": date, "command": _command_line(), "file_size": max(sizes), "file_sizes": sizes,
+                "small_batch": SMALL_BATCH, "python_pass_s": python_pass_s, "client_startup_s": startup,
+                "client": fastframe_client(), "repeat": args.repeat, "pinning": pinning, "cpu_model": _cpu_model(),
                 "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "elapsed_s": round(elapsed, 1)}  # fmt: skip
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
@@ -1075,7 +1126,15 @@ def start_file_server(name: str, root: str, base: str, nginx: str | None, cpus: 
     except BenchError:
         proc.stop()
         raise
-    return proc, f"http://127.0.0.1:{port}/blob.bin"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def run_seconds(argv: list[str], cpus: set[int] | None) -> float:
+    """Wall time of one run of ``argv`` (pinned like the clients), from start to exit."""
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   cwd=BENCH_DIR, timeout=60, check=True, preexec_fn=_pin(cpus))  # noqa: PLW1509  # fmt: skip
+    return time.perf_counter() - t0
 
 
 def startup_seconds(argv: list[str]) -> float | None:
@@ -1108,15 +1167,25 @@ def download(argv: list[str], server: Proc, out: str, size: int, want: str, cpus
         except OSError as exc:
             return {"ok": False, "error": f"cannot start {argv[0]}: {exc.strerror}"}
         deadline = time.monotonic() + 600.0
-        while True:
-            pid, status, usage = os.wait4(client.pid, os.WNOHANG)  # wait4: the client's own CPU time
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                client.kill()
-                client.wait()
-                return {"ok": False, "error": "client did not finish within 600 s"}
-            time.sleep(0.002)
+        # A pidfd turns readable the moment the client exits, so a 4 KiB download is not rounded up to a
+        # polling step; where there is none (Linux < 5.3), poll every 2 ms.
+        pidfd = os.pidfd_open(client.pid) if hasattr(os, "pidfd_open") else None
+        try:
+            while True:
+                pid, status, usage = os.wait4(client.pid, os.WNOHANG)  # wait4: the client's own CPU time
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    client.kill()
+                    client.wait()
+                    return {"ok": False, "error": "client did not finish within 600 s"}
+                if pidfd is not None:
+                    select.select([pidfd], [], [], 1.0)
+                else:
+                    time.sleep(0.002)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
         t1 = time.perf_counter()
         code = os.waitstatus_to_exitcode(status)
         client.returncode = code  # already reaped: keep Popen from waiting for it again
@@ -1190,7 +1259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     f = p.add_argument_group("file-transfer mode")
     p.add_argument("--replot", metavar="JSON", help="draw --plot from a saved --json file instead of measuring")
     f.add_argument("--files", action="store_true", help="run the file-transfer bench instead of the echo bench")
-    f.add_argument("--file-size", type=_size, default=None, metavar="SIZE", help="size of the test file (default 1G)")
+    f.add_argument("--file-size", type=_size, default=None, metavar="SIZE",
+                   help="the largest test file (default 1G, 64M with --quick); 4 KiB and 64 MiB rows run too")  # fmt: skip
     f.add_argument(
         "--file-dir", metavar="DIR", default=None, help="where the test file and the download go (default: $TMPDIR)"
     )
