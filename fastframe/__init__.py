@@ -15,6 +15,7 @@ import warnings
 from types import ModuleType
 from typing import Optional
 
+from ._framing import Framing
 from ._version import __version__
 from .exceptions import FrameError, FrameTooLarge, IncompleteFrame
 
@@ -27,6 +28,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "FramedSocket",
+    "Framing",
     "IncompleteFrame",
     "__version__",
     "encode",
