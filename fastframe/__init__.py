@@ -17,9 +17,10 @@ from typing import Optional
 
 from ._framing import Framing
 from ._version import __version__
-from .exceptions import FrameError, FrameTooLarge, IncompleteFrame
+from .exceptions import BufferTooSmall, FrameError, FrameTooLarge, IncompleteFrame
 
 __all__ = [
+    "BufferTooSmall",
     "DEFAULT_MAX_FRAME",
     "IMPLEMENTATION",
     "LARGE_FRAME",
