@@ -147,3 +147,30 @@ def ref() -> SimpleNamespace:
         pseudo_random=pseudo_random,
         tcp_pair=_tcp_pair,
     )
+
+
+# -- live servers (tests/live.py): one throwaway instance of each per session -------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    from live import Postgres
+
+    server = Postgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[object]:
+    from live import MariaDB
+
+    server = MariaDB()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
