@@ -113,6 +113,7 @@ _FORMATS = _framing.FORMATS  # prefix -> (width, little-endian); width 0 is vari
 _STRUCTS = {
     (1, False): struct.Struct(">B"), (1, True): struct.Struct("<B"),
     (2, False): struct.Struct(">H"), (2, True): struct.Struct("<H"),
+    (3, False): struct.Struct(">HB"), (3, True): struct.Struct("<HB"),  # 24 bits: 16 + 8, see _parse_header
     (4, False): struct.Struct(">I"), (4, True): struct.Struct("<I"),
     (8, False): struct.Struct(">Q"), (8, True): struct.Struct("<Q"),
 }  # fmt: skip
@@ -410,7 +411,8 @@ class Decoder:
             if avail < width:
                 return -1, 0
             if width == 3:
-                return int.from_bytes(buf[pos : pos + 3], "little" if self._little else "big"), 3
+                a, b = self._fmt.unpack_from(buf, pos)  # type: ignore[union-attr]
+                return (a | b << 16 if self._little else a << 8 | b), 3
             return self._fmt.unpack_from(buf, pos)[0], width  # type: ignore[union-attr]
         value = 0
         for i in range(min(avail, 10)):

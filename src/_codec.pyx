@@ -30,6 +30,7 @@ from fastframe.exceptions import FrameError, FrameTooLarge, IncompleteFrame
 cdef extern from "hton.h":
     uint64_t ff_load(const char *p, int width, int little) nogil
     uint64_t ff_load_be32(const char *p) nogil
+    uint64_t ff_load24(const char *p, int little) nogil
     void ff_store(char *p, uint64_t v, int width, int little) nogil
     int ff_varint_len(uint64_t v) nogil
     int ff_varint_store(char *p, uint64_t v) nogil
@@ -718,6 +719,12 @@ cdef class Decoder:
             length[0] = ff_load_be32(p)
             hlen[0] = 4
             return 1
+        if width == 3:  # (MySQL's packets: worth a load of its own)
+            if avail < 3:
+                return 0
+            length[0] = ff_load24(p, self._little)
+            hlen[0] = 3
+            return 1
         if width:
             if avail < width:
                 return 0
@@ -812,7 +819,10 @@ cdef class Decoder:
     cdef Py_ssize_t _parse_general(self, const char *p, Py_ssize_t n, list out, bint wire) except -1:
         cdef Py_ssize_t pos = 0, avail, hlen, head, cut
         cdef Py_ssize_t offset = self._offset
-        cdef uint64_t value, total, size
+        cdef Py_ssize_t strip = self._strip
+        cdef long long adjust = self._adjust
+        cdef uint64_t max_body = <uint64_t>self._max_frame
+        cdef uint64_t value, body, total, size
         cdef bint held = False
         while pos < n:
             avail = n - pos
@@ -821,9 +831,18 @@ cdef class Decoder:
             if not self._parse_header(p + pos + offset, avail - offset, &value, &hlen):
                 break
             head = offset + hlen
+            # body = value + adjust, in range (unsigned arithmetic wraps a negative adjust right); anything
+            # else -- negative, huge, over max_frame -- goes through _body(), which raises or (for the
+            # partial frame whose header was accepted earlier) lets it through.
+            if (adjust >= 0 or value >= <uint64_t>(-adjust)) and value <= <uint64_t>PY_SSIZE_T_MAX:
+                body = value + <uint64_t>adjust
+                if body > max_body:
+                    body = <uint64_t>self._body(value, pos != 0 or not self._head_ok)
+            else:
+                body = <uint64_t>self._body(value, pos != 0 or not self._head_ok)
             # (in 64 bits: with max_frame near 2**63 the head could push a Py_ssize_t over)
-            total = <uint64_t>head + <uint64_t>self._body(value, pos != 0 or not self._head_ok)
-            cut = head if self._strip < 0 else self._strip
+            total = <uint64_t>head + body
+            cut = head if strip < 0 else strip
             size = total - <uint64_t>cut
             if size < _LARGE:
                 self._header_only = False
