@@ -490,18 +490,37 @@ class Decoder:
 
     def _parse_general(self, buf: Buffer, pos: int, end: int, out: List[bytes], wire: bool) -> int:
         offset = self._offset
+        adjust = self._adjust
         strip = self._strip
+        max_frame = self._max_frame
+        width = self._width
+        # Fixed widths unpack in one call (24 bits as 16 + 8); varint goes through _parse_header().
+        unpack = self._fmt.unpack_from if width else None  # type: ignore[union-attr]
+        little = self._little
         first = pos
         held = False
         while pos < end:
             avail = end - pos
-            if avail <= offset:
-                break
-            value, hlen = self._parse_header(buf, pos + offset, avail - offset)
-            if value < 0:
-                break
+            if unpack is not None:
+                if avail < offset + width:
+                    break
+                if width == 3:
+                    a, b = unpack(buf, pos + offset)
+                    value = a | b << 16 if little else a << 8 | b
+                else:
+                    value = unpack(buf, pos + offset)[0]
+                hlen = width
+            else:
+                if avail <= offset:
+                    break
+                value, hlen = self._parse_header(buf, pos + offset, avail - offset)
+                if value < 0:
+                    break
             head = offset + hlen
-            total = head + self._body(value, pos != first or not self._head_ok)
+            body = value + adjust
+            if body < 0 or body > max_frame:
+                body = self._body(value, pos != first or not self._head_ok)
+            total = head + body
             cut = head if strip < 0 else strip
             size = total - cut
             if size < LARGE_FRAME:
