@@ -66,8 +66,9 @@ A :class:`Decoder` refuses a header announcing more than ``max_frame`` bytes (8 
 :class:`FrameTooLarge` before it allocates anything for the body.  ``max_frame`` may be changed at any time;
 it applies to headers not yet accepted (a frame whose header was accepted is finished under the limit that
 accepted it).  Memory in use grows with the bytes that arrive, never with what a header announces: this twin
-collects a large frame in pieces, the extension allocates it zero-filled and lets the kernel page it in as it
-is written.  Encoding a value that the length field cannot hold raises :class:`FrameTooLarge` as well.
+collects a large frame in pieces, the extension allocates it whole but lends it in windows no larger than
+what has arrived, so the kernel pages in only what is written.  Memory a decoder lends that nobody wrote
+reads as zeros, never as what the heap held.  Encoding a value that the length field cannot hold raises :class:`FrameTooLarge` as well.
 
 This module must expose exactly the names, signatures, results and exceptions of the extension; the test
 suite runs every codec test against both.

@@ -60,6 +60,7 @@ LARGE_FRAME = 64 * 1024
 cdef enum:
     _LARGE = 64 * 1024           # frames this large get their own object (LARGE_FRAME)
     _TAIL = 1024                 # ... except their last bytes, which come through the read buffer (see _lend)
+    _LARGE_WINDOW = 256 * 1024   # a large frame's window is at most this, or what has already arrived
     _INITIAL_BUFFER = 64 * 1024  # first size of a decoder's read buffer
     _MIN_READ = 16 * 1024        # get_buffer() offers at least this much room when it has no better idea
     _MAX_READ = 256 * 1024       # ... and never grows the buffer beyond what a sizehint this large asks for
@@ -488,7 +489,7 @@ cdef _Memory _borrow_bytes(bytes obj):
     mem.owner = obj
     mem.data = PyBytes_AS_STRING(obj)
     mem.size = PyBytes_GET_SIZE(obj)
-    mem.inited = mem.size  # a large frame's object is allocated zero-filled
+    mem.inited = 0  # (the caller says how much of it is written)
     return mem
 
 
@@ -573,8 +574,8 @@ cdef class Decoder:
     """Incremental frame parser: bytes in, complete frames out.
 
     See ``fastframe._codec_py.Decoder`` for the theory of operation; the state below mirrors it.  Two things
-    differ: a large frame is received straight into the bytes object that is returned (allocated
-    zero-filled, so untouched pages cost nothing until the kernel writes them), and its last bytes
+    differ: a large frame is received straight into the bytes object that is returned (each window zeroed
+    as it is lent, so untouched pages cost nothing until the kernel writes them), and its last bytes
     (at most _TAIL) come through the read buffer together with the next header (see _lend()).
     """
     cdef object _prefix
@@ -866,14 +867,16 @@ cdef class Decoder:
         if size > <uint64_t>PY_SSIZE_T_MAX:
             raise FrameError(f"cannot allocate {size} bytes for a frame")
         try:
-            # bytes(n) is zero-filled (calloc): nothing but zeros is ever lent or returned from it, and the
-            # pages the kernel never writes are never paged in.
-            obj = bytes(<Py_ssize_t>size)
+            # Not zero-filled: feed() and read_from() copy every byte into it, and what get_buffer() lends
+            # is zeroed first (_lend), so nobody ever sees what the heap held.  Pages never written are never
+            # paged in.
+            obj = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
         except (MemoryError, OverflowError) as exc:
             raise FrameError(f"cannot allocate {size} bytes for a frame ({exc!r})") from exc
         memcpy(PyBytes_AS_STRING(obj), p, got)
         self._large = obj
         self._large_mem = _borrow_bytes(obj)
+        self._large_mem.inited = got
         self._large_size = <Py_ssize_t>size
         self._large_filled = got
         self._large_skip = skip
@@ -948,6 +951,8 @@ cdef class Decoder:
             k = self._end - self._start
         memcpy(PyBytes_AS_STRING(self._large) + self._large_filled, self._buf.data + self._start, k)
         self._large_filled += k
+        if self._large_mem.inited < self._large_filled:
+            self._large_mem.inited = self._large_filled
         self._start += k
         if self._large_filled == self._large_size:
             self._finish_large(out)
@@ -969,6 +974,8 @@ cdef class Decoder:
                     k = n
                 memcpy(PyBytes_AS_STRING(self._large) + self._large_filled, p, k)
                 self._large_filled += k
+                if self._large_mem.inited < self._large_filled:
+                    self._large_mem.inited = self._large_filled
                 p += k
                 n -= k
                 if self._large_filled == self._large_size:
@@ -1030,7 +1037,7 @@ cdef class Decoder:
             PyBuffer_Release(&view)
         return out
 
-    cdef _Memory _lend(self, Py_ssize_t sizehint):
+    cdef _Memory _lend(self, Py_ssize_t sizehint, bint public=True):
         """Choose the memory the next read may fill (the window); return the block it lies in.
 
         A large frame lends its own object, all of it but the last _TAIL bytes.  Those come through the
@@ -1042,11 +1049,21 @@ cdef class Decoder:
         cdef _Memory mem
         cdef Py_ssize_t want, end
         if self._large is not None and self._large_size - self._large_filled > _TAIL:
+            # Lent to a caller (public), the window is zeroed first, and is at most what has arrived (or
+            # _LARGE_WINDOW), so that memory follows the bytes received, not what the header announced.
+            # Our own recv (read_from) takes the whole rest: the kernel writes every byte it reports.
             mem = self._large_mem
+            want = self._large_size - self._large_filled - _TAIL
+            if public and want > max(self._large_filled, <Py_ssize_t>_LARGE_WINDOW):
+                want = max(self._large_filled, <Py_ssize_t>_LARGE_WINDOW)
+            end = self._large_filled + want
+            if public and mem.inited < end:
+                memset(mem.data + mem.inited, 0, end - mem.inited)
+                mem.inited = end
             mem.win_off = self._large_filled
-            mem.win_len = self._large_size - self._large_filled - _TAIL
+            mem.win_len = want
             self._win_kind = _WIN_LARGE
-            self._win_len = mem.win_len
+            self._win_len = want
             return mem
         if self._buf.pinned or (self._start == self._end and self._buf.size > _SHRINK_ABOVE):
             # Frames handed out by read_wire_from() may still be in use there (or a big frame left the
@@ -1088,6 +1105,8 @@ cdef class Decoder:
         try:
             if kind == _WIN_LARGE:
                 self._large_filled += nbytes
+                if self._large_mem.inited < self._large_filled:
+                    self._large_mem.inited = self._large_filled
                 if self._large_filled == self._large_size:
                     self._finish_large(out)
             else:
@@ -1130,7 +1149,7 @@ cdef class Decoder:
         cdef list out
         self._check()
         if self._start != self._end or self._large is not None or self._header_only or _area_busy:
-            n = self._recv(fd, self._lend(-1))
+            n = self._recv(fd, self._lend(-1, False))
             if n == 0:
                 self._win_kind = _WIN_NONE
                 self._win_len = 0
