@@ -80,7 +80,7 @@ import operator
 import os
 import struct
 import sys
-from typing import Any, Iterable, List, Optional, Tuple, Union
+from typing import Any, Iterable, List, Optional, Tuple, Union, final
 
 from . import _framing
 from ._framing import DEFAULT_MAX_FRAME, PREFIXES, Framing
@@ -263,6 +263,7 @@ def _decoding(
     return prefix, width, little, offset, adjust, -1 if strip is None else strip, limit
 
 
+@final
 class Decoder:
     """Incremental frame parser: bytes in, complete frames out.
 

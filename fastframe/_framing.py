@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import operator
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, final
 
 __all__ = ["Framing"]
 
@@ -94,6 +94,7 @@ def conflict(where: str) -> TypeError:
     return TypeError(f"{where}: give the options in the Framing or as keywords, not both")
 
 
+@final
 class Framing:
     """An immutable length-field layout: ``prefix``, ``offset``, ``adjust``, ``strip`` and ``max_frame``.
 

@@ -263,6 +263,23 @@ def test_same_signatures_in_both_implementations():
             m.Decoder(bogus=1)
 
 
+def test_stub_matches_the_extension(tmp_path):
+    """mypy's stubtest: fastframe/_codec.pyi states the extension's real names and signatures; and it
+    marks Decoder @final (stubtest does not check that for extension types, so it is read here)."""
+    import ast
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "fastframe._codec"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    stub = os.path.join(os.path.dirname(fastframe.__file__), "_codec.pyi")
+    with open(stub) as f:
+        tree = ast.parse(f.read())
+    (decoder,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Decoder"]
+    assert [getattr(d, "id", None) for d in decoder.decorator_list] == ["final"]
+
+
 def test_decoder_is_final_in_both_implementations():
     messages = []
     for m in (_codec, _codec_py):
