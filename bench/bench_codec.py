@@ -20,6 +20,11 @@ shows what the codec costs end to end.
 encode -- ``encode(p)`` per payload, ``encode_many(batch)``, ``header(len(p))`` (scatter-gather sends), each
 against the seeds' ``struct.pack("!I", len(p)) + p`` equivalent.
 
+decode by layout, feed() path -- the same payloads framed as PostgreSQL messages (a type byte, a length that
+counts itself: ``Framing("!I", offset=1, adjust=-4, strip=0)``) and as MySQL packets (a 3-byte little-endian
+length, a sequence byte: ``Framing("<3", adjust=1)``), next to the default layout, for both implementations;
+'dflt x' is the default layout's rate over this row's (1.10 = 10% slower than the default layout).
+
 Every measurement is checked as it goes: its first run (untimed) must decode every frame equal to the one
 sent, or encode exactly the reference stream; each timed run must decode the right number of frames, whose
 sample (first, middle and last frame) has the right CRC-32.  A mismatch aborts the benchmark.  Times are the
@@ -49,7 +54,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import fastframe
-from fastframe import _codec_py
+from fastframe import Framing, _codec_py
 
 try:
     from fastframe import _codec as _codec_ext
@@ -90,6 +95,23 @@ SECTIONS = {
     "encode": "ENCODE, one frame per call",
     "encode_many": "ENCODE, a batch per call (up to {batch} frames, at most {batch_mib} MiB)",
     "header": "HEADER alone, for scatter-gather sends (sendmsg([header, payload]))",
+    "decode-layouts": "DECODE by layout, feed() path, {chunk} chunks: PostgreSQL- and MySQL-style framing",
+}
+
+# The framings of the decode-layouts section, and how the reference encoder (struct, never the codec) writes
+# and the decoder returns a payload in each: name -> (framing, wire frame of payload i, returned frame).
+LAYOUTS: dict[str, tuple[Any, Callable[[int, bytes], bytes], Callable[[bytes], bytes]]] = {
+    "default": (Framing("!I"), lambda i, p: struct.pack("!I", len(p)) + p, lambda wire: wire[4:]),
+    "postgres": (
+        Framing("!I", offset=1, adjust=-4, strip=0, max_frame=16 * 1024 * 1024),
+        lambda i, p: b"D" + struct.pack("!I", len(p) + 4) + p,
+        lambda wire: wire,
+    ),
+    "mysql": (
+        Framing("<3", adjust=1, max_frame=16 * 1024 * 1024),
+        lambda i, p: struct.pack("<I", len(p))[:3] + bytes([i % 256]) + p,
+        lambda wire: wire[3:],
+    ),
 }
 
 
@@ -165,6 +187,24 @@ class Workload:
             raise BenchError(f"{label}, {fmt_size(self.size)}: encoded output differs from struct.pack('!I', n) + p")
 
 
+class LayoutWorkload(Workload):
+    """The payloads of ``base`` framed in another layout: its stream, its chunks, the frames expected."""
+
+    def __init__(self, base: Workload, layout: str, chunk: int) -> None:
+        framing, wire_of, returned = LAYOUTS[layout]
+        self.size = base.size
+        self.frames = base.frames
+        self.layout = layout
+        self.framing = framing
+        wires = [wire_of(i, p) for i, p in enumerate(base.payloads)]
+        self.payloads = [returned(w) for w in wires]  # what check_frames() compares with
+        self.stream = b"".join(wires)
+        self.chunks = [self.stream[i : i + chunk] for i in range(0, len(self.stream), chunk)]
+        self.payload_bytes = base.payload_bytes
+        self.expected_sample = self.sample_crc(self.payloads[0], self.payloads[self.frames // 2], self.payloads[-1])
+        self.stream_crc = zlib.crc32(self.stream)
+
+
 # -- decoders -----------------------------------------------------------------------------------------
 #
 # Each decode function takes the workload and a Sink, hands the sink every list of frames it gets, and
@@ -206,6 +246,16 @@ class Sink:
 def decode_feed(mod: Any) -> Callable[[Workload, Sink], None]:
     def run(w: Workload, sink: Sink) -> None:
         dec = mod.Decoder()
+        for chunk in w.chunks:
+            sink.take(dec.feed(chunk))
+        dec.close()
+
+    return run
+
+
+def decode_layout(mod: Any, framing: Any) -> Callable[[Workload, Sink], None]:
+    def run(w: Workload, sink: Sink) -> None:
+        dec = mod.Decoder(framing)
         for chunk in w.chunks:
             sink.take(dec.feed(chunk))
         dec.close()
@@ -638,11 +688,20 @@ def fmt_gb(x: float) -> str:
 
 
 def add_ratios(results: list[Result]) -> None:
-    """ext_ratio = the extension's rate in the same section and size / this row's rate."""
+    """ext_ratio = the extension's rate in the same section and size / this row's rate; in the layouts
+    section, layout_ratio = the same implementation's default-layout rate / this row's rate."""
     base = {(r["section"], r["size"]): r["frames_per_s"] for r in results if r["key"] == "ext"}
+    default = {
+        (r["key"].split("-")[0], r["size"]): r["frames_per_s"]
+        for r in results
+        if r["section"] == "decode-layouts" and r["key"].endswith("-default")
+    }
     for r in results:
         b = base.get((r["section"], r["size"]))
         r["ext_ratio"] = b / r["frames_per_s"] if b else None
+        if r["section"] == "decode-layouts":
+            d = default.get((r["key"].split("-")[0], r["size"]))
+            r["layout_ratio"] = d / r["frames_per_s"] if d else None
 
 
 def print_table(results: list[Result], sections: dict[str, str], out: Any = sys.stdout) -> None:
@@ -652,7 +711,8 @@ def print_table(results: list[Result], sections: dict[str, str], out: Any = sys.
         if not rows:
             continue
         print(f"\n{title}", file=out)
-        head = f"{'size':>8}  {'implementation':<{width}}  {'frames/s':>9}  {'GB/s':>7}  {'ext x':>7}"
+        ratio_key, ratio_name = ("layout_ratio", "dflt x") if section == "decode-layouts" else ("ext_ratio", "ext x")
+        head = f"{'size':>8}  {'implementation':<{width}}  {'frames/s':>9}  {'GB/s':>7}  {ratio_name:>7}"
         print(head, file=out)
         print("-" * len(head), file=out)
         last = None
@@ -662,7 +722,7 @@ def print_table(results: list[Result], sections: dict[str, str], out: Any = sys.
                 print(file=out)
             last = r["size"]
             gb = "-" if section == "header" else fmt_gb(r["gb_per_s"])
-            ratio = "-" if r["ext_ratio"] is None else f"{r['ext_ratio']:.2f}"
+            ratio = "-" if r.get(ratio_key) is None else f"{r[ratio_key]:.2f}"
             print(f"{size:>8}  {r['label']:<{width}}  {fmt_rate(r['frames_per_s']):>9}  {gb:>7}  {ratio:>7}", file=out)
 
 
@@ -852,6 +912,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(
                     prepare_raw(f"raw recv_into({fmt_size(args.chunk)}), no framing", receive_raw(link, args.chunk), w)
                 )
+            for layout in LAYOUTS:
+                lw = w if layout == "default" else LayoutWorkload(w, layout, args.chunk)
+                for key, name, mod in impls:
+                    rows.append(
+                        prepare_decode(
+                            "decode-layouts",
+                            f"{key}-{layout}",
+                            f"{name} feed(), {layout}",
+                            decode_layout(mod, LAYOUTS[layout][0]),
+                            lw,
+                        )
+                    )
             for key, name, mod in impls:
                 rows.append(prepare_encode("encode", key, f"{name} encode()", encode_one(mod.encode), w))
             rows.append(prepare_encode("encode", "seeds", 'struct.pack("!I", len(p)) + p', encode_one(seeds_encode), w))

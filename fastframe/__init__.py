@@ -21,10 +21,12 @@ from ._codec_choice import (
     write_frames,
 )
 from ._framed import FramedSocket
+from ._framing import Framing
 from ._version import __version__
-from .exceptions import FrameError, FrameTooLarge, IncompleteFrame
+from .exceptions import BufferTooSmall, FrameError, FrameTooLarge, IncompleteFrame
 
 __all__ = [
+    "BufferTooSmall",
     "DEFAULT_MAX_FRAME",
     "IMPLEMENTATION",
     "LARGE_FRAME",
@@ -33,6 +35,7 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "FramedSocket",
+    "Framing",
     "IncompleteFrame",
     "__version__",
     "encode",

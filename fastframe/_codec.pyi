@@ -4,9 +4,12 @@ The pure-Python twin ``fastframe._codec_py`` has the same names and signatures; 
 the wire format.
 """
 
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union, final
+
+from fastframe._framing import Framing as Framing
 
 Buffer = Union[bytes, bytearray, memoryview]
+Prefix = Union[str, Framing]
 
 DEFAULT_MAX_FRAME: int
 """Default ``max_frame`` of a Decoder: 8 MiB."""
@@ -15,26 +18,32 @@ LARGE_FRAME: int
 """Frames of at least this many payload bytes (64 KiB) are received straight into their own object."""
 
 PREFIXES: Tuple[str, ...]
-"""Every accepted prefix: ``"!B" ">B" "<B" "!H" ">H" "<H" "!I" ">I" "<I" "!Q" ">Q" "<Q" "varint"``."""
+"""Every accepted prefix: ``"!B" ">B" "<B" "!H" ">H" "<H" "!3" ">3" "<3" "!I" ">I" "<I" "!Q" ">Q" "<Q" "varint"``."""
 
-def header(length: int, prefix: str = "!I") -> bytes:
-    """Return the header announcing a payload of ``length`` bytes (for scatter-gather sends).
+# Everywhere a prefix goes, a Framing may go instead (the keyword options are then left at their defaults).
+# ``offset``: leading payload bytes written before the length field; ``adjust``: the field holds
+# len(body) - adjust.  See the docstring of fastframe._codec_py for the layout.
 
-    Raises ValueError for a negative length or an unknown prefix, FrameTooLarge if the prefix cannot
-    express ``length``.
+def header(length: int, prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
+    """Return the length field announcing a body of ``length`` bytes (for scatter-gather sends).
+
+    Raises ValueError for a negative length, an unknown prefix or ``offset > 0`` (header() writes no
+    leading bytes), FrameTooLarge if the field cannot hold ``length - adjust``, FrameError if it is negative.
     """
 
-def encode(payload: Buffer, prefix: str = "!I") -> bytes:
-    """Return header + payload as one new bytes object.
+def encode(payload: Buffer, prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
+    """Return the frame of ``payload`` (its first ``offset`` bytes, the length field, the rest) as one bytes.
 
-    ``payload`` is any C-contiguous bytes-like object.  Raises FrameTooLarge if the prefix cannot express
-    its length.
+    ``payload`` is any C-contiguous bytes-like object.  Raises FrameTooLarge if the field cannot express
+    its value, FrameError if the payload is shorter than ``offset`` or the value would be negative.
     """
 
-def encode_many(payloads: Iterable[Buffer], prefix: str = "!I") -> bytes:
+def encode_many(payloads: Iterable[Buffer], prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
     """Return the frames of all ``payloads``, back to back, in one bytes object (one ``send``)."""
 
-def write_frames(fd: int, payloads: Iterable[Buffer], prefix: str = "!I") -> Optional[memoryview]:
+def write_frames(
+    fd: int, payloads: Iterable[Buffer], prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0
+) -> Optional[memoryview]:
     """Encode ``payloads`` as frames and ``send`` them to socket ``fd`` in one call, never blocking.
 
     Returns None when the kernel took everything, else a memoryview of what it did not take (all of it if
@@ -42,28 +51,57 @@ def write_frames(fd: int, payloads: Iterable[Buffer], prefix: str = "!I") -> Opt
     per reply batch: ``sock.send(encode_many(payloads, prefix))`` without the intermediate objects.
     """
 
+@final
 class Decoder:
-    """Incremental frame parser: bytes in, complete payloads out.
+    """Incremental frame parser: bytes in, complete frames out.  Final: it cannot be subclassed.
 
     Feed it with :meth:`feed`, or let the socket write into its memory with :meth:`get_buffer` /
     :meth:`buffer_updated` (the ``asyncio.BufferedProtocol`` shape).  A header announcing more than
     ``max_frame`` bytes raises FrameTooLarge before anything is allocated for the payload; after any error
     the decoder refuses further input.  Frames of LARGE_FRAME bytes or more are received straight into the
-    bytes object that is returned.
+    bytes object that is returned (all but their last 1 KiB, which comes with the next header).
+
+    ``prefix`` may be a Framing (then the options stay at their defaults); ``max_frame`` None means the
+    Framing's, or DEFAULT_MAX_FRAME.  ``strip``: bytes cut from the front of each frame, None = through the
+    length field (the body only), 0 = the whole frame as on the wire.
     """
 
-    def __init__(self, prefix: str = "!I", max_frame: int = ...) -> None: ...
+    def __init__(
+        self,
+        prefix: Prefix = "!I",
+        max_frame: Optional[int] = None,
+        *,
+        offset: int = 0,
+        adjust: int = 0,
+        strip: Optional[int] = None,
+    ) -> None: ...
     @property
     def prefix(self) -> str:
-        """The header format."""
+        """The length field's format."""
+    @property
+    def offset(self) -> int:
+        """Opaque bytes before the length field."""
+    @property
+    def adjust(self) -> int:
+        """Body bytes = field value + adjust."""
+    @property
+    def strip(self) -> Optional[int]:
+        """Bytes cut from the front of each frame; None: through the length field."""
+    @property
+    def framing(self) -> Framing:
+        """This decoder's layout, with its current ``max_frame``, as a Framing."""
     @property
     def max_frame(self) -> int:
-        """The largest payload accepted, in bytes; may be changed (applies to headers not yet read)."""
+        """The largest body accepted, in bytes; may be changed (applies to headers not yet accepted)."""
     @max_frame.setter
     def max_frame(self, value: int) -> None: ...
     @property
     def pending(self) -> int:
         """Bytes received that are not yet part of a returned frame (headers included)."""
+    @property
+    def needed(self) -> int:
+        """How many bytes may be read without reading past the frame in progress (at least 1): the rest of
+        the frame once its header is known, else the rest of the header (one byte at a time for varint)."""
     @property
     def closed(self) -> bool:
         """True once close() was called."""
@@ -75,7 +113,8 @@ class Decoder:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Lend writable memory for the next ``recv_into``.
 
-        Valid until the next call on this decoder; report the bytes written with buffer_updated().
+        Valid until the next call on this decoder; report the bytes written with buffer_updated().  Memory
+        nobody wrote reads as zeros, and a view used late never changes a frame already returned.
         """
     def buffer_updated(self, nbytes: int) -> List[bytes]:
         """Account for ``nbytes`` written at the start of the last get_buffer(); return completed frames."""
@@ -88,8 +127,8 @@ class Decoder:
     def feed_wire(self, data: Buffer) -> memoryview:
         """Like feed(), but return the frames completed so far as they were on the wire.
 
-        One read-only memoryview of whole frames, headers included, back to back (empty if none is
-        complete yet); every header has been checked against the prefix and ``max_frame``.  For relays and
+        One read-only memoryview of whole frames, headers included (whatever ``strip`` says), back to back
+        (empty if none is complete yet); every header has been checked against the layout and ``max_frame``.  For relays and
         echoes, which pass frames on unchanged without an object per frame.  The extension returns a view
         of its own memory, never reused while the view is alive; the pure twin returns a copy.
         """

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import socket
+import sys
+import time
 from types import ModuleType
-from typing import Any, ClassVar, Deque, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Deque, Iterable, Iterator, List, Optional, Sequence, Union
 
 from ._codec_choice import codec as _impl
-from .exceptions import FrameError
+from ._framing import Framing
+from .exceptions import BufferTooSmall, FrameError
 
 __all__ = ["FramedSocket"]
 
 Buffer = Union[bytes, bytearray, memoryview]
+Prefix = Union[str, Framing]
 
 #: Payloads at least this large go out by scatter-gather (header and payload in one sendmsg) instead of
 #: being copied behind their header.
@@ -37,12 +42,25 @@ def _flat(payload: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
+def _varint_len(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
 class FramedSocket:
     """Send and receive whole frames over a connected, blocking stream socket.
 
-    ``recv()`` returns exactly one payload, however the bytes were split or merged on the way; ``send()``
-    writes one frame.  Bytes are received straight into the decoder's memory (``recv_into``), and payloads of
+    ``recv()`` returns exactly one frame, however the bytes were split or merged on the way; ``send()``
+    writes one.  Bytes are received straight into the decoder's memory (``recv_into``), and payloads of
     64 KiB or more are sent with ``sendmsg`` next to their header instead of being copied behind it.
+
+    ``prefix`` and the keyword options ``offset``, ``adjust`` and ``strip`` describe the layout as for
+    :class:`~fastframe.Decoder` (a :class:`~fastframe.Framing` may stand in place of the prefix).
+
+    By default the socket is read ahead: one ``recv`` takes whatever has arrived, frames beyond the one
+    returned wait in the decoder (see :meth:`pending` and :meth:`poll`, which event loops need, since
+    ``select()`` cannot see them).  With ``read_ahead=False`` it never reads past the frame asked for: the
+    header, then exactly the rest of the frame (two ``recv`` calls per frame), so that after a handshake the
+    socket can be handed to other code with nothing of what follows taken from it.
 
     The socket's timeout applies to each underlying call.  A timeout in ``recv()`` loses nothing: call it
     again.  A timeout in ``send()`` may leave a frame half-written, after which the stream cannot be used.
@@ -51,11 +69,30 @@ class FramedSocket:
     #: The codec module this class uses (the one ``fastframe.IMPLEMENTATION`` names).
     codec: ClassVar[ModuleType] = _impl
 
-    def __init__(self, sock: socket.socket, prefix: str = "!I", max_frame: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        prefix: Prefix = "!I",
+        max_frame: Optional[int] = None,
+        *,
+        offset: int = 0,
+        adjust: int = 0,
+        strip: Optional[int] = None,
+        read_ahead: bool = True,
+    ) -> None:
         codec = self.codec
         self._sock = sock
-        self._prefix = prefix
-        self._decoder = codec.Decoder(prefix, codec.DEFAULT_MAX_FRAME if max_frame is None else max_frame)
+        self._decoder = codec.Decoder(prefix, max_frame, offset=offset, adjust=adjust, strip=strip)
+        framing: Framing = self._decoder.framing
+        self._framing = framing
+        self._prefix = framing.prefix
+        plain = not framing.offset and not framing.adjust
+        # What encode()/encode_many() take (the prefix alone keeps the default layout's fast path), and what
+        # header() takes for a scatter-gather send (a header never carries the offset bytes: they go first).
+        self._layout: Prefix = framing.prefix if plain else framing
+        self._head_layout: Prefix = framing.prefix if plain else framing.replace(offset=0)
+        self._offset = framing.offset
+        self._read_ahead = bool(read_ahead)
         self._encode = codec.encode
         self._encode_many = codec.encode_many
         self._header = codec.header
@@ -72,8 +109,22 @@ class FramedSocket:
         return self._prefix
 
     @property
+    def framing(self) -> Framing:
+        """The layout, as a Framing (with the current ``max_frame``)."""
+        return self._framing.replace(max_frame=self._decoder.max_frame)
+
+    @property
     def max_frame(self) -> int:
         return int(self._decoder.max_frame)
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        """Change the limit; it applies to headers not yet read (a frame under way is finished)."""
+        self._decoder.max_frame = value
+
+    @property
+    def read_ahead(self) -> bool:
+        return self._read_ahead
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -81,18 +132,28 @@ class FramedSocket:
     # -- sending --------------------------------------------------------------------------------------
 
     def send(self, payload: Buffer) -> None:
-        """Send one frame carrying ``payload``."""
+        """Send one frame carrying ``payload`` (its first ``offset`` bytes go before the length field)."""
         n = _nbytes(payload)
         if n < SCATTER_THRESHOLD:
-            self._sock.sendall(self._encode(payload, self._prefix))
+            self._sock.sendall(self._encode(payload, self._layout))
         else:
-            self._send_vector([self._header(n, self._prefix), payload])
+            self._send_vector(self._scatter(payload, n))
+
+    def _scatter(self, payload: Buffer, n: int) -> List[Buffer]:
+        """[leading bytes + header, rest of the payload]: the payload itself is never copied."""
+        off = self._offset
+        if not off:
+            return [self._header(n, self._head_layout), payload]
+        view = _flat(payload)
+        if n < off:  # (encode() says why)
+            return [self._encode(view, self._layout)]
+        return [bytes(view[:off]) + self._header(n - off, self._head_layout), view[off:]]
 
     def send_many(self, payloads: Iterable[Buffer]) -> None:
         """Send several frames with as few system calls as possible."""
         items = list(payloads)
         if all(_nbytes(p) < SCATTER_THRESHOLD for p in items):
-            self._sock.sendall(self._encode_many(items, self._prefix))
+            self._sock.sendall(self._encode_many(items, self._layout))
             return
         vector: List[Buffer] = []
         small: List[Buffer] = []
@@ -102,12 +163,11 @@ class FramedSocket:
                 small.append(p)
                 continue
             if small:
-                vector.append(self._encode_many(small, self._prefix))
+                vector.append(self._encode_many(small, self._layout))
                 small = []
-            vector.append(self._header(n, self._prefix))
-            vector.append(p)
+            vector.extend(self._scatter(p, n))
         if small:
-            vector.append(self._encode_many(small, self._prefix))
+            vector.append(self._encode_many(small, self._layout))
         self._send_vector(vector)
 
     def _send_vector(self, buffers: Sequence[Buffer]) -> None:
@@ -148,17 +208,26 @@ class FramedSocket:
         recv_into = self._sock.recv_into
         try:
             while not frames:
-                n = recv_into(decoder.get_buffer())
-                if not n:
-                    decoder.close()
-                    raise EOFError("connection closed by the peer")
-                frames.extend(decoder.buffer_updated(n))
+                if self._read_ahead:
+                    n = recv_into(decoder.get_buffer())
+                else:
+                    view = decoder.get_buffer()
+                    n = recv_into(view, min(len(view), decoder.needed))
+                    view.release()
+                self._took(n)
         except FrameError as exc:
             # Hand out what arrived intact before the error; raise it once they are gone.
             frames.extend(exc.frames)
             self._error = exc
         except EOFError as exc:
             self._error = exc
+
+    def _took(self, n: int) -> None:
+        """``n`` bytes were received into the decoder's window (0: end of stream)."""
+        if not n:
+            self._decoder.close()
+            raise EOFError("connection closed by the peer")
+        self._frames.extend(self._decoder.buffer_updated(n))
 
     def _wait(self) -> None:
         """Receive until a frame is ready, or raise what ended the stream (after the frames before it)."""
@@ -167,8 +236,97 @@ class FramedSocket:
         if not self._frames:
             raise self._error  # type: ignore[misc]
 
+    # -- event loops ----------------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Bytes already received and not yet returned: frames waiting in the decoder (as they were on the
+        wire) plus a partial frame, and, over an ``ssl.SSLSocket``, the TLS layer's own ``pending()``.
+
+        ``select()`` cannot see these bytes: a loop that waits for readability before each ``recv()`` must
+        first drain what :meth:`poll` reports ready (see the README's select-loop pattern)."""
+        n = int(self._decoder.pending) + sum(self._wire_size(f) for f in self._frames)
+        tls = self._tls_pending()
+        return n + (tls() if tls is not None else 0)
+
+    def _wire_size(self, frame: bytes) -> int:
+        f = self._framing
+        if f.strip is not None:
+            return f.strip + len(frame)
+        value = len(frame) - f.adjust
+        width = f.header_size
+        return f.offset + _varint_len(value) + len(frame) if width is None else width + len(frame)
+
+    def _tls_pending(self) -> Optional[Callable[[], int]]:
+        ssl = sys.modules.get("ssl")  # (an SSLSocket exists only if ssl was imported)
+        if ssl is not None and isinstance(self._sock, ssl.SSLSocket):
+            return self._sock.pending  # type: ignore[no-any-return]
+        return None
+
+    def poll(self, timeout: Optional[float] = 0.0) -> bool:
+        """True when the next ``recv()`` will return a frame (or raise EOFError or a FrameError) without
+        blocking.  Reads what is already readable into the decoder to find out, and waits at most
+        ``timeout`` seconds for more (None: until then), like ``multiprocessing.connection.Connection.poll``.
+        Never reads past a frame when ``read_ahead`` is False.  OSErrors of the socket propagate."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            if self._frames or self._error is not None:
+                return True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._readable(remaining):
+                return False
+            if not self._read_available() and remaining == 0.0:
+                return False  # (readable, yet nothing to read: a TLS record still incomplete)
+
+    def _readable(self, timeout: Optional[float]) -> bool:
+        tls = self._tls_pending()
+        if tls is not None and tls():
+            return True
+        fd = self._sock.fileno()
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else int(timeout * 1000 + 0.999)))
+        return bool(select.select([fd], [], [], timeout)[0])  # pragma: no cover - platforms without poll()
+
+    def _read_available(self) -> bool:
+        """One read of what is readable now, without blocking; False if it turned out there was none."""
+        decoder = self._decoder
+        view = decoder.get_buffer()
+        limit = len(view) if self._read_ahead else min(len(view), decoder.needed)
+        sock = self._sock
+        try:
+            if self._tls_pending() is not None:
+                # A TLS record may be incomplete although the socket is readable: never wait for the rest.
+                previous = sock.gettimeout()
+                sock.settimeout(0.0)
+                try:
+                    n = sock.recv_into(view, limit)
+                finally:
+                    sock.settimeout(previous)
+            else:
+                n = sock.recv_into(view, limit, getattr(socket, "MSG_DONTWAIT", 0))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            ssl = sys.modules.get("ssl")
+            if ssl is not None and isinstance(exc, (ssl.SSLWantReadError, ssl.SSLWantWriteError)):
+                return False
+            raise
+        finally:
+            view.release()
+        try:
+            self._took(n)
+        except FrameError as exc:
+            self._frames.extend(exc.frames)
+            self._error = exc
+        except EOFError as exc:
+            self._error = exc
+        return True
+
+    # -- receiving ------------------------------------------------------------------------------------
+
     def recv(self) -> bytes:
-        """Return the next payload.
+        """Return the next frame (the payload, in the default layout).
 
         Raises EOFError when the peer closed the connection between frames, IncompleteFrame when it closed
         inside one, FrameTooLarge when a header announces more than ``max_frame``.
@@ -177,6 +335,29 @@ class FramedSocket:
         if not frames:
             self._wait()
         return frames.popleft()
+
+    def recv_into(self, buffer: Buffer) -> int:
+        """Copy the next frame into ``buffer`` (a writable bytes-like object) and return its size.
+
+        For callers that own their memory (``multiprocessing.connection``'s ``recv_bytes_into``).  A buffer
+        too small raises BufferTooSmall and leaves the frame queued; otherwise as :meth:`recv`."""
+        frames = self._frames
+        if not frames:
+            self._wait()
+        view = memoryview(buffer)
+        try:
+            if view.readonly:
+                raise TypeError("recv_into() needs a writable buffer")
+            flat = _flat(view)
+            frame = frames[0]
+            n = len(frame)
+            if n > flat.nbytes:
+                raise BufferTooSmall(n, flat.nbytes)
+            flat[:n] = frame
+        finally:
+            view.release()
+        frames.popleft()
+        return n
 
     def recv_many(self) -> List[bytes]:
         """Return every payload already received, waiting for at least one."""

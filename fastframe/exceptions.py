@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-__all__ = ["FrameError", "FrameTooLarge", "IncompleteFrame"]
+__all__ = ["BufferTooSmall", "FrameError", "FrameTooLarge", "IncompleteFrame"]
 
 
 class FrameError(ValueError):
@@ -60,3 +60,16 @@ class IncompleteFrame(FrameError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.received, self.expected), self.__dict__)
+
+
+class BufferTooSmall(ValueError):
+    """``FramedSocket.recv_into(buffer)``: the next frame (``size`` bytes) does not fit the ``capacity`` bytes
+    of ``buffer``.  The frame stays queued: call again with a larger buffer, or ``recv()`` it."""
+
+    def __init__(self, size: int, capacity: int) -> None:
+        super().__init__(f"the next frame has {size} bytes; the buffer holds {capacity}")
+        self.size = size
+        self.capacity = capacity
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.size, self.capacity), self.__dict__)

@@ -28,6 +28,14 @@ static inline uint64_t ff_load_be32(const char *p)
     return ((uint64_t)u[0] << 24) | ((uint64_t)u[1] << 16) | ((uint64_t)u[2] << 8) | (uint64_t)u[3];
 }
 
+static inline uint64_t ff_load24(const char *p, int little)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    if (little)
+        return (uint64_t)u[0] | ((uint64_t)u[1] << 8) | ((uint64_t)u[2] << 16);
+    return ((uint64_t)u[0] << 16) | ((uint64_t)u[1] << 8) | (uint64_t)u[2];
+}
+
 static inline void ff_store(char *p, uint64_t v, int width, int little)
 {
     unsigned char *u = (unsigned char *)p;

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import random
 import socket
-import struct
 from types import ModuleType, SimpleNamespace
 from typing import Iterator, List, Sequence, Tuple, Type
 
 import pytest
+import reference
 from reference import leb128
 
 import fastframe
@@ -75,19 +75,9 @@ def sock_pair(request: pytest.FixtureRequest) -> Iterator[Tuple[socket.socket, s
 
 # -- the ``ref`` helpers ----------------------------------------------------------------------------------
 
-STRUCT_PREFIXES = {
-    "!B": ">B", ">B": ">B", "<B": "<B",
-    "!H": ">H", ">H": ">H", "<H": "<H",
-    "!I": ">I", ">I": ">I", "<I": "<I",
-    "!Q": ">Q", ">Q": ">Q", "<Q": "<Q",
-}  # fmt: skip
-ALL_PREFIXES = tuple(STRUCT_PREFIXES) + ("varint",)
-
-
-
-
-def ref_header(n: int, prefix: str = "!I") -> bytes:
-    return leb128(n) if prefix == "varint" else struct.pack(STRUCT_PREFIXES[prefix], n)
+STRUCT_PREFIXES = reference.STRUCT_OF
+ALL_PREFIXES = reference.SPEC_PREFIXES
+ref_header = reference.header
 
 
 def ref_encode(payloads: Sequence[bytes], prefix: str = "!I") -> bytes:
@@ -95,7 +85,7 @@ def ref_encode(payloads: Sequence[bytes], prefix: str = "!I") -> bytes:
 
 
 def max_payload(prefix: str) -> int:
-    return 2**64 - 1 if prefix == "varint" else 2 ** (8 * struct.calcsize(STRUCT_PREFIXES[prefix])) - 1
+    return reference.MAX_OF[prefix]
 
 
 def feed_via_buffer(decoder: object, chunk: bytes, sizehint: int = -1) -> List[bytes]:
@@ -166,3 +156,30 @@ def ref() -> SimpleNamespace:
         pseudo_random=pseudo_random,
         tcp_pair=_tcp_pair,
     )
+
+
+# -- live servers (tests/live.py): one throwaway instance of each per session -------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[object]:
+    from live import Postgres
+
+    server = Postgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[object]:
+    from live import MariaDB
+
+    server = MariaDB()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -22,7 +22,8 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import leb128
+from reference import MAX_OF, SPEC_PREFIXES, STRUCT_OF, leb128
+from reference import header as ref_header
 
 import fastframe
 from fastframe import FrameError, FrameTooLarge, IncompleteFrame, _codec_choice, _codec_py
@@ -30,11 +31,8 @@ from fastframe import FrameError, FrameTooLarge, IncompleteFrame, _codec_choice,
 # A build made with FASTFRAME_NO_EXTENSIONS=1 has no extension by choice (any other build must have one).
 _codec = None if _codec_choice.built_without_extensions() else importlib.import_module("fastframe._codec")
 
-SPEC_PREFIXES = ("!B", ">B", "<B", "!H", ">H", "<H", "!I", ">I", "<I", "!Q", ">Q", "<Q", "varint")
 #: Prefixes that can express a payload of LARGE_FRAME (64 KiB) bytes or more.
 WIDE_PREFIXES = ("!I", ">I", "<I", "!Q", ">Q", "<Q", "varint")
-STRUCT_OF = {p: (">" + p[1] if p[0] == "!" else p) for p in SPEC_PREFIXES if p != "varint"}
-MAX_OF = {p: (2**64 - 1 if p == "varint" else 2 ** (8 * struct.calcsize(STRUCT_OF[p])) - 1) for p in SPEC_PREFIXES}
 LARGE = 64 * 1024
 
 HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -43,7 +41,7 @@ HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[He
 
 
 def hdr(n: int, prefix: str) -> bytes:
-    return leb128(n) if prefix == "varint" else struct.pack(STRUCT_OF[prefix], n)
+    return ref_header(n, prefix)
 
 
 def frames_of(payloads, prefix: str = "!I") -> bytes:
@@ -223,16 +221,79 @@ def test_decoder_properties(codec):
     assert dec2.closed is True
 
 
+def _public(cls) -> set:
+    return {n for n in dir(cls) if not n.startswith("_")}
+
+
 def test_same_signatures_in_both_implementations():
+    """Every public function and every public method and property of Decoder: the same names, parameters,
+    defaults and kinds in both implementations."""
     import inspect
 
     def params(fn):
         return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
 
-    for name in ("encode", "encode_many", "header"):
+    for name in ("encode", "encode_many", "header", "write_frames"):
         assert params(getattr(_codec, name)) == params(getattr(_codec_py, name)), name
-    for name in ("feed", "get_buffer", "buffer_updated", "close"):
+    names = _public(_codec_py.Decoder)
+    assert _public(_codec.Decoder) == names
+    methods = sorted(n for n in names if callable(getattr(_codec_py.Decoder, n)))
+    assert set(methods) >= {"feed", "get_buffer", "buffer_updated", "read_from", "feed_wire", "read_wire_from",
+                            "relay", "close"}  # fmt: skip
+    for name in methods:
         assert params(getattr(_codec.Decoder, name)) == params(getattr(_codec_py.Decoder, name)), name
+    for name in sorted(names - set(methods)):  # properties: settable in both or in neither
+        outcomes = []
+        for m in (_codec, _codec_py):
+            dec = m.Decoder()
+            try:
+                setattr(dec, name, getattr(dec, name))
+                outcomes.append("set")
+            except AttributeError:
+                outcomes.append("read-only")
+        assert outcomes[0] == outcomes[1], name
+    # The extension's constructor is a slot (no inspectable signature): compare what it accepts instead.
+    expected = [
+        ("prefix", "!I", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("max_frame", None, inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("offset", 0, inspect.Parameter.KEYWORD_ONLY),
+        ("adjust", 0, inspect.Parameter.KEYWORD_ONLY),
+        ("strip", None, inspect.Parameter.KEYWORD_ONLY),
+    ]
+    assert params(_codec_py.Decoder.__init__)[1:] == expected
+    for m in (_codec, _codec_py):
+        dec = m.Decoder(prefix="!H", max_frame=None, offset=1, adjust=2, strip=0)
+        assert (dec.prefix, dec.max_frame, dec.offset, dec.adjust, dec.strip) == ("!H", 8 << 20, 1, 2, 0)
+        with pytest.raises(TypeError):
+            m.Decoder("!H", 100, 1)  # the options are keyword-only
+        with pytest.raises(TypeError):
+            m.Decoder(bogus=1)
+
+
+def test_stub_matches_the_extension(tmp_path):
+    """mypy's stubtest: fastframe/_codec.pyi states the extension's real names and signatures; and it
+    marks Decoder @final (stubtest does not check that for extension types, so it is read here)."""
+    import ast
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "fastframe._codec"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    stub = os.path.join(os.path.dirname(fastframe.__file__), "_codec.pyi")
+    with open(stub) as f:
+        tree = ast.parse(f.read())
+    (decoder,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Decoder"]
+    assert [getattr(d, "id", None) for d in decoder.decorator_list] == ["final"]
+
+
+def test_decoder_is_final_in_both_implementations():
+    messages = []
+    for m in (_codec, _codec_py):
+        with pytest.raises(TypeError) as info:
+            type("Sub", (m.Decoder,), {})
+        messages.append(str(info.value).replace(m.__name__, "MODULE"))
+    assert messages[0] == messages[1] == "type 'MODULE.Decoder' is not an acceptable base type"
 
 
 def test_keyword_arguments(codec):
@@ -727,52 +788,67 @@ def _address(view: memoryview) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
-def _recv_header(dec, sock, header_len: int, expect_window):
-    """recv_into get_buffer() windows until the decoder holds the whole header; check each window size."""
-    got = 0
-    while got < header_len:
-        view = dec.get_buffer()
-        if expect_window is not None:
-            assert len(view) == expect_window(got), f"window after {got} header bytes"
-        n = sock.recv_into(view)
-        view.release()
-        assert n > 0
-        assert dec.buffer_updated(n) == []
-        got += n
-        assert got <= header_len, "a large payload landed in the read buffer together with its header"
-    assert dec.pending == header_len
+#: The extension receives a large frame into its object except its last bytes, at most this many, which
+#: come through the read buffer with the next header (so the view a transport still holds when the frame
+#: completes never shows the object returned); see _lend() in src/_codec.pyx.
+TAIL = 1024
+
+#: Layouts a large frame is received in: (prefix, options, header bytes of a frame of n bytes).
+LARGE_LAYOUTS = {
+    "!I": ("!I", {}),
+    "<I": ("<I", {}),
+    "!Q": ("!Q", {}),
+    "<Q": ("<Q", {}),
+    "varint": ("varint", {}),
+    "!3": ("!3", {}),
+    "postgres": ("!I", {"offset": 1, "adjust": -4, "strip": 0}),
+    "mysql": ("<3", {"adjust": 1}),
+    "hdr1-len-hdr2": ("!3", {"offset": 1, "adjust": 1, "strip": 1}),
+    "varint-offset-whole": ("varint", {"offset": 2, "strip": 0}),
+}
 
 
-def _recv_large_payload(codec, dec, sock, size: int, header_len: int) -> bytes:
-    """recv_into the decoder's windows until the frame completes; check the payload is never moved."""
-    chunks = []  # (offset in payload, address of the window)
-    filled = 0
-    while True:
-        view = dec.get_buffer()
-        assert len(view) == size - filled, "get_buffer() must lend exactly the rest of the payload"
-        chunks.append((filled, _address(view)))
-        n = sock.recv_into(view)
-        view.release()
-        assert n > 0
-        frames = dec.buffer_updated(n)
-        filled += n
-        if frames:
-            break
-        assert dec.pending == header_len + filled
-    assert filled == size
-    (frame,) = frames
-    assert type(frame) is bytes
-    base = chunks[0][1]
-    assert all(addr == base + off for off, addr in chunks), "the payload memory moved between chunks"
-    if codec is _codec:
-        assert id(frame) + BYTES_DATA_OFFSET == base, "the returned frame is not the memory the kernel wrote"
-    return frame
+def wire_frame(body: bytes, prefix: str, options: dict, lead: bytes = b"") -> bytes:
+    """One frame built with the reference encoder: ``lead`` (offset bytes), the field, the body."""
+    offset = options.get("offset", 0)
+    lead = (lead or b"\xca\xfe" * offset)[:offset]
+    return lead + ref_header(len(body) - options.get("adjust", 0), prefix) + body
 
 
-@pytest.mark.parametrize("prefix, header_window", [("!I", 4), ("<I", 4), ("!Q", 8), ("<Q", 8), ("varint", 1)])
-def test_large_frames_are_received_in_place(codec, prefix, header_window):
-    sizes = [LARGE + 10, 300_000, LARGE]
-    payloads = [payload(n, i) for i, n in enumerate(sizes)]
+def returned(frame: bytes, prefix: str, options: dict) -> bytes:
+    """What a decoder with these options returns for the wire ``frame``."""
+    strip = options.get("strip")
+    if strip is None:
+        offset = options.get("offset", 0)
+        return frame[offset + len(ref_header(_field_value(frame, prefix, offset), prefix)) :]
+    return frame[strip:]
+
+
+def _field_value(frame: bytes, prefix: str, offset: int) -> int:
+    if prefix == "varint":
+        value = shift = 0
+        for b in frame[offset:]:
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
+    width = 3 if prefix[1] == "3" else struct.calcsize(STRUCT_OF[prefix])
+    return int.from_bytes(frame[offset : offset + width], "little" if prefix[0] == "<" else "big")
+
+
+@pytest.mark.parametrize("layout", list(LARGE_LAYOUTS))
+def test_large_frames_are_received_in_place(codec, layout):
+    """recv_into the windows get_buffer() lends, as asyncio's transport does, for large frames back to back.
+
+    The extension receives each large frame into the very bytes object it returns: every window lent for it
+    lies in that object, contiguously, and only its last TAIL bytes (and its header, when strip keeps it) are
+    copied.  The twin collects it in pieces no larger than what has already arrived (or 64 KiB)."""
+    prefix, options = LARGE_LAYOUTS[layout]
+    bodies = [payload(n, i) for i, n in enumerate([LARGE + 10, 300_000, LARGE + 3000])]
+    frames = [wire_frame(body, prefix, options) for body in bodies]
+    expected = [returned(f, prefix, options) for f in frames]
+    assert all(len(e) >= LARGE for e in expected)
+    head0 = len(frames[0]) - len(bodies[0])
     a, b = socket.socketpair()
     a.settimeout(10)
     b.settimeout(10)
@@ -781,30 +857,32 @@ def test_large_frames_are_received_in_place(codec, prefix, header_window):
 
     def sender():
         try:
-            a.sendall(hdr(sizes[0], prefix))
+            a.sendall(frames[0][:head0])
             assert first_header_read.wait(10)
-            a.sendall(payloads[0])
-            # Back to back, header and payload in one write: the decoder must still read the header alone.
-            a.sendall(frames_of(payloads[1:], prefix))
+            # Back to back, each header with its body and the next frame: the windows decide what is read.
+            a.sendall(frames[0][head0:] + b"".join(frames[1:]))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
     t = threading.Thread(target=sender, daemon=True)
     t.start()
+    windows = []  # (address, length lent, bytes received into it)
+    got = []
     try:
-        dec = codec.Decoder(prefix)
-        h0 = len(hdr(sizes[0], prefix))
-        _recv_header(dec, b, h0, None)
-        first_header_read.set()
-        assert _recv_large_payload(codec, dec, b, sizes[0], h0) == payloads[0]
-        for n, data in zip(sizes[1:], payloads[1:]):
-            h = len(hdr(n, prefix))
-            if prefix == "varint":
-                window = lambda got: 1  # noqa: E731
-            else:
-                window = lambda got, h=h: h - got  # noqa: E731
-            _recv_header(dec, b, h, window)
-            assert _recv_large_payload(codec, dec, b, n, h) == data
+        dec = codec.Decoder(prefix, **options)
+        while len(got) < len(frames):
+            view = dec.get_buffer()
+            window = (_address(view), len(view))
+            if dec.pending and codec is _codec_py:
+                assert len(view) <= max(LARGE, dec.pending), "the twin lent more than what has arrived"
+            n = b.recv_into(view)
+            view.release()
+            assert n > 0
+            windows.append((*window, n))
+            got += dec.buffer_updated(n)
+            if not first_header_read.is_set():
+                assert dec.pending == head0 and not got
+                first_header_read.set()
         assert dec.pending == 0
     finally:
         b.close()  # a sender blocked in sendall() fails at once instead of waiting for its timeout
@@ -812,18 +890,28 @@ def test_large_frames_are_received_in_place(codec, prefix, header_window):
         a.close()
     assert not t.is_alive()
     assert not errors
+    assert got == expected
+    if codec is _codec:
+        for frame, wire in zip(got, frames):
+            base = id(frame) + BYTES_DATA_OFFSET
+            inside = [(addr, n) for addr, length, n in windows if base <= addr < base + len(frame)]
+            assert inside, "no window was lent from the returned object: it is not the memory the kernel wrote"
+            pos = inside[0][0]
+            for addr, n in inside:
+                assert addr == pos, "the frame's memory moved between windows"
+                pos += n
+            copied = len(frame) - sum(n for _, n in inside)
+            header_kept = max(0, len(frame) - len(bodies[frames.index(wire)]))  # header bytes the frame keeps
+            assert copied <= TAIL + header_kept, f"{copied} bytes of a {len(frame)}-byte frame were copied"
 
 
 def test_header_window_after_large_frame_is_exact(codec):
-    """After a large frame, get_buffer() lends exactly the header's width (4 bytes for "!I")."""
+    """After a large frame, get_buffer() lends exactly the header's width (4 bytes for "!I"); while the last
+    bytes of a large frame are awaited, it lends exactly those and the next header."""
     data = payload(LARGE + 1)
     dec = codec.Decoder("!I")
-    assert dec.feed(struct.pack("!I", len(data))) == []
-    view = dec.get_buffer()
-    assert len(view) == len(data)
-    view[:] = data
-    view.release()
-    assert dec.buffer_updated(len(data)) == [data]
+    assert dec.feed(struct.pack("!I", len(data)) + data[:10]) == []
+    assert dec.feed(data[10:]) == [data]
     view = dec.get_buffer(1 << 20)
     assert len(view) == 4
     view[:2] = b"\x00\x00"
@@ -837,6 +925,15 @@ def test_header_window_after_large_frame_is_exact(codec):
     # A small frame follows: the decoder goes back to reading in big chunks.
     assert _via_buffer(dec, b"hello") == [b"hello"]
     assert len(dec.get_buffer()) > 4
+    # The tail of a large frame: its last bytes and the next header, in one window.
+    assert dec.feed(struct.pack("!I", len(data)) + data[:-100]) == []
+    view = dec.get_buffer(1 << 20)
+    assert len(view) == 100 + 4
+    view[:] = data[-100:] + struct.pack("!I", 3)
+    view.release()
+    assert dec.buffer_updated(104) == [data]
+    assert dec.pending == 4
+    assert dec.feed(b"abc") == [b"abc"]
 
 
 # ======================================================================================================

@@ -464,3 +464,186 @@ def _wait_until_queued(sock: socket.socket, n: int, timeout: float = 5.0) -> Non
             return
         assert time.monotonic() < deadline, f"only {queued} of {n} bytes arrived"
         time.sleep(0.01)
+
+
+# ======================================================================================================
+# Event loops: pending(), poll(), recv_into()
+# ======================================================================================================
+
+
+def test_select_cannot_see_buffered_frames_but_poll_can(framed_cls, sock_pair):
+    """Three frames arrive together; recv() takes the first.  select() reports nothing readable while two
+    frames wait in the decoder: pending() counts them, poll() says recv() will not block."""
+    a, b = sock_pair
+    a.sendall(frame(b"one") + frame(b"two") + frame(b""))
+    fs = framed_cls(b)
+    assert fs.recv() == b"one"
+    assert select.select([fs], [], [], 0.05)[0] == []
+    assert fs.pending() == len(frame(b"two") + frame(b""))
+    assert fs.poll() is True
+    assert fs.recv() == b"two"
+    assert fs.pending() == 4 and fs.poll() is True  # an empty frame still counts its header
+    assert fs.recv() == b""
+    assert fs.pending() == 0 and fs.poll() is False
+
+
+def test_select_loop_pattern(framed_cls, sock_pair):
+    """The documented loop: drain what poll() reports, then wait in select() -- never a hang."""
+    a, b = sock_pair
+    fs = framed_cls(b)
+    sent = [bytes([i]) * i for i in range(40)]
+
+    def sender():
+        for i in range(0, 40, 8):
+            a.sendall(b"".join(frame(p) for p in sent[i : i + 8]))
+            time.sleep(0.01)
+        a.shutdown(socket.SHUT_WR)
+
+    bg = Background(sender)
+    got = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        while fs.poll():
+            try:
+                got.append(fs.recv())
+            except EOFError:
+                break
+        else:
+            select.select([fs], [], [], 1.0)
+            continue
+        break
+    bg.join()
+    assert got == sent
+
+
+def test_poll_waits_at_most_timeout_and_reads_partial_frames(framed_cls, sock_pair):
+    a, b = sock_pair
+    fs = framed_cls(b)
+    assert fs.poll(0.0) is False
+    a.sendall(frame(b"hello")[:6])
+    assert fs.poll(0.05) is False  # a partial frame is read, but recv() would still block
+    assert fs.pending() == 6
+    bg = Background(lambda: (time.sleep(0.1), a.sendall(b"llo")))
+    assert fs.poll(10) is True
+    bg.join()
+    assert fs.recv() == b"hello"
+    a.close()
+    assert fs.poll(None) is True  # end of stream: recv() raises at once
+    with pytest.raises(EOFError):
+        fs.recv()
+
+
+@pytest.mark.timing
+def test_poll_never_blocks_longer_than_timeout(framed_cls, sock_pair):
+    a, b = sock_pair
+    fs = framed_cls(b)
+    a.sendall(b"\x00\x00")  # half a header, then nothing
+    t0 = time.monotonic()
+    assert fs.poll(0.2) is False
+    assert time.monotonic() - t0 < 2.0
+    t0 = time.monotonic()
+    assert fs.poll() is False
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_poll_reports_errors_without_blocking(framed_cls, sock_pair):
+    a, b = sock_pair
+    fs = framed_cls(b, max_frame=10)
+    a.sendall(frame(b"ok") + struct.pack("!I", 11))
+    assert fs.poll() is True
+    assert fs.recv() == b"ok"
+    assert fs.poll() is True
+    with pytest.raises(FrameTooLarge):
+        fs.recv()
+
+
+def test_recv_into(framed_cls, sock_pair):
+    from fastframe import BufferTooSmall
+
+    a, b = sock_pair
+    a.sendall(frame(b"hello world") + frame(b"x" * 100_000))
+    fs = framed_cls(b)
+    buf = bytearray(16)
+    assert fs.recv_into(buf) == 11 and bytes(buf[:11]) == b"hello world"
+    small = array.array("B", bytes(1000))
+    with pytest.raises(BufferTooSmall) as info:
+        fs.recv_into(small)
+    assert (info.value.size, info.value.capacity) == (100_000, 1000)
+    with pytest.raises(TypeError):
+        fs.recv_into(bytes(200_000))
+    big = memoryview(bytearray(200_000))
+    assert fs.recv_into(big) == 100_000  # the frame stayed queued
+    assert big[:100_000] == b"x" * 100_000
+    a.close()
+    with pytest.raises(EOFError):
+        fs.recv_into(buf)
+
+
+# ======================================================================================================
+# Never reading ahead
+# ======================================================================================================
+
+
+@pytest.mark.parametrize("prefix", ["!I", "varint"])
+def test_read_ahead_false_leaves_what_follows_in_the_socket(framed_cls, sock_pair, prefix):
+    a, b = sock_pair
+    first, second = b"hello", b"y" * 200_000
+    hdr = (lambda n: _leb128(n)) if prefix == "varint" else (lambda n: struct.pack("!I", n))
+    rest = hdr(len(second)) + second + b"RAW BYTES AFTER"
+    bg = Background(a.sendall, hdr(len(first)) + first + rest)
+    fs = framed_cls(b, prefix, read_ahead=False)
+    assert fs.read_ahead is False
+    assert fs.recv() == first
+    assert fs.pending() == 0
+    bg.join()
+    got = b""
+    while len(got) < len(rest):
+        got += b.recv(1 << 20)
+    assert got == rest, "FramedSocket read past the frame it returned"
+
+
+def test_read_ahead_false_large_frame_and_handover(framed_cls, sock_pair):
+    a, b = sock_pair
+    data = b"z" * 300_000
+    bg = Background(a.sendall, frame(b"hi") + frame(data) + b"tail")
+    fs = framed_cls(b, read_ahead=False)
+    assert fs.recv() == b"hi"
+    assert fs.poll(10) is True  # poll() reads the next frame, and nothing past it
+    assert fs.pending() == len(frame(data))
+    assert fs.recv() == data
+    bg.join()
+    assert b.recv(100) == b"tail"
+
+
+# ======================================================================================================
+# Length-field options
+# ======================================================================================================
+
+
+def test_options_round_trip_and_wire_bytes(framed_cls, sock_pair):
+    from fastframe import Framing
+
+    a, b = sock_pair
+    pg = Framing("!I", offset=1, adjust=-4, strip=0)
+    tx, rx = framed_cls(a, pg), framed_cls(b, "!I", offset=1, adjust=-4, strip=0)
+    assert tx.framing == pg and rx.framing == pg
+    big = b"D" + bytes(range(256)) * 1000
+    bg = Background(lambda: (tx.send(b"Qselect\x00"), tx.send_many([b"X", big, b"Sab"]), tx.send(big)))
+    expected = [b"Q" + struct.pack("!I", 4 + 7) + b"select\x00", b"X" + struct.pack("!I", 4)]
+    expected += [b"D" + struct.pack("!I", len(big) + 3) + big[1:], b"S" + struct.pack("!I", 6) + b"ab"]
+    expected += [expected[2]]
+    got = [rx.recv() for _ in expected]
+    bg.join()
+    assert got == expected
+    assert rx.pending() == 0
+
+
+def test_mysql_layout_pending_counts_wire_bytes(framed_cls, sock_pair):
+    a, b = sock_pair
+    packets = [struct.pack("<I", len(p) - 1)[:3] + p for p in (b"\x00abc", b"\x01", b"\x02" + b"x" * 300)]
+    a.sendall(b"".join(packets))
+    fs = framed_cls(b, "<3", adjust=1)
+    assert fs.recv() == b"\x00abc"
+    assert fs.poll()
+    assert fs.pending() == len(packets[1]) + len(packets[2])
+    assert fs.recv_many() == [b"\x01", b"\x02" + b"x" * 300]
