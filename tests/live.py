@@ -83,14 +83,20 @@ class Server:
                 )  # fmt: skip
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                if self.ready(port):
                     self.port = port
                     return
-                except OSError:
-                    time.sleep(0.05)
+                time.sleep(0.05)
             self.stop_process()
         raise RuntimeError(f"{self.name} did not start; its log:\n{self.read_log()[-3000:]}")
+
+    def ready(self, port: int) -> bool:
+        """True once the server takes connections on ``port``."""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def read_log(self) -> str:
         try:
@@ -150,6 +156,12 @@ class Postgres(Server):
             os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(port), "-k", self.base,
             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "logging_collector=off",
         ]  # fmt: skip
+
+    def ready(self, port: int) -> bool:
+        # PostgreSQL accepts TCP connections while it starts up, only to refuse the login ("the database system
+        # is starting up"): ready means pg_isready says it accepts sessions.
+        check = [os.path.join(self.bindir, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "1"]
+        return subprocess.run(check, stdin=subprocess.DEVNULL, timeout=10).returncode == 0
 
     def stop_process(self) -> None:
         # SIGINT is PostgreSQL's fast shutdown: it ends the backends and leaves at once.
