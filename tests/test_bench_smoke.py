@@ -31,14 +31,51 @@ def test_codec_bench_quick(tmp_path: Path) -> None:
     assert "fastframe._codec" in rows and "fastframe._codec_py" in rows
 
 
-@pytest.mark.skipif(shutil.which(os.environ.get("CC", "gcc")) is None, reason="the load generator needs a C compiler")
+needs_cc = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "gcc")) is None, reason="the load generator needs a C compiler"
+)
+
+
+@needs_cc
 def test_server_bench_quick(tmp_path: Path) -> None:
+    """The quick pass measures the echo fast path, the general path and the asyncio rows, and checks them."""
     out = tmp_path / "servers.json"
     proc = run([BENCH / "bench_servers.py", "--quick", "--scenarios", "a,b", "--json", out], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads(out.read_text())
     rows = {(r["scenario"], r["server"]): r for r in data["results"]}
-    for key in [("a", "select"), ("b", "select"), ("a", "c-epoll")]:
-        row = rows[key]
-        assert row["status"] == "ok", row
-        assert row["chosen"]["req_per_s"] > 1000 and row["chosen"]["cpu_us_per_req"] > 0
+    expected = {"select": "fast", "c-epoll": "fast", "select-upper": "general", "uvloop-upper": "general",
+                "aio-protocol-uvloop": "general", "aio-streams-uvloop": "general"}  # fmt: skip
+    for scenario in "ab":
+        for server, path in expected.items():
+            row = rows[(scenario, server)]
+            assert row["status"] == "ok", row
+            assert row["path"] == path
+            assert row["chosen"]["req_per_s"] > 1000 and row["chosen"]["cpu_us_per_req"] > 0
+            assert row["chosen"]["upper"] is (path == "general")  # the load generator checked upper-cased replies
+    assert "echo fast path" in proc.stdout and "general path: bytes.upper() per frame" in proc.stdout
+    assert "issue 13 targets" in proc.stdout  # the general rows are there to be compared
+
+
+@needs_cc
+def test_loadgen_upper_fails_a_server_that_skips_the_function(tmp_path: Path) -> None:
+    """--upper is checked byte for byte: an echo that returns the request unchanged fails the run."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_servers
+    finally:
+        sys.path.remove(str(BENCH))
+    loadgen = bench_servers.build("loadgen")
+    for upper, ok in ((False, True), (True, False)):
+        server = bench_servers.Proc([sys.executable, BENCH / "peers.py", "selectors", "0"])
+        try:
+            port = int(server.wait_line(bench_servers.LISTEN_LINE, timeout=30).group(3))
+            argv = [loadgen, "--port", str(port), "--connections", "2", "--duration", "0.2", "--warmup", "0",
+                    "--stall", "5"] + (["--upper"] if upper else [])  # fmt: skip
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        finally:
+            server.stop()
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["ok"] is ok, result
+        if not ok:
+            assert "wrong byte" in result["error"] and "payload" in result["error"]
