@@ -79,3 +79,27 @@ def test_loadgen_upper_fails_a_server_that_skips_the_function(tmp_path: Path) ->
         assert result["ok"] is ok, result
         if not ok:
             assert "wrong byte" in result["error"] and "payload" in result["error"]
+
+
+def test_report_tables_in_the_readmes_match_their_json() -> None:
+    """The benchmark tables of README.md and bench/README.md are rendered from the committed JSON."""
+    readme = BENCH.parent / "README.md"
+    proc = run([BENCH / "report.py", "--check", readme, BENCH / "README.md"], BENCH)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for md in (readme, BENCH / "README.md"):
+        assert "<!-- report " in md.read_text()  # there are generated blocks to check
+
+
+def test_report_renders_every_result_kind(tmp_path: Path) -> None:
+    results = sorted((BENCH / "results").glob("*.json"))
+    kinds = {p.name.split("-")[0] for p in results}
+    assert {"servers", "files", "codec", "instructions"} <= kinds
+    for path in results:
+        proc = run([BENCH / "report.py", path, "--markdown"], tmp_path)
+        assert proc.returncode == 0 and proc.stdout.count("|") > 10, proc.stderr
+    pytest.importorskip("matplotlib")
+    for path in (p for p in results if not p.name.startswith("instructions")):  # one table, no chart
+        png = tmp_path / (path.stem + ".png")
+        proc = run([BENCH / "report.py", path, "--plot", png], tmp_path)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
