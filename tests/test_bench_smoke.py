@@ -103,3 +103,20 @@ def test_report_renders_every_result_kind(tmp_path: Path) -> None:
         proc = run([BENCH / "report.py", path, "--plot", png], tmp_path)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_instructions_counts_a_server_under_callgrind(tmp_path: Path) -> None:
+    """bench/instructions.py runs end to end and counts something plausible (valgrind is a Debian tool)."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        message = "valgrind is not installed (apt-get install valgrind)"
+        if os.environ.get("FASTFRAME_REQUIRE_TOOLS") == "1":
+            pytest.fail(message + " and FASTFRAME_REQUIRE_TOOLS=1", pytrace=False)
+        pytest.skip(message)
+    out = tmp_path / "instructions.json"
+    proc = run([BENCH / "instructions.py", "--servers", "select-upper,select", "--depths", "4", "--requests", "200",
+                "--json", out], tmp_path, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {r["server"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["select-upper"]["requests"] == rows["select"]["requests"] == 200
+    # a Python function per frame costs more than the echo relay, and neither is free
+    assert 500 < rows["select"]["per_request"] < rows["select-upper"]["per_request"] < 1_000_000
