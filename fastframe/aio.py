@@ -66,8 +66,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
     Frames sent with :meth:`send_frame` / :meth:`send_frames` while those callbacks run are written
     together, in one ``transport.write``, when the callbacks for that read return; reading ``self.transport``
     writes the frames collected so far first, so ``self.transport.close()`` (or ``write()``) after
-    ``send_frame()`` keeps its order.  Sent at any other time (from a task, a timer), a frame is written at
-    once.
+    ``send_frame()`` keeps its order (a reference to the transport kept elsewhere and used directly inside
+    those callbacks would not).  Sent at any other time (from a task, a timer), a frame is written at once.
     """
 
     codec: ClassVar[ModuleType] = _impl
