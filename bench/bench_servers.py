@@ -21,6 +21,14 @@ Servers (``--servers``, comma-separated; default: all):
   selectors        the tutorial seeds: selectors + bytes buffer + struct.unpack + slicing
   threading        socketserver.ThreadingTCPServer, recv_into exact loops
 
+The rows above are the echo fast path (fastframe relays checked frames without an object per frame).  The
+general path has rows of its own, where every server calls bytes.upper() per frame and the load generator
+(--upper) checks every reply is the request upper-cased: select-upper, prefork-upper, select-purepy-upper
+(``fastframe serve ... --upper``), uvloop-upper, asyncio-protocol-upper, twisted-upper (the peers above with
+the function), aio-protocol-*, aio-batch-*, aio-streams-* (fastframe.aio on uvloop / the default loop,
+bench/aio_servers.py) and uvloop-streams-upper, asyncio-streams-upper (readexactly).  Each path has its own
+baseline for the ratios; after the tables the issue-13 targets are checked (bench/report.py).
+
 Scenarios (``--scenarios``, default ``a,b,c``): (a) C x 64 B, depth 1; (b) C x 64 B, depth 16;
 (c) C x 16 KiB, depth 1; C is ``--connections`` (default 50).
 
