@@ -726,46 +726,12 @@ def print_table(results: list[Result], sections: dict[str, str], out: Any = sys.
             print(f"{size:>8}  {r['label']:<{width}}  {fmt_rate(r['frames_per_s']):>9}  {gb:>7}  {ratio:>7}", file=out)
 
 
-def plot(results: list[Result], path: str, meta: dict[str, Any]) -> str | None:
-    try:
-        import matplotlib
+def plot(results: list[Result], path: str, meta: dict[str, Any], titles: dict[str, str]) -> str | None:
+    """The ratio chart of bench/report.py (the extension's rate over each row's, per size, every point labelled)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import report
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no chart (pip install matplotlib)"
-    rows = [r for r in results if r["section"] in ("decode-feed", "decode-socket")]
-    sizes = sorted({r["size"] for r in rows})
-    labels: list[str] = []
-    for r in rows:
-        name = r["label"] + (" [socket]" if r["section"] == "decode-socket" else "")
-        if name not in labels:
-            labels.append(name)
-    value = {}
-    for r in rows:
-        name = r["label"] + (" [socket]" if r["section"] == "decode-socket" else "")
-        value[(name, r["size"])] = r["gb_per_s"]
-    fig, ax = plt.subplots(figsize=(max(8, 1.9 * len(sizes) + 3), 6.5))
-    bar = 0.8 / max(1, len(labels))
-    for i, name in enumerate(labels):
-        xs = [j + (i - (len(labels) - 1) / 2) * bar for j in range(len(sizes))]
-        ys = [value.get((name, s), float("nan")) for s in sizes]
-        ax.bar(xs, ys, width=bar, label=name)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(sizes)))
-    ax.set_xticklabels([fmt_size(s) for s in sizes])
-    ax.set_xlabel("payload size")
-    ax.set_ylabel("decode throughput, GB/s of payload (log scale)")
-    ax.set_title(
-        f"fastframe {meta['fastframe_version']} decode, Python {meta['python_version']} ({meta['platform_short']})",
-        fontsize=10,
-    )
-    ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
+    return report.plot_codec({"meta": meta, "sections": titles, "results": results}, path)
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -977,7 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.write("\n")
         print(f"results saved to {args.json}")
     if args.plot:
-        problem = plot(results, args.plot, meta)
+        problem = plot(results, args.plot, meta, titles)
         print(f"note: {problem}" if problem else f"chart saved to {args.plot}")
     return 0
 

@@ -21,6 +21,14 @@ Servers (``--servers``, comma-separated; default: all):
   selectors        the tutorial seeds: selectors + bytes buffer + struct.unpack + slicing
   threading        socketserver.ThreadingTCPServer, recv_into exact loops
 
+The rows above are the echo fast path (fastframe relays checked frames without an object per frame).  The
+general path has rows of its own, where every server calls bytes.upper() per frame and the load generator
+(--upper) checks every reply is the request upper-cased: select-upper, prefork-upper, select-purepy-upper
+(``fastframe serve ... --upper``), uvloop-upper, asyncio-protocol-upper, twisted-upper (the peers above with
+the function), aio-protocol-*, aio-batch-*, aio-streams-* (fastframe.aio on uvloop / the default loop,
+bench/aio_servers.py) and uvloop-streams-upper, asyncio-streams-upper (readexactly).  Each path has its own
+baseline for the ratios; after the tables the issue-13 targets are checked (bench/report.py).
+
 Scenarios (``--scenarios``, default ``a,b,c``): (a) C x 64 B, depth 1; (b) C x 64 B, depth 16;
 (c) C x 16 KiB, depth 1; C is ``--connections`` (default 50).
 
@@ -46,7 +54,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -62,6 +69,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import report  # bench/report.py: tables and charts, shared with the README (bench/ is sys.path[0] when run)
+from report import FAST, GENERAL, NOISE_CORES, fmt_bytes, fmt_ratio
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 BUILD_DIR = os.path.join(BENCH_DIR, ".build")
 PEERS = os.path.join(BENCH_DIR, "peers.py")
@@ -69,7 +79,6 @@ CFLAGS = ["-O2", "-Wall"]
 GiB = 1 << 30
 MiB = 1 << 20
 LISTEN_LINE = re.compile(rb"^(\w+) tcp (\S+):(\d+)\s*$")
-NOISE_CORES = 0.25  # other processes using more than this (in CPUs) during a window get the row flagged
 
 
 class BenchError(Exception):
@@ -260,31 +269,46 @@ class Proc:
 # -- servers and scenarios ------------------------------------------------------------------------------
 
 
+AIO_SERVERS = os.path.join(BENCH_DIR, "aio_servers.py")
+
+
 class ServerSpec:
-    def __init__(self, name: str, label: str, group: str, note: str = "") -> None:
+    def __init__(self, name: str, label: str, group: str, path: str, note: str = "", needs: str = "") -> None:
         self.name = name
         self.label = label
-        self.group = group  # "fastframe", "c" or "peer": colours in the chart
+        self.group = group  # "fastframe", "fastframe-py", "fastframe-aio", "c" or "peer": colours in the chart
+        self.path = path  # FAST (echo, the engines relay) or GENERAL (a Python function per frame)
         self.note = note
+        self.needs = needs  # a module beyond the standard library and fastframe ("uvloop", "twisted")
         self.skip: str | None = None  # why this server is not measured (missing package, ...)
+
+    @property
+    def upper(self) -> bool:
+        return self.path == GENERAL
 
     def argv(self, ctx: Context) -> tuple[list[str], dict[str, str]]:
         py = sys.executable
-        if self.name in ("select", "select-purepy"):
-            env = {"FASTFRAME_PURE_PYTHON": "1"} if self.name == "select-purepy" else {"FASTFRAME_PURE_PYTHON": ""}
-            return [py, "-m", "fastframe", "serve", "--engine", "select", "--echo", "0"], env
-        if self.name == "prefork":
+        upper = ["--upper"] if self.upper else []
+        base = self.name.removesuffix("-upper")
+        if base in ("select", "select-purepy"):
+            env = {"FASTFRAME_PURE_PYTHON": "1" if base == "select-purepy" else ""}
+            return [py, "-m", "fastframe", "serve", "--engine", "select", "--echo", "0", *upper], env
+        if base == "prefork":
             return [py, "-m", "fastframe", "serve", "--engine", "prefork", "--workers", str(ctx.workers),
-                    "--echo", "0"], {"FASTFRAME_PURE_PYTHON": ""}  # fmt: skip
-        if self.name == "c-epoll":
+                    "--echo", "0", *upper], {"FASTFRAME_PURE_PYTHON": ""}  # fmt: skip
+        if base == "c-epoll":
             assert ctx.echo_c is not None
             return [ctx.echo_c, "0"], {}
-        return [py, PEERS, PEER_KINDS[self.name], "0"], {}
+        if base.startswith("aio-"):
+            _, kind, loop = base.split("-")
+            return [py, AIO_SERVERS, kind, "0", "--loop", loop, *upper], {"FASTFRAME_PURE_PYTHON": ""}
+        return [py, PEERS, PEER_KINDS[base], "0", *upper], {}
 
 
 PEER_KINDS = {
     "uvloop": "uvloop-protocol",
     "uvloop-raw": "uvloop-raw",
+    "uvloop-streams": "uvloop-streams",
     "asyncio-raw": "asyncio-raw",
     "asyncio-protocol": "asyncio-protocol",
     "asyncio-streams": "asyncio-streams",
@@ -295,24 +319,52 @@ PEER_KINDS = {
 
 
 def all_servers(workers: int) -> list[ServerSpec]:
+    F, G = FAST, GENERAL
     return [
-        ServerSpec("select", "fastframe select", "fastframe", "fastframe serve --engine select"),
-        ServerSpec("prefork", f"fastframe prefork x{workers}", "fastframe", f"--engine prefork --workers {workers}"),
-        ServerSpec("select-purepy", "fastframe select, pure-Py", "fastframe-py", "FASTFRAME_PURE_PYTHON=1"),
-        ServerSpec("c-epoll", "C epoll echo (ceiling)", "c", "bench/echo_c.c"),
-        ServerSpec("uvloop", "uvloop Protocol", "peer", "asyncio.Protocol + '!I' parser on uvloop"),
-        ServerSpec("uvloop-raw", "uvloop raw echo (no framing)", "peer", "data_received -> write(data): parses nothing"),
-        ServerSpec("asyncio-raw", "asyncio raw echo (no framing)", "peer", "data_received -> write(data): parses nothing"),
-        ServerSpec("asyncio-protocol", "asyncio Protocol", "peer", "asyncio.Protocol + '!I' parser"),
-        ServerSpec("asyncio-streams", "asyncio streams", "peer", "readexactly + write + drain"),
-        ServerSpec("twisted", "Twisted Int32String", "peer", "Int32StringReceiver"),
-        ServerSpec("selectors", "selectors seeds", "peer", "selectors + bytes buffer + slicing"),
-        ServerSpec("threading", "ThreadingTCPServer", "peer", "socketserver, thread per connection"),
+        # the echo fast path: fastframe's engines relay checked frames; the peers parse and call echo()
+        ServerSpec("select", "fastframe select", "fastframe", F, "fastframe serve --engine select"),
+        ServerSpec("prefork", f"fastframe prefork x{workers}", "fastframe", F, f"--engine prefork --workers {workers}"),
+        ServerSpec("select-purepy", "fastframe select, pure-Py", "fastframe-py", F, "FASTFRAME_PURE_PYTHON=1"),
+        ServerSpec("c-epoll", "C epoll echo (ceiling)", "c", F, "bench/echo_c.c"),
+        ServerSpec("uvloop", "uvloop Protocol", "peer", F, "asyncio.Protocol + '!I' parser on uvloop", "uvloop"),
+        ServerSpec("uvloop-raw", "uvloop raw echo (no framing)", "peer", F,
+                   "data_received -> write(data): parses nothing", "uvloop"),  # fmt: skip
+        ServerSpec("asyncio-raw", "asyncio raw echo (no framing)", "peer", F,
+                   "data_received -> write(data): parses nothing"),  # fmt: skip
+        ServerSpec("asyncio-protocol", "asyncio Protocol", "peer", F, "asyncio.Protocol + '!I' parser"),
+        ServerSpec("asyncio-streams", "asyncio streams", "peer", F, "readexactly + write + drain"),
+        ServerSpec("twisted", "Twisted Int32String", "peer", F, "Int32StringReceiver", "twisted"),
+        ServerSpec("selectors", "selectors seeds", "peer", F, "selectors + bytes buffer + slicing"),
+        ServerSpec("threading", "ThreadingTCPServer", "peer", F, "socketserver, thread per connection"),
+        # the general path: bytes.upper() per frame everywhere, checked by the load generator
+        ServerSpec("select-upper", "fastframe select", "fastframe", G, "fastframe serve --engine select --upper"),
+        ServerSpec("prefork-upper", f"fastframe prefork x{workers}", "fastframe", G,
+                   f"--engine prefork --workers {workers} --upper"),  # fmt: skip
+        ServerSpec("select-purepy-upper", "fastframe select, pure-Py", "fastframe-py", G,
+                   "FASTFRAME_PURE_PYTHON=1 --upper"),  # fmt: skip
+        ServerSpec("uvloop-upper", "uvloop Protocol", "peer", G, "asyncio.Protocol + '!I' parser on uvloop", "uvloop"),
+        ServerSpec("asyncio-protocol-upper", "asyncio Protocol", "peer", G, "asyncio.Protocol + '!I' parser"),
+        ServerSpec("twisted-upper", "Twisted Int32String", "peer", G, "Int32StringReceiver", "twisted"),
+        ServerSpec("aio-protocol-uvloop", "fastframe.aio FrameProtocol, uvloop", "fastframe-aio", G,
+                   "frame_received -> send_frame", "uvloop"),  # fmt: skip
+        ServerSpec("aio-batch-uvloop", "fastframe.aio frames_received, uvloop", "fastframe-aio", G,
+                   "frames_received(list) -> send_frames", "uvloop"),  # fmt: skip
+        ServerSpec("aio-streams-uvloop", "fastframe.aio streams, uvloop", "fastframe-aio", G,
+                   "async for frame in reader: write_frame + drain", "uvloop"),  # fmt: skip
+        ServerSpec("uvloop-streams-upper", "uvloop streams readexactly", "peer", G, "readexactly + write + drain",
+                   "uvloop"),  # fmt: skip
+        ServerSpec("aio-protocol-asyncio", "fastframe.aio FrameProtocol, asyncio", "fastframe-aio", G,
+                   "frame_received -> send_frame"),  # fmt: skip
+        ServerSpec("aio-batch-asyncio", "fastframe.aio frames_received, asyncio", "fastframe-aio", G,
+                   "frames_received(list) -> send_frames"),  # fmt: skip
+        ServerSpec("aio-streams-asyncio", "fastframe.aio streams, asyncio", "fastframe-aio", G,
+                   "async for frame in reader: write_frame + drain"),  # fmt: skip
+        ServerSpec("asyncio-streams-upper", "asyncio streams readexactly", "peer", G, "readexactly + write + drain"),
     ]
 
 
 SERVER_NAMES = [s.name for s in all_servers(2)]
-QUICK_SERVERS = ["select", "c-epoll"]
+QUICK_SERVERS = ["select", "c-epoll", "select-upper", "uvloop-upper", "aio-protocol-uvloop", "aio-streams-uvloop"]
 
 
 class Scenario:
@@ -351,7 +403,7 @@ class Context:
         self.server_cpus = {cpus[1]}
         self.prefork_cpus = set(cpus[1 : 1 + max(1, self.workers)])
         self.pinning = f"load generator on CPU {cpus[0]}, server on CPU {cpus[1]}"
-        if "prefork" in self.args.servers:
+        if any(name.startswith("prefork") for name in self.args.servers):
             pre = ",".join(map(str, sorted(self.prefork_cpus)))
             alone = len(self.prefork_cpus) == 1
             self.pinning += f"; prefork master + {self.workers} workers on CPU{'' if alone else 's'} {pre}" + (
@@ -359,7 +411,7 @@ class Context:
             )
 
     def cpus_for(self, spec: ServerSpec) -> set[int] | None:
-        return self.prefork_cpus if spec.name == "prefork" else self.server_cpus
+        return self.prefork_cpus if spec.name.startswith("prefork") else self.server_cpus
 
 
 # -- one measurement ------------------------------------------------------------------------------------
@@ -383,7 +435,7 @@ def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
         lg_argv = [
             ctx.loadgen, "--port", str(port), "--connections", str(args.connections), "--depth", str(scen.depth),
             "--size", str(scen.size), "--warmup", str(args.warmup), "--duration", str(args.duration),
-            "--stall", str(args.stall), "--pid", str(server.pid),
+            "--stall", str(args.stall), "--pid", str(server.pid), *(["--upper"] if spec.upper else []),
         ]  # fmt: skip
         limit = args.warmup + args.duration + args.stall + 30.0
         lg = subprocess.Popen(
@@ -391,7 +443,7 @@ def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
         )  # fmt: skip
         spread: list[int] | None = None
         try:
-            if spec.name == "prefork":
+            if spec.name.startswith("prefork"):
                 # Mid-window, count how the connections landed on the workers (the accept spread).
                 time.sleep(args.warmup + args.duration / 2)
                 spread = connection_spread(server.pid, port)
@@ -476,149 +528,22 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def fmt_bytes(n: int) -> str:
-    if n >= GiB and n % GiB == 0:
-        return f"{n // GiB} GiB"
-    if n >= MiB and n % MiB == 0:
-        return f"{n // MiB} MiB"
-    if n >= 1024 and n % 1024 == 0:
-        return f"{n // 1024} KiB"
-    return f"{n} B"
-
-
-def fmt_num(x: float | None, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    if x >= 100:
-        return f"{x:,.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.{digits - 1}f}" if x >= 1 else f"{x:.{digits}f}"
-
-
-def fmt_ratio(x: float | None) -> str:
-    return "-" if x is None else (f"{x:.2f}" if x < 10 else f"{x:.1f}")
-
-
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """req_ratio = this row's req/s / the select engine's; cpu_ratio = this row's CPU/request / the select engine's."""
-    base: dict[str, dict[str, Any]] = {
-        r["scenario"]: r["chosen"] for r in rows if r["server"] == "select" and r["chosen"]
+    """req_ratio / cpu_ratio: this row's req/s / CPU per request over the select engine's on the same path.
+
+    The fast-path rows are compared with ``select`` (the echo relay), the general-path rows with
+    ``select-upper`` (the engine calling the service per frame)."""
+    base: dict[tuple[str, str], dict[str, Any]] = {
+        (r["scenario"], r.get("path", FAST)): r["chosen"]
+        for r in rows
+        if r["server"] in ("select", "select-upper") and r["chosen"]
     }
     for r in rows:
-        b = base.get(r["scenario"])
+        b = base.get((r["scenario"], r.get("path", FAST)))
         c = r["chosen"]
         r["req_ratio"] = c["req_per_s"] / b["req_per_s"] if b and c and b["req_per_s"] else None
         ok_cpu = b and c and b["cpu_us_per_req"] > 0 and c["cpu_us_per_req"] >= 0
         r["cpu_ratio"] = c["cpu_us_per_req"] / b["cpu_us_per_req"] if ok_cpu else None  # type: ignore[index]
-
-
-def print_tables(
-    rows: list[dict[str, Any]], scenarios: list[Scenario], connections: int, out: Any = sys.stdout
-) -> None:
-    width = max(len(r["label"]) for r in rows) + 1
-    head = (
-        f"{'server':<{width}} {'req/s':>9} {'MB/s':>7} {'p50 us':>8} {'p99 us':>8} {'CPU us/req':>10} "
-        f"{'srv CPU':>7} {'lg CPU':>6} {'x req/s':>7} {'x CPU':>6}"
-    )
-    for scen in scenarios:
-        print(f"\n{scen.title(connections)}", file=out)
-        print(head, file=out)
-        print("-" * len(head), file=out)
-        for r in rows:
-            if r["scenario"] != scen.key:
-                continue
-            c = r["chosen"]
-            if r["status"] == "skipped":
-                print(f"{r['label']:<{width}} skipped: {r['reason']}", file=out)
-                continue
-            if c is None:
-                print(f"{r['label']:<{width}} FAILED: {r['reason']}", file=out)
-                continue
-            noisy = "~" if c.get("other_cpu_cores", 0) > NOISE_CORES else " "
-            print(
-                f"{r['label']:<{width}} {c['req_per_s']:>9,.0f} {fmt_num(c['payload_mb_per_s']):>7} "
-                f"{fmt_num(c['latency_us']['p50']):>8} {fmt_num(c['latency_us']['p99']):>8} "
-                f"{fmt_num(c['cpu_us_per_req']):>10} {c['server_cpu_util'] * 100:>6.0f}% {c['loadgen_cpu_util'] * 100:>5.0f}% "
-                f"{fmt_ratio(r['req_ratio']):>7} {fmt_ratio(r['cpu_ratio']):>6}{noisy}",
-                file=out,
-            )
-            if r["reason"]:
-                print(f"{'':<{width}}   note: {r['reason']}", file=out)
-
-
-def plot(rows: list[dict[str, Any]], scenarios: list[Scenario], path: str, meta: dict[str, Any]) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
-    except ImportError:
-        return "matplotlib is not installed: no chart (pip install matplotlib)"
-    colours = {"fastframe": "#f28e2b", "fastframe-py": "#ffbe7d", "c": "#59595c", "peer": "#7ea6c9"}
-    servers: list[tuple[str, str, str]] = []
-    for r in rows:
-        if (r["server"], r["label"], r["group"]) not in servers:
-            servers.append((r["server"], r["label"], r["group"]))
-    n = len(scenarios)
-    fig, axes = plt.subplots(2, n, figsize=(4.6 * n + 1.5, 0.42 * len(servers) * 2 + 2.6), squeeze=False)
-    for col, scen in enumerate(scenarios):
-        by_server = {r["server"]: r for r in rows if r["scenario"] == scen.key}
-        for row_i, (metric, title, fmt) in enumerate(
-            (
-                ("req_per_s", "req/s (higher is better)", "{:,.0f}"),
-                ("cpu_us_per_req", "server CPU us/request (lower is better)", "{:.2f}"),
-            )
-        ):
-            ax = axes[row_i][col]
-            ys = list(range(len(servers)))
-            values, labels, cols, edges, notes = [], [], [], [], []
-            for name, label, group in servers:
-                row = by_server.get(name)
-                c: dict[str, Any] | None = row["chosen"] if row else None
-                values.append(c[metric] if c and c[metric] >= 0 else 0.0)
-                # req/s means little without the CPU share the server got: say it next to the number
-                noisy = c is not None and c.get("other_cpu_cores", 0) > NOISE_CORES
-                share = (
-                    f"  {c['server_cpu_util']:.0%} CPU{' ~' if noisy else ''}" if c and metric == "req_per_s" else ""
-                )
-                notes.append(share)
-                status = "" if c else (" (skipped)" if row and row["status"] == "skipped" else " (FAILED)")
-                labels.append(label + status)
-                cols.append(colours.get(group, "#999999"))
-                edges.append("#b2182b" if name == "select" else "none")
-            bars = ax.barh(
-                ys, values, color=cols, edgecolor=edges, linewidth=[2.5 if e != "none" else 0 for e in edges]
-            )
-            ax.set_yticks(ys)
-            ax.set_yticklabels(labels if col == 0 else [""] * len(labels), fontsize=9)
-            for tick, (name, _, _) in zip(ax.get_yticklabels(), servers):
-                if name == "select":
-                    tick.set_fontweight("bold")
-            ax.invert_yaxis()
-            top = max(values) if values and max(values) > 0 else 1.0
-            ax.set_xlim(0, top * (1.55 if metric == "req_per_s" else 1.32))
-            for bar, v, note in zip(bars, values, notes):
-                if v > 0:
-                    y = bar.get_y() + bar.get_height() / 2
-                    ax.text(v + top * 0.01, y, fmt.format(v) + note, va="center", fontsize=8)
-            ax.set_title(f"{scen.title(meta['connections'])}\n{title}" if row_i == 0 else title, fontsize=9.5)
-            ax.tick_params(axis="x", labelsize=8)
-            if metric == "req_per_s":
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:,.0f}k" if x else "0"))
-            ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(
-        f"fastframe framed echo, {meta['date']} - {meta['cpu_count']} CPUs, {meta['pinning_short']}; "
-        f"{meta['duration']:g} s per run, median of {meta['repeat']}\n"
-        f"'N% CPU': the server's CPU use in the window (below ~95%: it was not saturated); "
-        f"'~': other processes used > {NOISE_CORES:g} CPU meanwhile",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
 
 
 # -- the echo benchmark ---------------------------------------------------------------------------------
@@ -654,24 +579,24 @@ def run_echo(args: argparse.Namespace) -> int:
     specs = [s for s in all_servers(args.workers) if s.name in args.servers]
     specs.sort(key=lambda s: args.servers.index(s.name))
     info = fastframe_info()
+    found: dict[str, bool] = {}
     for spec in specs:
         if spec.name == "c-epoll":
             try:
                 ctx.echo_c = build("echo_c")
             except BenchError as exc:
                 spec.skip = str(exc)
-        elif spec.name in ("select", "prefork") and "error" in info["default"]:
+        elif spec.group in ("fastframe", "fastframe-aio") and "error" in info["default"]:
             spec.skip = f"fastframe is not importable by {sys.executable}: {info['default']['error']}"
-        elif spec.name == "select-purepy" and "error" in info["pure"]:
+        elif spec.group == "fastframe-py" and "error" in info["pure"]:
             spec.skip = f"fastframe (pure Python) is not importable: {info['pure']['error']}"
-        elif spec.name in ("uvloop", "uvloop-raw", "twisted"):
-            module = {"uvloop": "uvloop", "uvloop-raw": "uvloop", "twisted": "twisted"}[spec.name]
-            probe = subprocess.run(
-                [sys.executable, "-c", f"import {module}"], capture_output=True, cwd=BENCH_DIR, check=False, timeout=60
-            )
-            found = probe.returncode == 0
-            if not found:
-                spec.skip = f"{module} is not installed (pip install {module})"
+        if spec.needs and not spec.skip:
+            if spec.needs not in found:
+                probe = subprocess.run([sys.executable, "-c", f"import {spec.needs}"], capture_output=True,
+                                       cwd=BENCH_DIR, check=False, timeout=60)  # fmt: skip
+                found[spec.needs] = probe.returncode == 0
+            if not found[spec.needs]:
+                spec.skip = f"{spec.needs} is not installed (pip install {spec.needs})"
     if "error" not in info["default"] and info["default"]["implementation"] != "cython":
         log(
             f"warning: fastframe runs its {info['default']['implementation']} codec: the 'select' rows are not the extension"
@@ -714,12 +639,13 @@ def run_echo(args: argparse.Namespace) -> int:
             else:
                 status = "ok"
                 reason = f"{len(failed)} of {len(rs)} runs failed: {failed[0]['error']}" if failed else ""
-            if chosen is not None and spec.name == "prefork":
+            if chosen is not None and spec.name.startswith("prefork"):
                 extra = f"{chosen['server_procs']} processes (master + workers) counted for CPU; "
                 extra += spread_note(chosen.get("connections_per_worker", []))
                 reason = f"{reason}; {extra}" if reason else extra
             rows.append({"scenario": scen.key, "server": spec.name, "label": spec.label, "group": spec.group,
-                         "status": status, "reason": reason, "chosen": chosen, "runs": rs})  # fmt: skip
+                         "path": spec.path, "status": status, "reason": reason, "chosen": chosen,
+                         "runs": rs})  # fmt: skip
     add_ratios(rows)
 
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -757,15 +683,21 @@ def run_echo(args: argparse.Namespace) -> int:
     print(f"fastframe {d.get('version', '?')} ({d.get('implementation', d.get('error', '?'))} codec); {ctx.pinning}")
     print(f"{args.connections} connections, {args.warmup:g} s warm-up + {args.duration:g} s measured per run, "
           f"{args.repeat} repeat(s), median req/s run kept; command: {meta['command']}")  # fmt: skip
-    print_tables(rows, scenarios, args.connections)
-    print("\nx req/s: req/s / the select engine's (higher is better); x CPU: server CPU per request / the select "
-          "engine's (lower is better).\nsrv CPU / lg CPU: server / load generator CPU use during the window "
-          "(100% = one CPU; a server below ~95% was not the bottleneck).")  # fmt: skip
+    saved = {"meta": meta, "scenarios": {s.key: {"size": s.size, "depth": s.depth, "title": s.title(args.connections)}
+                                         for s in scenarios}, "results": rows}  # fmt: skip
+    print()
+    print(report.servers_text(saved))
+    print("\nx req/s: req/s / the select engine's on the same path (higher is better); x CPU: server CPU per "
+          "request / the select engine's (lower is better).\nsrv CPU / lg CPU: server / load generator CPU use "
+          "during the window (100% = one CPU; a server below ~95% was not the bottleneck).")  # fmt: skip
     noisy = [r for r in rows if r["chosen"] and r["chosen"].get("other_cpu_cores", 0) > NOISE_CORES]
     if noisy:
         worst = max(r["chosen"]["other_cpu_cores"] for r in noisy)
         print(f"~ : other processes used more than {NOISE_CORES:g} CPU during that window (up to {worst:.2f}): "
               "a noisy neighbour; compare those rows with care.")  # fmt: skip
+    goals = report.targets_text(saved)
+    if goals:
+        print(f"\nissue 13 targets (ratios of the chosen runs):\n{goals}")
     for spec in specs:
         if spec.skip:
             print(f"note: {spec.name} skipped: {spec.skip}")
@@ -773,22 +705,24 @@ def run_echo(args: argparse.Namespace) -> int:
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "scenarios": {s.key: {"size": s.size, "depth": s.depth, "title": s.title(args.connections)} for s in scenarios},
-                       "results": rows}, f, indent=1)  # fmt: skip
+            json.dump(saved, f, indent=1)
         print(f"results saved to {args.json}")
     if args.plot:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-        problem = plot(rows, scenarios, args.plot, meta)
+        problem = report.plot_servers(saved, args.plot)
         print(f"note: {problem}" if problem else f"chart saved to {args.plot}")
     return 0 if all(r["status"] != "failed" for r in rows) else 1
 
 
 def replot(json_path: str, png: str) -> int:
-    """Draw the chart of a saved echo-bench JSON file."""
-    with open(json_path) as f:
-        saved = json.load(f)
-    scenarios = [Scenario(k, v["size"], v["depth"]) for k, v in saved["scenarios"].items()]
-    problem = plot(saved["results"], scenarios, png, saved["meta"])
+    """Draw the chart of a saved JSON file (echo or --files mode, or bench_codec.py's)."""
+    data = report.load(json_path)
+    draw = {"servers": report.plot_servers, "files": report.plot_files, "codec": report.plot_codec}
+    kind = report.kind_of(data)
+    if kind not in draw:
+        print(f"bench_servers: no chart for {kind} results", file=sys.stderr)
+        return 1
+    problem = draw[kind](data, png)
     print(f"note: {problem}" if problem else f"chart saved to {png}")
     return 1 if problem else 0
 
@@ -1252,9 +1186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stall", type=float, default=5.0, metavar="S", help="fail a run after S seconds without a reply")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and the load generator to CPUs")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 s per run, 0.2 s warm-up, servers select,c-epoll (64 MiB file with --files)")  # fmt: skip
+                   help=f"smoke run: 1 s per run, 0.2 s warm-up, servers {','.join(QUICK_SERVERS)} "
+                   "(64 MiB file with --files)")  # fmt: skip
     p.add_argument("--json", metavar="FILE", help="save all results and the environment as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="bar chart of req/s and CPU us/request (matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="chart (matplotlib): req/s and CPU us/request with min-max whiskers; with --files, download "
+                   "times (needs --json)")  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="more progress output on stderr")
     f = p.add_argument_group("file-transfer mode")
     p.add_argument("--replot", metavar="JSON", help="draw --plot from a saved --json file instead of measuring")
@@ -1276,7 +1213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.file_size = args.file_size or (64 * MiB if args.quick else GiB)
         if args.repeat < 1 or args.file_size < 1:
             p.error("--repeat and --file-size must be positive")
-        return run_files(args)
+        if args.plot and not args.json:
+            p.error("--files --plot draws from the saved results: give --json FILE too")
+        status = run_files(args)
+        if args.plot and os.path.exists(args.json):
+            replot(args.json, args.plot)
+        return status
     args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 1.0)
     args.repeat = args.repeat or 1

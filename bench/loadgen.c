@@ -2,7 +2,9 @@
  * loadgen.c -- closed-loop load generator for the framed echo protocol (bench/bench_servers.py builds it).
  *
  * Wire format: a request is a frame, a 4-byte big-endian unsigned length followed by that many payload
- * bytes; the server must send back the same frame.
+ * bytes; the server must send back the same frame (with --upper: the same frame with every ASCII a-z byte
+ * upper-cased, what `fastframe serve --upper` and bytes.upper() do: the general path of a service that
+ * calls a function per frame).
  *
  * Theory of operation
  * ===================
@@ -85,8 +87,10 @@ static double opt_warmup = 1.0;
 static double opt_duration = 5.0;
 static double opt_stall = 5.0;
 static long opt_pid = 0;
+static int opt_upper = 0; /* --upper: the reply is the request with ASCII a-z upper-cased (fastframe serve --upper) */
 
 static unsigned char *pattern;   /* opt_size + PATTERN_SPAN bytes */
+static unsigned char *expect;    /* what a reply must hold: the pattern, or its upper-cased copy (--upper) */
 static unsigned char header[4];
 static uint64_t frame_len;
 static unsigned char rbuf[RBUF_SIZE];
@@ -304,7 +308,7 @@ static void on_readable(conn_t *c) {
                 k = opt_size - off;
                 if (k > left) k = left;
                 if (k > sent - c->rx_pos) k = sent - c->rx_pos;
-                const unsigned char *want = pattern + window(c, c->rx_seq) + off;
+                const unsigned char *want = expect + window(c, c->rx_seq) + off;
                 if (memcmp(p, want, k)) mismatch(c, p, want, k);
             }
             c->rx_pos += (uint32_t)k;
@@ -336,7 +340,7 @@ static void on_readable(conn_t *c) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --port PORT [--host 127.0.0.1] [--connections 50] [--depth 1] [--size 64]\n"
-            "               [--warmup 1] [--duration 5] [--stall 5] [--pid SERVER_PID]\n");
+            "               [--warmup 1] [--duration 5] [--stall 5] [--pid SERVER_PID] [--upper]\n");
     exit(2);
 }
 
@@ -346,7 +350,8 @@ int main(int argc, char **argv) {
         {"connections", required_argument, 0, 'c'}, {"depth", required_argument, 0, 'd'},
         {"size", required_argument, 0, 's'},     {"warmup", required_argument, 0, 'w'},
         {"duration", required_argument, 0, 't'}, {"stall", required_argument, 0, 'S'},
-        {"pid", required_argument, 0, 'P'},      {0, 0, 0, 0}};
+        {"pid", required_argument, 0, 'P'},      {"upper", no_argument, 0, 'U'},
+        {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -359,6 +364,7 @@ int main(int argc, char **argv) {
         case 't': opt_duration = atof(optarg); break;
         case 'S': opt_stall = atof(optarg); break;
         case 'P': opt_pid = atol(optarg); break;
+        case 'U': opt_upper = 1; break;
         default: usage();
         }
     }
@@ -385,6 +391,13 @@ int main(int argc, char **argv) {
         x ^= x << 25;
         x ^= x >> 27;
         pattern[i] = (unsigned char)((x * 0x2545F4914F6CDD1Dull) >> 56);
+    }
+    expect = pattern;
+    if (opt_upper) { /* about 10% of the pattern's bytes are a-z: a server that skips the function fails */
+        expect = malloc(opt_size + PATTERN_SPAN);
+        if (!expect) fail("out of memory");
+        for (uint64_t i = 0; i < opt_size + PATTERN_SPAN; i++)
+            expect[i] = pattern[i] >= 'a' && pattern[i] <= 'z' ? (unsigned char)(pattern[i] - 32) : pattern[i];
     }
 
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt_port)};
@@ -493,13 +506,13 @@ int main(int argc, char **argv) {
     double others = ((double)(busy1 - busy0) / (double)clk - lg_cpu - (opt_pid ? server_cpu : 0.0)) / secs;
     if (others < 0) others = 0;
     double stolen = (double)(steal1 - steal0) / (double)clk / secs;
-    printf("{\"ok\": true, \"connections\": %d, \"depth\": %d, \"size\": %u, \"warmup_s\": %.3f, \"seconds\": %.6f, "
+    printf("{\"ok\": true, \"connections\": %d, \"depth\": %d, \"size\": %u, \"upper\": %s, \"warmup_s\": %.3f, \"seconds\": %.6f, "
            "\"requests\": %llu, \"req_per_s\": %.1f, \"payload_mb_per_s\": %.3f, "
            "\"latency_us\": {\"mean\": %.2f, \"p50\": %.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"max\": %.2f}, "
            "\"server_pid\": %ld, \"server_procs\": %d, \"server_cpu_s\": %.3f, \"server_cpu_util\": %.4f, "
            "\"cpu_us_per_req\": %.4f, \"clk_tck\": %ld, \"loadgen_cpu_s\": %.3f, \"loadgen_cpu_util\": %.4f, "
            "\"other_cpu_cores\": %.3f, \"steal_cores\": %.3f}\n",
-           opt_conns, opt_depth, opt_size, opt_warmup, secs, (unsigned long long)hist_count, reqs / secs,
+           opt_conns, opt_depth, opt_size, opt_upper ? "true" : "false", opt_warmup, secs, (unsigned long long)hist_count, reqs / secs,
            reqs * opt_size / secs / 1e6, reqs ? (double)hist_sum_ns / reqs / 1000.0 : 0.0, percentile_us(0.50),
            percentile_us(0.90), percentile_us(0.99), percentile_us(0.999), (double)hist_max_ns / 1000.0, opt_pid,
            nprocs, server_cpu, opt_pid ? server_cpu / secs : -1.0,

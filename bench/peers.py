@@ -7,14 +7,18 @@ frame.  Each implementation splits the stream into payloads and hands each one t
 the identity) before framing the reply, the way a real service would; none of them takes the echo-only
 shortcut of writing the received bytes back without parsing them.
 
-Usage: ``python bench/peers.py KIND [PORT]`` -- listens on 127.0.0.1 (PORT 0 or nothing: an ephemeral
-port), prints ``echo tcp 127.0.0.1:PORT`` on stdout once listening, and serves until SIGTERM/SIGINT.
+Usage: ``python bench/peers.py KIND [PORT] [--upper]`` -- listens on 127.0.0.1 (PORT 0 or nothing: an
+ephemeral port), prints ``echo tcp 127.0.0.1:PORT`` on stdout once listening, and serves until SIGTERM/SIGINT.
+With ``--upper`` the handler is ``bytes.upper`` instead of the identity: each reply is the request with ASCII
+a-z upper-cased, as ``fastframe serve --upper`` does (the load generator's ``--upper`` checks it).  The
+framed kinds call the handler once per frame either way; ``--upper`` makes that call do visible work.
 KIND is one of:
 
   asyncio-protocol   asyncio.Protocol, a bytearray buffer and an incremental ``"!I"`` parser
                      (``struct.unpack_from`` + slices, one ``transport.write`` per ``data_received``)
   asyncio-streams    ``asyncio.start_server``: ``readexactly(4)``, ``readexactly(n)``, ``write`` + ``drain``
   uvloop-protocol    the asyncio-protocol code, run on uvloop (needs ``pip install uvloop``)
+  uvloop-streams     the asyncio-streams code, run on uvloop
   uvloop-raw         a reference, not a framed server: ``data_received`` writes the bytes straight back (RFC 862
                      echo on uvloop).  It parses nothing and checks nothing, so it is the floor for a Python
                      echo on uvloop; a framed client cannot tell it from a framed echo.
@@ -45,6 +49,10 @@ def echo(payload: bytes) -> bytes:
     return payload
 
 
+#: The handler every framed kind calls once per request payload (``main`` sets it: ``echo`` or ``bytes.upper``).
+handler: Callable[[bytes], bytes] = echo
+
+
 def announce(port: int) -> None:
     print(f"echo tcp {HOST}:{port}", flush=True)
 
@@ -57,6 +65,7 @@ def _protocol_class() -> Any:
 
     unpack_from = _HEADER.unpack_from
     pack = _HEADER.pack
+    echo = handler
 
     class EchoProtocol(asyncio.Protocol):
         """A decent hand-written framer: one growing bytearray, parse every complete frame, one write."""
@@ -110,18 +119,22 @@ def _raw_protocol_class() -> Any:
 def run_asyncio_protocol(port: int, use_uvloop: bool = False, raw: bool = False) -> None:
     import asyncio
 
-    loop: asyncio.AbstractEventLoop
-    if use_uvloop:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
+    loop = _new_loop(use_uvloop)
     asyncio.set_event_loop(loop)
     factory = _raw_protocol_class() if raw else _protocol_class()
     server: Any = loop.run_until_complete(loop.create_server(factory, HOST, port, backlog=1024))
     announce(server.sockets[0].getsockname()[1])
     _run_until_signal(loop)
+
+
+def _new_loop(use_uvloop: bool) -> Any:
+    import asyncio
+
+    if use_uvloop:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _run_until_signal(loop: Any) -> None:
@@ -133,11 +146,12 @@ def _run_until_signal(loop: Any) -> None:
 # -- asyncio streams ----------------------------------------------------------------------------------
 
 
-def run_asyncio_streams(port: int) -> None:
+def run_asyncio_streams(port: int, use_uvloop: bool = False) -> None:
     import asyncio
 
     unpack = _HEADER.unpack
     pack = _HEADER.pack
+    echo = handler
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -153,7 +167,7 @@ def run_asyncio_streams(port: int) -> None:
         finally:
             writer.close()
 
-    loop = asyncio.new_event_loop()
+    loop = _new_loop(use_uvloop)
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(asyncio.start_server(handle, HOST, port, backlog=1024))
     announce(server.sockets[0].getsockname()[1])
@@ -168,6 +182,7 @@ def run_threading(port: int) -> None:
 
     unpack = _HEADER.unpack
     pack = _HEADER.pack
+    echo = handler
 
     def recv_exact(sock: socket.socket, n: int) -> bytearray | None:
         buf = bytearray(n)
@@ -233,6 +248,7 @@ def run_twisted(port: int) -> None:
     from twisted.protocols.basic import Int32StringReceiver
 
     reactor: Any = _reactor  # the module-level reactor object; its interfaces confuse type checkers
+    echo = handler
 
     class Echo(Int32StringReceiver):
         MAX_LENGTH = MAX_FRAME
@@ -264,6 +280,7 @@ def run_selectors(port: int) -> None:
     lsock.setblocking(False)
     sel.register(lsock, selectors.EVENT_READ, data=None)
     announce(lsock.getsockname()[1])  # SIGTERM keeps its default action (exit at once); Ctrl-C raises
+    echo = handler
 
     class State:
         def __init__(self) -> None:
@@ -324,6 +341,7 @@ KINDS: dict[str, Callable[[int], None]] = {
     "asyncio-protocol": run_asyncio_protocol,
     "asyncio-streams": run_asyncio_streams,
     "uvloop-protocol": lambda port: run_asyncio_protocol(port, use_uvloop=True),
+    "uvloop-streams": lambda port: run_asyncio_streams(port, use_uvloop=True),
     "uvloop-raw": lambda port: run_asyncio_protocol(port, use_uvloop=True, raw=True),
     "asyncio-raw": lambda port: run_asyncio_protocol(port, raw=True),
     "threading": run_threading,
@@ -332,15 +350,22 @@ KINDS: dict[str, Callable[[int], None]] = {
 }
 
 #: the module each kind needs beyond the standard library
-REQUIRES: dict[str, str] = {"uvloop-protocol": "uvloop", "uvloop-raw": "uvloop", "twisted": "twisted"}
+REQUIRES: dict[str, str] = {
+    "uvloop-protocol": "uvloop", "uvloop-streams": "uvloop", "uvloop-raw": "uvloop", "twisted": "twisted",
+}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in KINDS or len(argv) > 2:
-        print(f"usage: peers.py {{{','.join(KINDS)}}} [PORT]", file=sys.stderr)
+    global handler
+    upper = "--upper" in argv
+    argv = [a for a in argv if a != "--upper"]
+    if not argv or argv[0] not in KINDS or len(argv) > 2 or (upper and argv[0].endswith("-raw")):
+        print(f"usage: peers.py {{{','.join(KINDS)}}} [PORT] [--upper]  (no --upper for the raw kinds)",
+              file=sys.stderr)  # fmt: skip
         return 2
     kind = argv[0]
     port = int(argv[1]) if len(argv) > 1 else 0
+    handler = bytes.upper if upper else echo
     needed = REQUIRES.get(kind)
     if needed is not None:
         import importlib.util

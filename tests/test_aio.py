@@ -241,3 +241,490 @@ def test_handler_exception_closes_connection() -> None:
         return None
 
     run(main())
+
+
+# -- batching: what a read's callbacks send goes out in one write --------------------------------------
+
+
+class FakeTransport(asyncio.Transport):
+    """Records what a protocol does with its transport, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: List[Any] = []
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.calls.append(("write", bytes(data)))
+
+    def writelines(self, items: Any) -> None:
+        self.calls.append(("writelines", list(items)))
+
+    def close(self) -> None:
+        self.closing = True
+        self.calls.append(("close",))
+
+    def abort(self) -> None:
+        self.closing = True
+        self.calls.append(("abort",))
+
+    def write_eof(self) -> None:
+        self.calls.append(("write_eof",))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.calls.append(("pause_reading",))
+
+    def resume_reading(self) -> None:
+        self.calls.append(("resume_reading",))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def wire(self) -> bytes:
+        """Every byte written, in order (writelines flattened)."""
+        out = b""
+        for call in self.calls:
+            if call[0] == "write":
+                out += call[1]
+            elif call[0] == "writelines":
+                out += b"".join(bytes(x) for x in call[1])
+        return out
+
+
+def deliver(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    """What an event loop does with one recv() of ``data``: get_buffer(), copy, buffer_updated()."""
+    pos = 0
+    while pos < len(data):
+        view = protocol.get_buffer(len(data) - pos)
+        n = min(len(view), len(data) - pos)
+        view[:n] = data[pos : pos + n]
+        protocol.buffer_updated(n)
+        pos += n
+
+
+class Upper(aio.FrameProtocol):
+    def frame_received(self, frame: bytes) -> None:
+        self.send_frame(frame.upper())
+
+
+def test_protocol_writes_one_reads_replies_in_one_write(ref: SimpleNamespace) -> None:
+    proto, transport = Upper(), FakeTransport()
+    proto.connection_made(transport)
+    requests = [b"a", b"bc", b"", b"def"] * 4
+    deliver(proto, ref.encode(requests))
+    assert transport.calls == [("write", ref.encode([r.upper() for r in requests]))]
+    deliver(proto, ref.encode([b"x"]))
+    assert transport.calls[1:] == [("write", ref.encode([b"X"]))]
+
+
+def test_protocol_frames_received_gets_each_reads_frames(ref: SimpleNamespace) -> None:
+    got: List[List[bytes]] = []
+
+    class Batch(aio.FrameProtocol):
+        def frames_received(self, frames: List[bytes]) -> None:
+            got.append(list(frames))
+            self.send_frames([f[::-1] for f in frames])
+
+    proto, transport = Batch(), FakeTransport()
+    proto.connection_made(transport)
+    wire = ref.encode([b"one", b"two", b"three"])
+    deliver(proto, wire[:9])  # "one" complete, "two" cut inside its payload
+    deliver(proto, wire[9:])
+    assert got == [[b"one"], [b"two", b"three"]]
+    assert transport.calls == [("write", ref.encode([b"eno"])), ("write", ref.encode([b"owt", b"eerht"]))]
+
+
+def test_protocol_default_frames_received_calls_frame_received(ref: SimpleNamespace) -> None:
+    seen: List[bytes] = []
+
+    class Both(aio.FrameProtocol):
+        def frame_received(self, frame: bytes) -> None:
+            seen.append(frame)
+
+    proto = Both()
+    proto.connection_made(FakeTransport())
+    aio.FrameProtocol.frames_received(proto, [b"p", b"q"])  # the documented default, called as a subclass would
+    deliver(proto, ref.encode([b"r", b"s"]))
+    assert seen == [b"p", b"q", b"r", b"s"]
+
+
+def test_protocol_transport_use_comes_after_the_frames_sent_before(ref: SimpleNamespace) -> None:
+    class Mixed(aio.FrameProtocol):
+        def frame_received(self, frame: bytes) -> None:
+            self.send_frame(b"before")
+            assert self.transport is not None
+            self.transport.write(b"raw")
+            self.send_frame(b"after")
+            if frame == b"bye":
+                self.send_frame(b"last")
+                self.transport.close()
+
+    proto, transport = Mixed(), FakeTransport()
+    proto.connection_made(transport)
+    deliver(proto, ref.encode([b"hi", b"bye"]))
+    assert transport.calls == [
+        ("write", ref.encode([b"before"])),
+        ("write", b"raw"),
+        ("write", ref.encode([b"after", b"before"])),
+        ("write", b"raw"),
+        ("write", ref.encode([b"after", b"last"])),
+        ("close",),
+    ]
+
+
+def test_protocol_subclass_that_sets_transport_itself(ref: SimpleNamespace) -> None:
+    class Own(aio.FrameProtocol):
+        def connection_made(self, transport: Any) -> None:  # no super(): an older subclass's habit
+            self.transport = transport
+
+        def frame_received(self, frame: bytes) -> None:
+            self.send_frame(frame)
+
+    proto, transport = Own(), FakeTransport()
+    proto.connection_made(transport)
+    assert proto.transport is transport
+    deliver(proto, ref.encode([b"a", b"b"]))
+    assert transport.wire() == ref.encode([b"a", b"b"])
+
+
+def test_protocol_non_bytes_payload_is_copied_when_sent(ref: SimpleNamespace) -> None:
+    class Reuse(aio.FrameProtocol):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scratch = bytearray(3)
+
+        def frame_received(self, frame: bytes) -> None:
+            self.scratch[:] = frame[:3]
+            self.send_frame(self.scratch)  # reused for the next frame before the batch is written
+            self.send_frame(memoryview(self.scratch)[1:])
+
+    proto, transport = Reuse(), FakeTransport()
+    proto.connection_made(transport)
+    deliver(proto, ref.encode([b"abc", b"xyz"]))
+    assert transport.wire() == ref.encode([b"abc", b"bc", b"xyz", b"yz"])
+
+
+def test_protocol_large_frame_keeps_its_place_uncopied(ref: SimpleNamespace) -> None:
+    big = ref.pseudo_random(aio.SCATTER_THRESHOLD, 3)
+
+    class Mixed(aio.FrameProtocol):
+        def frame_received(self, frame: bytes) -> None:
+            self.send_frames([b"s1", big, b"s2"])
+
+    proto, transport = Mixed(), FakeTransport()
+    proto.connection_made(transport)
+    deliver(proto, ref.encode([b"go"]))
+    assert [c[0] for c in transport.calls] == ["write", "writelines", "write"]
+    assert transport.calls[1][1][1] is big  # next to its header, not copied behind it
+    assert transport.wire() == ref.encode([b"s1", big, b"s2"])
+
+
+def test_protocol_sends_outside_callbacks_at_once(ref: SimpleNamespace) -> None:
+    proto, transport = Upper(), FakeTransport()
+    proto.connection_made(transport)
+    proto.send_frame(b"one")
+    proto.send_frames([b"two", bytearray(b"three")])
+    assert transport.calls == [("write", ref.encode([b"one"])), ("write", ref.encode([b"two", b"three"]))]
+
+
+def test_protocol_callback_error_writes_what_was_sent_and_recovers(ref: SimpleNamespace) -> None:
+    class Flaky(aio.FrameProtocol):
+        def frame_received(self, frame: bytes) -> None:
+            if frame == b"boom":
+                raise RuntimeError("handler bug")
+            self.send_frame(frame)
+
+    proto, transport = Flaky(), FakeTransport()
+    proto.connection_made(transport)
+    with pytest.raises(RuntimeError):
+        deliver(proto, ref.encode([b"a", b"boom", b"b"]))
+    assert transport.calls == [("write", ref.encode([b"a"]))]
+    proto.send_frame(b"later")  # no batch is left open: written at once
+    assert transport.calls[-1] == ("write", ref.encode([b"later"]))
+
+
+def test_protocol_overridden_get_buffer_is_used(ref: SimpleNamespace) -> None:
+    hints: List[int] = []
+
+    class Counting(Upper):
+        def get_buffer(self, sizehint: int) -> memoryview:
+            hints.append(sizehint)
+            return super().get_buffer(sizehint)
+
+    proto, transport = Counting(), FakeTransport()
+    proto.connection_made(transport)
+    deliver(proto, ref.encode([b"q"]))
+    assert hints and transport.wire() == ref.encode([b"Q"])
+
+
+def test_protocol_eof_inside_a_frame_is_a_frame_error(ref: SimpleNamespace) -> None:
+    errors: List[BaseException] = []
+
+    class Strict(Upper):
+        def frame_error(self, exc: Any) -> None:
+            errors.append(exc)
+            super().frame_error(exc)
+
+    proto, transport = Strict(), FakeTransport()
+    proto.connection_made(transport)
+    deliver(proto, ref.encode([b"whole"]) + struct.pack("!I", 10) + b"cut")
+    proto.eof_received()
+    assert transport.calls == [("write", ref.encode([b"WHOLE"])), ("abort",)]
+    assert len(errors) == 1 and isinstance(errors[0], IncompleteFrame)
+
+
+def test_protocol_frames_before_a_bad_header_are_answered_in_one_write(ref: SimpleNamespace) -> None:
+    class Strict(Upper):
+        def frame_error(self, exc: Any) -> None:
+            self.send_frame(b"error")
+            super().frame_error(exc)
+
+    proto, transport = Strict(max_frame=100), FakeTransport()
+    proto.connection_made(transport)
+    deliver(proto, ref.encode([b"a", b"b"]) + struct.pack("!I", 101))
+    assert transport.calls == [("write", ref.encode([b"A", b"B"])), ("write", ref.encode([b"error"])), ("abort",)]
+
+
+# -- the stream writer: frames written in one task step go out together ------------------------------
+
+
+async def stream_pair(high_water: int = aio.DEFAULT_HIGH_WATER) -> Any:
+    reader = aio.FrameReader(high_water)
+    proto = aio._StreamProtocol(reader, "!I", None)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    assert proto.writer is not None
+    return proto, reader, proto.writer, transport
+
+
+def test_writer_answers_a_reads_frames_in_one_write(ref: SimpleNamespace) -> None:
+    async def main() -> None:
+        proto, reader, writer, transport = await stream_pair()
+        deliver(proto, ref.encode([b"r1", b"r2", b"r3"]))
+        for _ in range(3):
+            frame = await reader.read_frame()
+            writer.write_frame(frame.upper())
+            await writer.drain()
+            if reader._frames:
+                assert transport.calls == []  # collected while requests are still waiting
+        assert transport.calls == [("write", ref.encode([b"R1", b"R2", b"R3"]))]
+
+    run(main())
+
+
+def test_writer_collected_frames_go_out_when_the_loop_gets_control(ref: SimpleNamespace) -> None:
+    async def main() -> None:
+        proto, reader, writer, transport = await stream_pair()
+        deliver(proto, ref.encode([b"r1", b"r2", b"r3"]))
+        writer.write_frame(await reader.read_frame())  # two requests still wait: collected
+        writer.write_frames([b"x", memoryview(b"yz")])
+        assert transport.calls == []
+        await asyncio.sleep(0)  # e.g. the handler awaits something else before reading on
+        assert transport.calls == [("write", ref.encode([b"r1", b"x", b"yz"]))]
+
+    run(main())
+
+
+def test_writer_writes_at_once_when_nothing_else_waits(ref: SimpleNamespace) -> None:
+    async def main() -> None:
+        proto, reader, writer, transport = await stream_pair()
+        deliver(proto, ref.encode([b"only"]))
+        frame = await reader.read_frame()
+        writer.write_frame(frame)
+        assert transport.calls == [("write", ref.encode([b"only"]))]
+
+    run(main())
+
+
+def test_writer_close_write_eof_and_transport_come_after_collected_frames(ref: SimpleNamespace) -> None:
+    async def main() -> None:
+        proto, reader, writer, transport = await stream_pair()
+        writer.write_frame(b"first")  # written at once
+        writer.write_frames([b"a", bytearray(b"b")])
+        writer.transport.write(b"raw")
+        writer.write_frame(b"c")
+        writer.write_eof()
+        writer.write_frame(b"d")
+        writer.close()
+        await asyncio.sleep(0)
+        assert transport.calls == [
+            ("write", ref.encode([b"first"])),
+            ("write", ref.encode([b"a", b"b"])),
+            ("write", b"raw"),
+            ("write", ref.encode([b"c"])),
+            ("write_eof",),
+            ("write", ref.encode([b"d"])),
+            ("close",),
+        ]
+
+    run(main())
+
+
+def test_writer_hands_over_at_the_batch_limit_and_sends_large_frames_uncopied(ref: SimpleNamespace) -> None:
+    async def main() -> None:
+        proto, reader, writer, transport = await stream_pair()
+        writer.write_frame(b"x")  # nothing waits to be read: at once
+        deliver(proto, ref.encode([b"waiting"]))  # from now on frames are collected
+        chunk = b"y" * 1000
+        n = aio.WRITE_BATCH_LIMIT // len(chunk) + 1
+        for _ in range(n):
+            writer.write_frame(chunk)
+        assert [c[0] for c in transport.calls] == ["write", "write"]  # the limit flushed, no await needed
+        big = ref.pseudo_random(aio.SCATTER_THRESHOLD, 5)
+        writer.write_frame(b"z")
+        writer.write_frame(big)
+        assert transport.calls[-2] == ("write", ref.encode([b"z"]))
+        assert transport.calls[-1][0] == "writelines" and transport.calls[-1][1][1] is big
+        assert transport.wire() == ref.encode([b"x"] + [chunk] * n + [b"z", big])
+        assert await reader.read_frame() == b"waiting"
+
+    run(main())
+
+
+def test_writer_after_connection_lost_drops_quietly(ref: SimpleNamespace) -> None:
+    async def main() -> None:
+        proto, reader, writer, transport = await stream_pair()
+        deliver(proto, ref.encode([b"a", b"b"]))
+        writer.write_frame(b"queued")
+        proto.connection_lost(None)
+        await asyncio.sleep(0)
+        assert transport.calls == []
+        with pytest.raises(ConnectionResetError):
+            await writer.drain()
+
+    run(main())
+
+
+def test_reader_pauses_on_a_batch_over_high_water_and_read_frames(ref: SimpleNamespace) -> None:
+    async def main() -> None:
+        proto, reader, writer, transport = await stream_pair(high_water=1000)
+        frames = [bytes([i]) * 300 for i in range(5)]  # 1500 bytes in one read: over the mark
+        deliver(proto, ref.encode(frames))
+        assert transport.calls == [("pause_reading",)]
+        assert await reader.read_frame() == frames[0]  # 1200 left: still above half the mark
+        assert transport.calls == [("pause_reading",)]
+        assert await reader.read_frames() == frames[1:]
+        assert transport.calls == [("pause_reading",), ("resume_reading",)]
+        deliver(proto, ref.encode([b"more"]))
+        proto.eof_received()
+        assert await reader.read_frames() == [b"more"]
+        with pytest.raises(EOFError):
+            await reader.read_frames()
+
+    run(main())
+
+
+# -- real loopback, both loops: pipelined frames come back complete and in order ---------------------
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_factory(request: pytest.FixtureRequest) -> Any:
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run_on(factory: Any, coro: Any) -> Any:
+    loop = factory()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro, TIMEOUT))
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("kind", ["frame_received", "frames_received", "streams"])
+def test_pipelined_frames_come_back_in_order(ref: SimpleNamespace, loop_factory: Any, kind: str) -> None:
+    """Many frames per read (small, 16 KiB and large ones mixed): every reply, in order, on both loops."""
+    payloads = [ref.pseudo_random(n, i) for i, n in enumerate([5, 0, 64, 70000, 3, 16384, 1, 200000, 9] * 30)]
+    wire = ref.encode(payloads)
+
+    class PerFrame(aio.FrameProtocol):
+        def __init__(self) -> None:
+            super().__init__(max_frame=1 << 20)
+
+        def frame_received(self, frame: bytes) -> None:
+            self.send_frame(frame[::-1])
+
+    class PerRead(PerFrame):
+        def frames_received(self, frames: List[bytes]) -> None:
+            self.send_frames([f[::-1] for f in frames])
+
+    async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
+        async for frame in reader:
+            writer.write_frame(frame[::-1])
+            await writer.drain()
+        writer.close()
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        if kind == "streams":
+            server = await aio.start_server(handle, "127.0.0.1", 0, max_frame=1 << 20)
+        else:
+            server = await loop.create_server(PerFrame if kind == "frame_received" else PerRead, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(wire)
+        await writer.drain()
+        got = await reader.readexactly(len(wire))
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert run_on(loop_factory, main()) == ref.encode([p[::-1] for p in payloads])
+
+
+def test_protocol_pause_reading_holds_the_peer_back_and_loses_nothing(ref: SimpleNamespace, loop_factory: Any) -> None:
+    """A FrameProtocol that pauses reading mid-batch: nothing arrives while paused, nothing is lost, order kept."""
+    payloads = [ref.pseudo_random(1000 + i % 7, i) for i in range(3000)]  # ~3 MB, past the socket buffers
+
+    async def main() -> List[bytes]:
+        loop = asyncio.get_running_loop()
+        got: List[bytes] = []
+        paused = asyncio.Event()
+        done = loop.create_future()
+        protocols: List[aio.FrameProtocol] = []
+
+        class Slow(aio.FrameProtocol):
+            def frame_received(self, frame: bytes) -> None:
+                got.append(frame)
+                self.send_frame(frame[:1])  # collected in the batch; the pause below must not lose it
+                if len(got) == 100:
+                    assert self.transport is not None
+                    self.transport.pause_reading()
+                    paused.set()
+                if len(got) == len(payloads):
+                    done.set_result(None)
+
+        def factory() -> Slow:
+            protocols.append(Slow())
+            return protocols[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(ref.encode(payloads))
+        await paused.wait()
+        seen = len(got)  # the rest of the read that paused is still delivered, then nothing
+        await asyncio.sleep(0.3)
+        assert len(got) == seen < len(payloads)
+        transport = protocols[0].transport
+        assert transport is not None
+        transport.resume_reading()
+        await writer.drain()
+        await done
+        replies = await reader.readexactly(5 * len(payloads))
+        assert replies == ref.encode([p[:1] for p in payloads])
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert run_on(loop_factory, main()) == payloads
