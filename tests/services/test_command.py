@@ -14,6 +14,7 @@ from typing import Any, Callable, List, Tuple
 import pytest
 
 from fastframe.client import RemoteError, exec_command
+from harness import Background
 
 MiB = 1024 * 1024
 
@@ -264,3 +265,73 @@ def test_graceful_stop_kills_running_commands(start_server: Callable[..., Any], 
         server.signal(signal.SIGTERM)
         assert server.wait(10) == 0
     assert svc.wait_group_gone(pgid, timeout=1.0) == []  # nothing left behind, not even a zombie
+
+
+# -- requests that can never succeed, and requests that could freeze the loop ---------------------------------
+
+
+def test_argument_over_128_kib_is_a_bad_request(server: Any, svc: SimpleNamespace) -> None:
+    # Not "busy" (retry later): no retry can ever make it run.
+    frames = svc.command_replies(server.addr("command"), b"echo " + b"A" * (128 * 1024 + 1))
+    assert frames[-1].startswith(b"!bad-request "), frames[-1][:80]
+
+
+def test_too_many_words_is_a_bad_request(server: Any, svc: SimpleNamespace) -> None:
+    frames = svc.command_replies(server.addr("command"), b"echo" + b" a" * 2048)
+    assert frames[-1].startswith(b"!bad-request ") and b"2048" in frames[-1], frames[-1][:80]
+    assert svc.command_replies(server.addr("command"), b"echo" + b" a" * 2047)[-1] == b"X0"
+
+
+LIMIT = 16 * 1024
+WORST = {
+    "one 1 MiB word": b"x" + b"A" * (2**20 - 1),  # shlex.split: 62-69 s
+    "one word at the limit": b"x" + b"A" * (LIMIT - 1),
+    "empty quotes": b"echo " + b"''" * ((LIMIT - 5) // 2),
+    "word and quotes": b"echo " + b"a''" * ((LIMIT - 5) // 3),
+    "double quotes and escapes": b"echo " + b'"\\""' * ((LIMIT - 5) // 4),  # "\"" repeated: one step each
+    "escapes": b"echo " + b"\\a" * ((LIMIT - 5) // 2),
+    "most words": b"echo" + b" a" * 2047,
+    "unclosed quote at the end": b"echo " + b"a" * (LIMIT - 7) + b' "',
+    "a byte over the limit": b"echo " + b"a" * (LIMIT - 4),
+}
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("name", list(WORST))
+def test_worst_case_request_is_cheap(server: Any, svc: SimpleNamespace, name: str) -> None:
+    line = WORST[name]
+    start = time.monotonic()
+    frames = svc.command_replies(server.addr("command"), line, timeout=5.0)
+    elapsed = time.monotonic() - start
+    assert frames[-1][:1] in (b"X", b"!"), frames[-1][:80]
+    assert elapsed < 0.5, f"{name}: {elapsed:.3f} s"
+
+
+@pytest.mark.timing
+def test_echo_stays_prompt_during_worst_case_requests(server: Any, svc: SimpleNamespace) -> None:
+    addr = server.addr("command")
+    stop = threading.Event()
+    sent = []
+
+    def flood() -> None:
+        while not stop.is_set():
+            for line in WORST.values():
+                svc.command_replies(addr, line, timeout=5.0)
+                sent.append(line)
+
+    flooder = Background(flood)
+    rtts = []
+    try:
+        with svc.connect(server.addr("echo")) as echo:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                svc.send_frame(echo, b"ping")
+                assert svc.recv_frame(echo) == b"ping"
+                rtts.append(time.perf_counter() - t0)
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        flooder.join()
+    assert len(sent) >= len(WORST), len(sent)  # every kind of request was processed meanwhile
+    assert max(rtts) < 0.25, sorted(rtts)[-3:]
