@@ -124,6 +124,10 @@ class AuthenticatedService(Service):
         pending.failed = True
         return [b"!auth bad handshake"]
 
+    def eof_received(self, conn: Conn) -> None:
+        if conn not in self._pending:
+            self.inner.eof_received(conn)
+
     def output_drained(self, conn: Conn) -> None:
         if conn not in self._pending:
             self.inner.output_drained(conn)

@@ -26,7 +26,9 @@ the size limit -- the last one closes the connection), ``busy`` (``max_commands`
 process, or the server is stopping: worth retrying later) and -- from :mod:`servers.auth` -- ``auth``.
 
 A connection runs one command at a time; request frames that arrive meanwhile queue up and run in order,
-each answered by its own stream ending in ``X`` or ``!``.
+each answered by its own stream ending in ``X`` or ``!``.  The client's end of stream (a ``shutdown``, a
+close, Ctrl-C on ``fastframe exec``) cancels: the running command is killed at once, the queue is
+dropped and the connection closes -- the protocol has no use for a half-closed client.
 
 Theory of operation
 ===================
@@ -382,6 +384,12 @@ class CommandService(Service):
             conn.busy = True
         return None
 
+    def eof_received(self, conn: Conn) -> None:
+        st: Optional[_ConnState] = conn.state
+        if st is not None and not st.closed and (st.cmd is not None or st.queue):
+            log.info("%s: %s closed its side: cancelling its command", self.name, conn.peer)
+            self._abandon(conn, st)
+
     def frame_error(self, conn: Conn, exc: "FrameError") -> Optional[List[bytes]]:
         st: Optional[_ConnState] = conn.state
         if st is not None:
@@ -595,7 +603,7 @@ class CommandService(Service):
         self._next(conn, st)
 
     def _abandon(self, conn: Conn, st: _ConnState) -> None:
-        """The connection is going away: kill its command, forget its queue."""
+        """The connection is going away (or its client ended the stream): kill its command, forget its queue."""
         st.closed = True
         st.queue.clear()
         cmd, st.cmd = st.cmd, None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -122,17 +124,43 @@ def test_queued_commands_run_in_order(server: Any, svc: SimpleNamespace) -> None
     assert frames == [b"Oone\n", b"X0", b"!not-allowed 'nosuch' is not on the allow-list", b"Otwo\n", b"X0", b"Othree\n", b"X0"]
 
 
-def test_half_close_still_gets_every_reply(server: Any, svc: SimpleNamespace) -> None:
+def test_half_close_cancels_the_command(server: Any, svc: SimpleNamespace) -> None:
+    # The protocol has no use for a half-closed client: its end of stream cancels, like a close.
     with svc.connect(server.addr("command")) as sock:
-        svc.send_frame(sock, b"sh -c 'sleep 0.3; echo late'")
+        svc.send_frame(sock, b"sh -c 'echo $$; exec sleep 100'")
+        pgid = int(svc.recv_frame(sock)[1:])
+        svc.send_frame(sock, b"echo queued")  # dropped with the rest
         sock.shutdown(socket.SHUT_WR)
-        frames = []
-        while True:
-            frame = svc.recv_frame_or_eof(sock)
-            if frame is None:
-                break
-            frames.append(frame)
-    assert frames == [b"Olate\n", b"X0"]
+        assert svc.recv_frame_or_eof(sock) is None  # closed at once, not after the 5 s timeout
+    assert svc.wait_group_gone(pgid, timeout=2.0) == []
+
+
+def test_client_close_cancels_a_silent_command(server: Any, svc: SimpleNamespace) -> None:
+    # A command that writes nothing never hits a closed socket: only the end of stream can tell.
+    sock = svc.connect(server.addr("command"))
+    svc.send_frame(sock, b"sh -c 'echo $$; exec sleep 100'")
+    pgid = int(svc.recv_frame(sock)[1:])
+    sock.close()  # FIN, no RST
+    assert svc.wait_group_gone(pgid, timeout=2.0) == []  # the server's timeout is 5 s
+
+
+def test_ctrl_c_on_exec_kills_the_remote_command(server: Any, svc: SimpleNamespace) -> None:
+    host, port = server.addr("command")
+    client = subprocess.Popen(
+        [sys.executable, "-m", "fastframe", "exec", f"{host}:{port}", "--", "sh", "-c", "echo $$; exec sleep 100"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=svc.workdir,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None
+        pgid = int(client.stdout.readline())
+        assert svc.group_members(pgid)
+        client.send_signal(signal.SIGINT)
+        assert client.wait(10) == 130
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert svc.wait_group_gone(pgid, timeout=2.0) == []
 
 
 def test_output_cap_kills_the_group(server: Any, svc: SimpleNamespace) -> None:
