@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
@@ -293,6 +293,72 @@ def test_graceful_stop_kills_running_commands(start_server: Callable[..., Any], 
         server.signal(signal.SIGTERM)
         assert server.wait(10) == 0
     assert svc.wait_group_gone(pgid, timeout=1.0) == []  # nothing left behind, not even a zombie
+
+
+# -- containment: a descendant that leaves the command's session is ended with it -----------------------------
+
+
+def server_children(server: Any, svc: SimpleNamespace) -> List[Dict[str, object]]:
+    """Every process (zombies included) whose parent is the server or one of its prefork workers."""
+    parents = {server.pid, *server.workers()}
+    return [p for p in svc.all_processes() if p["ppid"] in parents and p["pid"] not in parents]
+
+
+def assert_tree_gone(server: Any, svc: SimpleNamespace, pid: int) -> None:
+    """``pid`` is gone (not even a zombie), and the server is left with no child: nothing escaped."""
+    assert svc.wait_until(lambda: svc.proc_info(pid) is None, timeout=2.0), svc.proc_info(pid)
+    assert svc.wait_until(lambda: not server_children(server, svc), timeout=2.0), server_children(server, svc)
+
+
+ESCAPEE = 'setsid sh -c "echo \\$\\$ >&2; exec {}" &'  # a grandchild in a session of its own; its PID on stderr
+
+
+def test_setsid_grandchild_ends_with_the_command(server: Any, svc: SimpleNamespace) -> None:
+    # The command exits after 0.5 s; its grandchild would hold the output pipes open for 100 s.
+    start = time.monotonic()
+    frames = svc.command_replies(server.addr("command"), f"sh -c '{ESCAPEE.format('sleep 100')} sleep 0.5'".encode())
+    assert frames[-1] == b"X0", frames
+    assert time.monotonic() - start < 3.0  # not the server's 5 s timeout
+    pid = int(b"".join(f[1:] for f in frames if f[:1] == b"E"))
+    assert_tree_gone(server, svc, pid)
+
+
+def test_setsid_grandchild_ends_at_the_timeout(strict_server: Any, svc: SimpleNamespace) -> None:
+    line = f"sh -c '{ESCAPEE.format('sleep 100')} exec sleep 100'"
+    frames = svc.command_replies(strict_server.addr("command"), line.encode())
+    assert frames[-1].startswith(b"!timeout "), frames
+    pid = int(b"".join(f[1:] for f in frames if f[:1] == b"E"))
+    assert_tree_gone(strict_server, svc, pid)
+
+
+def test_setsid_grandchild_writing_hits_the_output_cap(server: Any, svc: SimpleNamespace) -> None:
+    # The grandchild writes 50 MiB; the cap (1 MiB) must stop it, not just its parent.
+    line = f"sh -c '{ESCAPEE.format('head -c 52428800 /dev/zero')} wait'"
+    frames = svc.command_replies(server.addr("command"), line.encode())
+    assert frames[-1].startswith(b"!output-cap "), frames[-1]
+    pid = int(b"".join(f[1:] for f in frames if f[:1] == b"E"))
+    assert_tree_gone(server, svc, pid)
+
+
+def test_orphan_still_in_its_commands_session_is_left_alone(server: Any, svc: SimpleNamespace) -> None:
+    # A double fork inside a running command orphans a process in the command's session: it is adopted by
+    # the server, but belongs to a command still running, so sweeps (another command ending) spare it.
+    host, port = server.addr("command")
+    line = "sh -c '( (sleep 0.6; echo still here) & ); sleep 1.2'"
+    runner = Background(lambda: svc.command_replies((host, port), line.encode()))
+    time.sleep(0.2)
+    for _ in range(3):
+        assert svc.command_replies((host, port), b"sh -c 'exit 3'") == [b"X3"]  # each end sweeps
+    assert runner.join() == [b"Ostill here\n", b"X0"]
+
+
+def test_abandoned_command_leaves_no_zombie(server: Any, svc: SimpleNamespace) -> None:
+    sock = svc.connect(server.addr("command"))
+    svc.send_frame(sock, f"sh -c '{ESCAPEE.format('sleep 100')} exec sleep 100'".encode())
+    pid = int(svc.recv_frame(sock)[1:])
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST
+    assert_tree_gone(server, svc, pid)
 
 
 # -- requests that can never succeed, and requests that could freeze the loop ---------------------------------
