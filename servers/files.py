@@ -3,7 +3,7 @@
 Wire format
 ===========
 
-Request: one frame holding a UTF-8 JSON object::
+Request: one frame (at most ``MAX_FILE_REQUEST``, 32 KiB) holding a UTF-8 JSON object::
 
     {"path": "dir/name.txt", "offset": 0}
 
@@ -19,11 +19,11 @@ Reply: one metadata frame, then (on success) raw, unframed file bytes::
 
 ``size`` is the size of the file actually opened (its ``fstat``), taken once: a file that grows meanwhile is
 sent up to that size; one that shrinks cuts the connection short, so the client sees fewer than L bytes.
-Error codes: ``bad-request`` (not a JSON object, no string path, a bad offset type, a NUL byte, a frame
-over the size limit), ``forbidden`` (an absolute path, a ``..`` component, a symbolic link anywhere on the
-way, permission denied), ``not-found``, ``not-a-file`` (a directory, FIFO, socket or device), ``bad-offset``
-(offset beyond the end of the file) and -- from :mod:`servers.auth` -- ``auth``.  Requests on one connection
-are answered one after another, in order.
+Error codes: ``bad-request`` (not a JSON object, no string path, a bad offset type, nesting deeper than the
+JSON parser takes, a NUL byte, a frame over the size limit), ``forbidden`` (an absolute path, a ``..``
+component, a symbolic link anywhere on the way, permission denied), ``not-found``, ``not-a-file`` (a
+directory, FIFO, socket or device), ``bad-offset`` (offset beyond the end of the file) and -- from
+:mod:`servers.auth` -- ``auth``.  Requests on one connection are answered one after another, in order.
 
 Confinement
 ===========
@@ -54,17 +54,21 @@ from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Tuple, Union
 
 from .auth import AuthenticatedService
 from .config import ServeConfig, register_factory
-from .service import DEFAULT_MAX_REQUEST, Conn, Service
+from .service import Conn, Service
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
-__all__ = ["FileService", "build_file_service", "parse_request"]
+__all__ = ["MAX_FILE_REQUEST", "FileService", "build_file_service", "parse_request"]
 
 log = logging.getLogger("fastframe.server")
 
+#: The largest request frame: a JSON object holding one path (a PATH_MAX path fits even fully \u-escaped).
+MAX_FILE_REQUEST = 32 * 1024
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+_MAX_DIGITS = 20  # an offset never needs more; int() of a long digit string is quadratic before Python 3.11
 
 
 class RequestError(Exception):
@@ -83,12 +87,23 @@ def _short(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def _parse_int(digits: str) -> int:
+    if len(digits) > _MAX_DIGITS:
+        raise ValueError("number too long")
+    return int(digits)
+
+
 def parse_request(raw: bytes) -> Tuple[List[str], int]:
-    """(path components, offset) of a request frame; RequestError if it is malformed or not allowed."""
+    """(path components, offset) of a request frame; RequestError if it is malformed or not allowed (nothing
+    else is raised)."""
+    if len(raw) > MAX_FILE_REQUEST:
+        raise RequestError("bad-request", f"the request is {len(raw)} bytes; the limit is {MAX_FILE_REQUEST}")
     try:
-        request = json.loads(raw.decode("utf-8"))
+        request = json.loads(raw.decode("utf-8"), parse_int=_parse_int)
     except (UnicodeDecodeError, ValueError):
         raise RequestError("bad-request", 'expected a UTF-8 JSON object like {"path": "a/b.txt", "offset": 0}') from None
+    except RecursionError:  # the json module's own depth limit
+        raise RequestError("bad-request", "the request is nested too deeply") from None
     if not isinstance(request, dict):
         raise RequestError("bad-request", 'expected a JSON object like {"path": "a/b.txt", "offset": 0}')
     path = request.get("path")
@@ -180,13 +195,14 @@ class FileService(Service):
 
     name = "files"
 
-    def __init__(self, root: str, max_request: int = DEFAULT_MAX_REQUEST) -> None:
+    def __init__(self, root: str, max_request: int = MAX_FILE_REQUEST) -> None:
         self.root = os.path.abspath(root)
         try:
             self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise ValueError(f"cannot serve {self.root}: {exc.strerror or exc}") from None
-        self.max_request = max_request
+        # A longer frame could never be a request: refuse its header before buffering it.
+        self.max_request = min(max_request, MAX_FILE_REQUEST)
 
     def connection_made(self, conn: Conn) -> None:
         conn.state = _ConnState()

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -204,6 +205,28 @@ def test_percent_encoding_is_literal(server: Any, svc: SimpleNamespace) -> None:
 def test_malformed_requests(server: Any, svc: SimpleNamespace, raw: bytes) -> None:
     meta, _ = request(svc, server, None, raw=raw)
     assert meta.startswith(b"!bad-request "), meta
+
+
+DEEP = b'{"path": "one", "x": ' + b"[" * 10000 + b"]" * 10000 + b"}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [DEEP, b"[" * 30000, b'{"path": "one", "offset": 1' + b"0" * 20000 + b"}"],
+    ids=["deep-object", "deep-list", "huge-offset"],
+)  # fmt: skip
+def test_hostile_requests_get_an_error_frame(server: Any, svc: SimpleNamespace, raw: bytes) -> None:
+    assert len(raw) < 32 * 1024  # within the size limit: the parser itself must cope
+    meta, _ = request(svc, server, None, raw=raw)
+    assert meta.startswith(b"!bad-request "), meta
+    assert "Traceback" not in server.stderr()
+
+
+def test_oversized_request_is_refused_by_its_header(server: Any, svc: SimpleNamespace) -> None:
+    with svc.connect(server.addr("files")) as sock:
+        sock.sendall(struct.pack("!I", 32 * 1024 + 1))
+        assert svc.recv_frame(sock).startswith(b"!bad-request ")
+        assert svc.recv_frame_or_eof(sock) is None
 
 
 def test_requests_on_one_connection_in_order(server: Any, svc: SimpleNamespace, root: Path) -> None:
