@@ -21,9 +21,10 @@ Reply: one metadata frame, then (on success) raw, unframed file bytes::
 sent up to that size; one that shrinks cuts the connection short, so the client sees fewer than L bytes.
 Error codes: ``bad-request`` (not a JSON object, no string path, a bad offset type, nesting deeper than the
 JSON parser takes, a NUL byte, a frame over the size limit), ``forbidden`` (an absolute path, a ``..``
-component, a symbolic link anywhere on the way, permission denied), ``not-found``, ``not-a-file`` (a
-directory, FIFO, socket or device), ``bad-offset`` (offset beyond the end of the file) and -- from
-:mod:`servers.auth` -- ``auth``.  Requests on one connection are answered one after another, in order.
+component, a hidden component -- one that starts with ``.`` -- unless the server runs with ``allow_hidden``,
+a symbolic link anywhere on the way, permission denied), ``not-found``, ``not-a-file`` (a directory, FIFO,
+socket or device), ``bad-offset`` (offset beyond the end of the file) and -- from :mod:`servers.auth` --
+``auth``.  Requests on one connection are answered one after another, in order.
 
 Confinement
 ===========
@@ -35,7 +36,9 @@ component from that descriptor with ``openat(O_NOFOLLOW)`` -- ``O_DIRECTORY`` fo
 symbolic link is ever followed, so nothing outside the root can be reached by renaming or re-linking things
 while a request is in flight.  Symbolic links *inside* the root are refused too, even when they point
 inside it: that is the simplest rule that is obviously safe.  (A hard link or a bind mount placed inside the
-root by its owner is, by construction, part of the root.)
+root by its owner is, by construction, part of the root.)  Hidden components (``.git``, ``.ssh``, ``.env``)
+are refused unless the service was started with ``allow_hidden``: a directory served whole usually holds
+some that were never meant to be.
 
 The bytes go out with ``sendfile`` driven by the engine's loop, a slice per wake-up, so one large download
 never stalls another client, and the file is never read into memory.  The descriptor is closed when the
@@ -53,6 +56,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Tuple, Union
 
 from .auth import AuthenticatedService
+from .command import is_loopback
 from .config import ServeConfig, register_factory
 from .service import Conn, Service
 
@@ -93,7 +97,7 @@ def _parse_int(digits: str) -> int:
     return int(digits)
 
 
-def parse_request(raw: bytes) -> Tuple[List[str], int]:
+def parse_request(raw: bytes, allow_hidden: bool = False) -> Tuple[List[str], int]:
     """(path components, offset) of a request frame; RequestError if it is malformed or not allowed (nothing
     else is raised)."""
     if len(raw) > MAX_FILE_REQUEST:
@@ -119,6 +123,8 @@ def parse_request(raw: bytes) -> Tuple[List[str], int]:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise RequestError("forbidden", f"{_short(path)} has a '..' component")
+    if not allow_hidden and any(p.startswith(".") for p in parts):
+        raise RequestError("forbidden", f"{_short(path)} has a hidden component (starting with '.')")
     if not parts:
         raise RequestError("not-a-file", f"{_short(path)} is the root directory")
     return parts, offset
@@ -195,7 +201,7 @@ class FileService(Service):
 
     name = "files"
 
-    def __init__(self, root: str, max_request: int = MAX_FILE_REQUEST) -> None:
+    def __init__(self, root: str, max_request: int = MAX_FILE_REQUEST, allow_hidden: bool = False) -> None:
         self.root = os.path.abspath(root)
         try:
             self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -203,6 +209,7 @@ class FileService(Service):
             raise ValueError(f"cannot serve {self.root}: {exc.strerror or exc}") from None
         # A longer frame could never be a request: refuse its header before buffering it.
         self.max_request = min(max_request, MAX_FILE_REQUEST)
+        self.allow_hidden = allow_hidden
 
     def connection_made(self, conn: Conn) -> None:
         conn.state = _ConnState()
@@ -234,7 +241,7 @@ class FileService(Service):
 
     def _open(self, raw: bytes) -> Union[bytes, Tuple[int, int, int]]:
         try:
-            parts, offset = parse_request(raw)
+            parts, offset = parse_request(raw, self.allow_hidden)
             fd, info = open_beneath(self.root_fd, parts, "/".join(parts))
         except RequestError as exc:
             return exc.frame()
@@ -272,13 +279,23 @@ class FileService(Service):
             st.fd = -1
 
     def describe(self) -> str:
-        return f"files (root {self.root}; symbolic links refused)"
+        hidden = "hidden files served" if self.allow_hidden else "hidden files refused"
+        return f"files (root {self.root}; symbolic links refused; {hidden})"
 
 
 def build_file_service(config: ServeConfig) -> Service:
     """The factory ``fastframe serve`` uses; ValueError says why the service cannot start."""
-    root = config.root if config.root else os.getcwd()
-    service = FileService(root, max_request=config.max_request)
+    if not config.root:
+        raise ValueError("no --root given (the file service serves only a directory named explicitly)")
+    service = FileService(config.root, max_request=config.max_request, allow_hidden=config.allow_hidden)
+    if not is_loopback(config.host):
+        if config.secret:
+            log.warning("files: %s is served beyond loopback (%s) without TLS: its bytes cross the network "
+                        "unencrypted (the shared secret authenticates the connection only)",
+                        service.root, config.host)  # fmt: skip
+        else:
+            log.warning("files: %s is served beyond loopback (%s) without TLS or --secret-file: anyone who can "
+                        "reach %s can download from it", service.root, config.host, config.host)  # fmt: skip
     if config.secret:
         return AuthenticatedService(service, config.secret)
     return service

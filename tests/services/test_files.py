@@ -65,6 +65,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "zero").symlink_to("/dev/zero")
     (root / "up").symlink_to("..")
     os.mkfifo(root / "fifo")
+    (root / ".hidden").write_text("a dotfile")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[core]")
+    (root / "sub" / ".env").write_text("TOKEN=secret")
     return root
 
 
@@ -177,6 +181,11 @@ TRAVERSAL = [
     (".", "not-a-file"),
     ("one/x", "not-found"),
     ("%2e%2e/passwd", "not-found"),  # taken literally: no such file in the directory named %2e%2e
+    (".hidden", "forbidden"),  # hidden components are refused without --allow-hidden
+    ("./.hidden", "forbidden"),
+    (".git/config", "forbidden"),
+    ("sub/.env", "forbidden"),
+    (".git", "forbidden"),
     ("sub\x00/../../etc/passwd", "bad-request"),
     ("one\x00", "bad-request"),
 ]
@@ -323,3 +332,12 @@ def test_a_stalled_download_does_not_stall_others(server: Any, svc: SimpleNamesp
             assert time.perf_counter() - t0 < 0.05
         # The stalled client can still take its file afterwards, byte-exact.
         assert svc.recv_exactly(slow, json.loads(meta[1:])["length"]) == (root / "ten").read_bytes()
+
+
+def test_allow_hidden_serves_hidden_files(start_server: Callable[..., Any], svc: SimpleNamespace, root: Path) -> None:
+    server = start_server("--files", "0", "--root", str(root), "--allow-hidden", expect=1)
+    for path, data in ((".hidden", b"a dotfile"), (".git/config", b"[core]"), ("sub/.env", b"TOKEN=secret")):
+        meta, body = request(svc, server, {"path": path})
+        assert meta[:1] == b"S" and body == data, (path, meta)
+    meta, _ = request(svc, server, {"path": ".git/../one"})
+    assert meta.startswith(b"!forbidden "), meta  # '..' stays refused
