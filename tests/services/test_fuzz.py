@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 COMMAND_CODES = {b"not-allowed", b"not-found", b"timeout", b"output-cap", b"bad-request", b"busy"}
-FILE_CODES = {b"bad-request", b"forbidden", b"not-found", b"not-a-file", b"bad-offset"}
+FILE_CODES = {b"bad-request", b"forbidden", b"not-found", b"not-a-file", b"bad-offset", b"changed"}
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 SHELLISH = st.text(alphabet=st.sampled_from(" \t\n'\"\\#$;|&`*()<>ab\u00e9\x0b"), max_size=60)
