@@ -45,7 +45,7 @@ CHALLENGE = b"FFAUTH1 "
 ACCEPTED = b"+"
 NONCE_SIZE = 32
 MAC_SIZE = 32
-#: The largest frame either side accepts while the handshake runs.
+#: The largest handshake message either side accepts (the server also lets requests follow the response).
 HANDSHAKE_MAX_FRAME = 256
 #: Seconds the server gives a client to complete the handshake (from connecting).
 HANDSHAKE_TIMEOUT = 5.0

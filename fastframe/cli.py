@@ -70,11 +70,12 @@ def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
     p = sub.add_parser(
         "serve",
-        help="run the servers (all services on loopback by default)",
+        help="run the servers (echo and time on loopback by default)",
         description=(
             "Run the fastframe services. With no service flag every service starts on its default port "
-            f"(echo {DEFAULT_PORTS['echo']}, time {DEFAULT_PORTS['time']} UDP+TCP, command {DEFAULT_PORTS['command']}, "
-            f"files {DEFAULT_PORTS['files']}); with some, only those. Port 0 picks a free port. One line per listening "
+            f"(echo {DEFAULT_PORTS['echo']}, time {DEFAULT_PORTS['time']} UDP+TCP, command {DEFAULT_PORTS['command']} "
+            f"if --allow is given, files {DEFAULT_PORTS['files']} if --root is given); with some, only those. "
+            "Port 0 picks a free port. One line per listening "
             "socket is printed to stdout, e.g. 'echo tcp 127.0.0.1:40123'. SIGTERM stops gracefully, "
             "SIGINT (Ctrl-C) at once; with --engine prefork, SIGHUP replaces the workers and SIGTTIN/SIGTTOU add or "
             "remove one."
@@ -94,7 +95,7 @@ def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     s.add_argument("--echo", type=_port, metavar="PORT", help="framed echo service (TCP)")
     s.add_argument("--time", type=_port, metavar="PORT", help="RFC 868 time service (UDP and TCP on the same port)")
     s.add_argument("--command", type=_port, metavar="PORT", help="remote command service (needs --allow)")
-    s.add_argument("--files", type=_port, metavar="PORT", help="file download service (serves --root)")
+    s.add_argument("--files", type=_port, metavar="PORT", help="file download service (needs --root)")
 
     e = p.add_argument_group("echo and time")
     e.add_argument("--upper", action="store_true", help="echo upper-cases what it sends back")
@@ -105,7 +106,11 @@ def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     c = p.add_argument_group("command and files")
     c.add_argument("--allow", action="append", default=[], metavar="CMD",
                    help="allow this program as argv[0] (repeat for more); no --allow, no command service")  # fmt: skip
-    c.add_argument("--root", metavar="DIR", default=None, help="directory served by the file service (default: the current directory)")
+    c.add_argument("--root", metavar="DIR", default=None,
+                   help="directory served by the file service (no --root, no file service); also the commands' "
+                        "working directory (default: /)")  # fmt: skip
+    c.add_argument("--allow-hidden", action="store_true",
+                   help="let the file service serve hidden files and directories (names that start with '.')")
     c.add_argument("--secret-file", metavar="FILE",
                    help="require the shared secret in FILE (mutual HMAC-SHA256) for command and files")  # fmt: skip
     c.add_argument("--command-timeout", type=_positive, default=10.0, metavar="S", help="kill a command after S seconds")
@@ -161,6 +166,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             pidfile=args.pidfile,
             allow=args.allow,
             root=args.root,
+            allow_hidden=args.allow_hidden,
             secret=_read_secret(args.secret_file),
             command_timeout=args.command_timeout,
             output_cap=args.output_cap,

@@ -8,7 +8,7 @@ import os
 import select
 import socket
 import sys
-from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._framed import FramedSocket
 
@@ -292,6 +292,36 @@ def part_path(out_path: str) -> str:
     return out_path + ".part"
 
 
+def _meta_path(tmp: str) -> str:
+    return tmp + ".meta"
+
+
+def _read_validator(meta_path: str) -> Optional[str]:
+    """The validator saved beside a partial download, or None (no file, unreadable, or an old server's)."""
+    try:
+        with open(meta_path, "rb") as f:
+            saved = json.loads(f.read(_MAX_META))
+    except (OSError, ValueError):
+        return None
+    found = saved.get("validator") if isinstance(saved, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def _write_validator(meta_path: str, found: Optional[str], size: int) -> None:
+    if found is None:
+        _unlink(meta_path)  # an old server: nothing to check a later resume against
+        return
+    with open(meta_path, "w", encoding="utf-8") as f:
+        json.dump({"validator": found, "size": size}, f)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 _RECV_BUFFER = 1024 * 1024
 _MAX_META = 64 * 1024
 
@@ -311,25 +341,38 @@ def get_file(
 
     The bytes go from the socket to ``OUT.part`` with ``splice`` where Linux offers it (no copy through user
     space), else through one fixed 1 MiB ``recv_into`` buffer -- never a whole-file buffer -- (see
-    :func:`part_path`) in the same directory; only when every byte has arrived is it renamed to ``out_path``
-    (``os.replace``), so ``out_path`` is never a truncated file.  With ``resume=True`` an existing
-    ``OUT.part`` is kept and the download continues from its size; otherwise it starts over.  If the
-    transfer breaks, ``OUT.part`` stays behind for a later resume.  ``progress(done, total)`` is called as
-    bytes arrive (``done`` counts the resumed part too).  ``timeout`` applies to each receive.
+    :func:`part_path`) in the same directory; only when every byte has arrived, and the server confirmed that
+    the file did not change while it was sent, is it renamed to ``out_path`` (``os.replace``), so ``out_path``
+    is never a truncated or mixed file.  If the transfer breaks, ``OUT.part`` stays behind for a later resume.
+
+    Beside it, ``OUT.part.meta`` (a small JSON file) keeps the server's validator of the file being fetched.
+    A file rather than an extended attribute: it works on every file system (tmpfs and many network file
+    systems take no user xattrs), and a user who deletes the partial download sees what belongs to it.  With
+    ``resume=True`` an existing ``OUT.part`` is continued from its size, and the validator is sent along:
+    if the file changed on the server since, the server starts over from byte 0 and so does the client.  A
+    partial download without a validator (none saved, or an old server that sends none) starts over too.
+    A file that changes during the download raises :class:`RemoteError` with the code ``changed``.
+    ``progress(done, total)`` is called as bytes arrive (``done`` counts the resumed part too).  ``timeout``
+    applies to each receive.
     """
     import json
 
     from ._auth import recv_frame, send_frame
 
     tmp = part_path(out_path)
+    meta_path = _meta_path(tmp)
+    saved = _read_validator(meta_path) if resume else None
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    if not resume:
-        flags |= os.O_TRUNC
+    if saved is None:
+        flags |= os.O_TRUNC  # nothing to check a resume against: start over
     fd = os.open(tmp, flags, 0o644)
     try:
         offset = os.lseek(fd, 0, os.SEEK_END)
+        request: Dict[str, Any] = {"path": path, "offset": offset, "trailer": True}
+        if saved is not None:
+            request["validator"] = saved
         with _open_session(host, port, secret, timeout) as sock:
-            send_frame(sock, json.dumps({"path": path, "offset": offset}).encode("utf-8"))
+            send_frame(sock, json.dumps(request).encode("utf-8"))
             # Read the metadata frame exactly (header, then payload): the raw file bytes follow it.
             meta = recv_frame(sock, _MAX_META)
             if meta[:1] == b"!":
@@ -338,14 +381,29 @@ def get_file(
                 _check_not_challenge(meta)
                 raise RemoteError("protocol", f"unexpected reply frame {meta[:16]!r}")
             info = json.loads(meta[1:])
-            size, length = int(info["size"]), int(info["length"])
-            if int(info["offset"]) != offset or offset + length != size or length < 0:
+            size, length, start = int(info["size"]), int(info["length"]), int(info["offset"])
+            if start != offset:
+                if start != 0 or saved is None:
+                    raise RemoteError("protocol", f"inconsistent metadata {info!r} for offset {offset}")
+                # The file changed on the server since the partial download began: it starts over.
+                os.ftruncate(fd, 0)
+                offset = os.lseek(fd, 0, os.SEEK_SET)
+            if offset + length != size or length < 0:
                 raise RemoteError("protocol", f"inconsistent metadata {info!r} for offset {offset}")
+            found = info.get("validator")
+            if found != saved or not offset:
+                _write_validator(meta_path, found if isinstance(found, str) else None, size)
             if progress is not None:
                 progress(offset, size)
             received = _splice_into(sock, fd, length, offset, size, progress)
             if received < length:
                 _recv_into_file(sock, fd, length - received, offset + received, size, progress)
+            if info.get("trailer"):
+                trailer = recv_frame(sock, _MAX_META)
+                if trailer[:1] == b"!":
+                    raise RemoteError.from_frame(trailer)
+                if trailer != b"T":
+                    raise RemoteError("protocol", f"unexpected trailer frame {trailer[:16]!r}")
         if os.fstat(fd).st_size != size:
             raise EOFError(f"{tmp} holds {os.fstat(fd).st_size} bytes, expected {size}")
         if fsync:
@@ -354,10 +412,12 @@ def get_file(
         try:
             if not os.fstat(fd).st_size:
                 os.unlink(tmp)  # nothing worth resuming: leave no empty .part behind
+                _unlink(meta_path)
         except OSError:
             pass
         raise
     finally:
         os.close(fd)
     os.replace(tmp, out_path)
+    _unlink(meta_path)
     return size

@@ -6,9 +6,14 @@ nonce, the client answers with its own nonce and an HMAC over both, the server c
 answers with its own HMAC (or ``!auth ...`` and a close).
 
 Until the client's proof checks out, the inner service does not even know the connection exists: its
-``connection_made`` is called only afterwards, and request frames are neither read nor run before.  While
-the handshake runs the decoder refuses any frame larger than a handshake message (so a huge length header
-costs nothing), and a client has ``timeout`` seconds (5 by default) to complete it.
+``connection_made`` is called only afterwards, and request frames are neither run nor answered before.  A
+client has ``timeout`` seconds (5 by default) to complete the handshake, and its first frame must be a
+response of exactly the handshake's size.  A client need not wait for the server's proof before it sends its
+requests (that is its own risk): they may follow the response in the same segment, so the decoder's limit
+while the handshake runs is the inner service's request limit, not the handshake's -- a length header above
+it is still refused before anything is allocated, and until the handshake succeeds a client can make the
+server hold at most one frame of that size (the command and file services take 16 and 32 KiB) for at most
+``timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -67,7 +72,9 @@ class AuthenticatedService(Service):
         self._pending: Dict[Conn, _Pending] = {}
 
     def connection_made(self, conn: Conn) -> None:
-        conn.set_max_frame(HANDSHAKE_MAX_FRAME)
+        # Not HANDSHAKE_MAX_FRAME: requests pipelined behind the response arrive through the same decoder,
+        # which refuses for good the first frame over its limit.  The response's size is checked exactly below.
+        conn.set_max_frame(max(HANDSHAKE_MAX_FRAME, self.inner.max_request))
         nonce = new_nonce()
         pending = _Pending(nonce, None)
         self._pending[conn] = pending
@@ -123,6 +130,10 @@ class AuthenticatedService(Service):
             return None  # the refusal is already on its way
         pending.failed = True
         return [b"!auth bad handshake"]
+
+    def eof_received(self, conn: Conn) -> None:
+        if conn not in self._pending:
+            self.inner.eof_received(conn)
 
     def output_drained(self, conn: Conn) -> None:
         if conn not in self._pending:

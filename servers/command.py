@@ -3,11 +3,13 @@
 Wire format
 ===========
 
-Request: one frame holding a UTF-8 command line.  It is split with ``shlex.split`` (POSIX rules: quotes and
-backslashes group words; ``;``, ``|``, ``$(...)``, backquotes and globs are ordinary characters) and the words
-are passed to ``execve`` directly -- no shell ever sees them.  argv[0] must be on the allow-list given at
-start-up: a bare name (``ls``) must be one of the ``--allow`` names, a name containing ``/`` must be exactly
-the absolute path an allowed name resolved to at start-up.
+Request: one frame holding a UTF-8 command line of at most ``MAX_COMMAND_LINE`` (16 KiB) bytes.  It is split
+by :func:`split_command_line` with the rules of ``shlex.split`` (POSIX mode, no comments: quotes and
+backslashes group words; ``;``, ``|``, ``#``, ``$(...)``, backquotes and globs are ordinary characters), and
+the words are passed to ``execve`` directly -- no shell ever sees them.  argv[0] must be on the allow-list
+given at start-up: a bare name (``ls``) must be one of the ``--allow`` names, a name containing ``/`` must be
+exactly the absolute path an allowed name resolved to at start-up.  argv[0] is checked before the rest of
+the line is split, and a line may hold at most ``MAX_ARGS`` (2048) words.
 
 Reply: a stream of frames, each tagged by its first byte::
 
@@ -19,11 +21,14 @@ Reply: a stream of frames, each tagged by its first byte::
 Error codes: ``not-allowed`` (argv[0] not on the allow-list), ``not-found`` (it could not be executed),
 ``timeout`` (killed after ``timeout`` seconds), ``output-cap`` (killed after ``output_cap`` bytes of stdout
 and stderr together; the bytes up to the cap were sent), ``bad-request`` (not UTF-8, a NUL byte, unbalanced
-quotes, an empty line, a frame over the size limit), ``busy`` (``max_commands`` already run in this server
-process, or the server is stopping) and -- from :mod:`servers.auth` -- ``auth``.
+quotes, an empty line, more than ``MAX_ARGS`` words, arguments the kernel refuses as too long, a frame over
+the size limit -- the last one closes the connection), ``busy`` (``max_commands`` already run in this server
+process, or the server is stopping: worth retrying later) and -- from :mod:`servers.auth` -- ``auth``.
 
 A connection runs one command at a time; request frames that arrive meanwhile queue up and run in order,
-each answered by its own stream ending in ``X`` or ``!``.
+each answered by its own stream ending in ``X`` or ``!``.  The client's end of stream (a ``shutdown``, a
+close, Ctrl-C on ``fastframe exec``) cancels: the running command's tree is killed at once, the queue is
+dropped and the connection closes -- the protocol has no use for a half-closed client.
 
 Theory of operation
 ===================
@@ -34,13 +39,25 @@ The child runs in a new session (so in its own process group, whose ID is its PI
 stderr pipes are non-blocking and watched by the engine's loop; its exit is watched through a pidfd (or,
 without ``os.pidfd_open``, polled every 50 ms with ``waitid(WNOWAIT)``), so nothing here ever blocks.
 
-When the child exits it stays a zombie until reaped, and a zombie still holds its PID and so its process
-group: the group is killed with SIGKILL *before* the child is reaped, which can never hit an unrelated
-group that happened to get the same number.  That takes down grandchildren that kept the pipes open
-(``sh -c 'sleep 100 &'``), so the pipes reach end-of-file and the exit frame can be sent.  The server is a
-child subreaper (Linux), so those orphaned grandchildren become its children and are reaped too, by a
-short-lived background thread, instead of lingering as zombies under an init that may not reap them.
-Timeout, output cap and a lost connection kill the group the same way.
+Containment.  A process group does not hold a command: any descendant can ``setsid`` into a session of its
+own and outlive a group kill.  Parenthood cannot be shed, so a command is ended as a tree: :func:`kill_tree`
+walks ``/proc/PID/task/*/children`` from the command down and kills everything it finds -- that is how a
+timeout, the output cap, a cancel or a lost connection end one.  A process whose parent dies leaves that
+tree; the server process is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so it is adopted by the server
+rather than by init, and the server never starts a child other than a command, so every other child it has
+came out of a command's tree.  Such a child is told apart by its session: one still in the session of a
+running command belongs to it and is left alone; any other -- from a command that has ended, or one that
+left its command's session with ``setsid`` and then lost its parent -- is debris, and
+:meth:`CommandService.sweep` kills its tree and reaps it.  So when a command ends, nothing of it is left,
+not even a zombie; and a process that both leaves its command's session and loses its parent is ended as
+soon as a sweep sees it, even while its command still runs.  A sweep runs when a command ends and on every
+``SIGCHLD``; its handler runs in the main thread between two bytecodes (Python defers it there), is never
+re-entered, and only makes non-blocking ``kill``/``waitpid`` calls on processes that no other code of the
+server waits for -- no thread is involved.  The children themselves are still started with ``vfork``: no
+Python code runs in them before ``execve``.  When a prefork worker dies, its commands and what they adopted
+go to the nearest living subreaper above (the prefork master, if it is one), which must end those trees:
+every one of its children that is not a worker, with :func:`kill_tree`.  (A cgroup would hold a tree as
+well, but is writable only where one was delegated to the server; /proc and prctl work for any Linux user.)
 
 Output backpressure: when more than ``HIGH_WATER`` bytes wait to be sent to the client, the pipes stop being
 watched until the engine reports the output drained; a child that writes more then blocks on its full
@@ -54,24 +71,34 @@ import errno
 import ipaddress
 import logging
 import os
-import shlex
+import re
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .auth import AuthenticatedService
 from .config import ServeConfig, register_factory
-from .service import DEFAULT_MAX_REQUEST, Conn, Service, Timer
+from .service import Conn, Service, Timer
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
-__all__ = ["CommandService", "build_command_service", "is_loopback", "resolve_allow_list"]
+__all__ = [
+    "MAX_ARGS",
+    "MAX_COMMAND_LINE",
+    "CommandService",
+    "build_command_service",
+    "children",
+    "is_loopback",
+    "kill_tree",
+    "parse_command",
+    "resolve_allow_list",
+    "split_command_line",
+]
 
 log = logging.getLogger("fastframe.server")
 
@@ -80,9 +107,144 @@ READ_SIZE = 64 * 1024  # one pipe's worth: one read per readiness event
 HIGH_WATER = 1024 * 1024  # stop reading the pipes while this much output waits for the client
 QUEUE_LIMIT = 32  # stop reading requests from a client with this many commands waiting
 POLL_INTERVAL = 0.05  # exit polling where there is no pidfd
-GROUP_REAP_TIMEOUT = 5.0
+STOP_REAP_TIMEOUT = 1.0  # how long a stopping server waits for the trees it killed
+
+#: The longest command line accepted (bytes of UTF-8).  Splitting costs the loop up to about 0.2 us a byte
+#: (a line of empty quotes, '', one step per two bytes: 3 ms for 16 KiB on a loaded 2-core machine), so this
+#: bounds what one request costs to a few milliseconds.  The kernel would take longer lines, but a command
+#: line is typed, not generated.
+MAX_COMMAND_LINE = 16 * 1024
+#: The most words a command line may hold.
+MAX_ARGS = 2048
 
 _PR_SET_CHILD_SUBREAPER = 36
+
+try:
+    _prctl: Optional[Callable[..., int]] = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+
+
+# -- splitting a command line -------------------------------------------------------------------------------
+#
+# shlex.split appends to its token one character at a time and so takes quadratic time on one long word
+# (a 1 MiB word took over a minute).  This splitter applies the same rules a piece at a time: it searches for
+# the next character that means something (whitespace, a quote, a backslash) and copies everything before it
+# in one slice; a single-quoted string is one str.find.  Every search starts where the last one stopped, so
+# the whole line is scanned once: linear time.  (No regular expression with a repeated group is used: the re
+# module's backtracking stack makes those superlinear on long inputs.)  The Python-level work is one step per
+# quoted string, escape or word, at most one per two bytes, which MAX_COMMAND_LINE bounds.
+
+_WHITESPACE = " \t\r\n"  # shlex's, in POSIX mode: \x0b, \x0c and Unicode spaces are word characters
+_SPECIAL = re.compile(r"[ \t\r\n'\"\\]").search
+_DOUBLE_SPECIAL = re.compile(r'["\\]').search
+_WHITESPACE_RUN = re.compile(r"[ \t\r\n]+").match
+
+
+def _after_whitespace(text: str, pos: int) -> int:
+    run = _WHITESPACE_RUN(text, pos)
+    return pos if run is None else run.end()
+
+
+def _double_quoted(text: str, pos: int, word: List[str]) -> int:
+    """Append the string whose opening quote is at ``pos - 1``; return the position after its closing quote.
+
+    Inside double quotes a backslash escapes only a backslash and ``"``; before anything else it stays."""
+    end = len(text)
+    while True:
+        found = _DOUBLE_SPECIAL(text, pos)
+        if found is None:
+            raise ValueError("No closing quotation")
+        at = found.start()
+        word.append(text[pos:at])
+        if text[at] == '"':
+            return at + 1
+        if at + 1 == end:
+            raise ValueError("No escaped character")
+        escaped = text[at + 1]
+        word.append(escaped if escaped in '\\"' else "\\" + escaped)
+        pos = at + 2
+
+
+def iter_words(text: str) -> Iterator[str]:
+    """The words of ``text`` one by one, as :func:`split_command_line` splits them (lazily: stopping early
+    leaves the rest of the line unread)."""
+    end = len(text)
+    pos = _after_whitespace(text, 0)
+    word: List[str] = []
+    in_word = False
+    while pos < end:
+        found = _SPECIAL(text, pos)
+        at = end if found is None else found.start()
+        if at > pos:
+            word.append(text[pos:at])
+            in_word = True
+        if at == end:
+            break
+        char = text[at]
+        if char in _WHITESPACE:
+            if in_word:
+                yield "".join(word)
+                word = []
+                in_word = False
+            pos = _after_whitespace(text, at)
+        elif char == "'":
+            close = text.find("'", at + 1)
+            if close < 0:
+                raise ValueError("No closing quotation")
+            word.append(text[at + 1 : close])
+            in_word = True
+            pos = close + 1
+        elif char == '"':
+            pos = _double_quoted(text, at + 1, word)
+            in_word = True
+        else:  # a backslash: the next character, whatever it is, stands for itself
+            if at + 1 == end:
+                raise ValueError("No escaped character")
+            word.append(text[at + 1])
+            in_word = True
+            pos = at + 2
+    if in_word:
+        yield "".join(word)
+
+
+def split_command_line(text: str) -> List[str]:
+    """``shlex.split(text)`` in linear time: the same words, the same ``ValueError`` messages."""
+    return list(iter_words(text))
+
+
+def parse_command(raw: bytes, lookup: Callable[[str], Optional[str]]) -> Union[Tuple[str, List[str]], bytes]:
+    """``(executable, argv)`` for a request frame, or the error frame that answers it.
+
+    ``lookup(argv0)`` returns the executable of an allowed argv[0], else None; it is asked before the rest of
+    the line is split.  Any input gives one or the other: nothing else is raised."""
+    if len(raw) > MAX_COMMAND_LINE:
+        return _error("bad-request", f"the command line is {len(raw)} bytes; the limit is {MAX_COMMAND_LINE}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _error("bad-request", "the command line is not valid UTF-8")
+    if "\x00" in text:
+        return _error("bad-request", "NUL byte in the command line")
+    words = iter_words(text)
+    try:
+        argv0 = next(words, None)
+        if argv0 is None:
+            return _error("bad-request", "empty command line")
+        executable = lookup(argv0)
+        if executable is None:
+            return _error("not-allowed", f"{_short(argv0)} is not on the allow-list")
+        argv = [argv0]
+        for word in words:
+            if len(argv) == MAX_ARGS:
+                return _error("bad-request", f"more than {MAX_ARGS} words in the command line")
+            argv.append(word)
+    except ValueError as exc:
+        return _error("bad-request", f"cannot split the command line: {exc}")
+    return executable, argv
+
+
+# -- processes --------------------------------------------------------------------------------------------
 
 
 def resolve_allow_list(names: Sequence[str], path: Optional[str] = None) -> Dict[str, str]:
@@ -122,46 +284,66 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def _become_subreaper() -> None:
-    """Orphaned grandchildren of our commands become our children, so we can reap them (Linux only)."""
+    """Orphaned descendants of our commands become our children, so we can end and reap them (Linux only)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _state_and_session(pid: int) -> Tuple[bytes, int]:
+    """The state letter (``b"Z"`` for a zombie) and the session ID of ``pid``, from /proc (``b""``, 0: gone)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return b"", 0
+    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, session, ...
+    return fields[0], int(fields[3])
 
 
-def _group_exists(pgid: int) -> bool:
+def children(pid: int) -> List[int]:
+    """The PIDs of ``pid``'s children, zombies included (empty if it is gone); from /proc, Linux 3.5+."""
+    found: List[int] = []
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - someone else's group now: not ours to wait for
-        return False
-    return True
-
-
-def _reap_group(pgid: int) -> bool:
-    """Reap every member of ``pgid`` that is our (adopted) child and has died; True once the group is gone."""
-    while True:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tids:
         try:
-            pid, _ = os.waitpid(-pgid, os.WNOHANG)
-        except ChildProcessError:
-            break
-        except OSError:  # pragma: no cover
-            break
-        if pid == 0:
-            break
-    return not _group_exists(pgid)
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def kill_tree(pid: int) -> int:
+    """SIGKILL ``pid`` and every descendant it has; return how many processes were signalled.
+
+    The tree is read first and killed afterwards (a process that is killed first would hand its children to a
+    subreaper before they were read).  A process forked while the tree is read is adopted by the server once
+    its parent dies, and is found by the next sweep.  Processes are not reaped here."""
+    tree = [pid]
+    i = 0
+    while i < len(tree) and len(tree) < 1 << 16:
+        tree.extend(children(tree[i]))
+        i += 1
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return len(tree)
 
 
 class _Command:
     """One running child and everything the loop watches for it."""
 
-    __slots__ = ("proc", "pgid", "pipes", "watching", "pidfd", "timer", "poll_timer", "sent", "failure", "reaped")
+    __slots__ = ("proc", "pid", "pipes", "watching", "pidfd", "timer", "poll_timer", "sent", "failure", "reaped",
+                 "abandoned")  # fmt: skip
 
     def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
         self.proc = proc
-        self.pgid = proc.pid  # a new session: the child leads its own process group
+        self.pid = proc.pid  # a new session: the child leads its own process group too
         self.pipes: Dict[int, bytes] = {}  # open pipe fd -> frame tag (b"O" / b"E")
         self.watching = False
         self.pidfd = -1
@@ -170,6 +352,7 @@ class _Command:
         self.sent = 0  # output bytes sent (stdout and stderr together)
         self.failure: Optional[bytes] = None  # the error frame that ends this command instead of "X"
         self.reaped = False
+        self.abandoned = False  # its connection is gone: killed, and reaped by a sweep
 
 
 class _ConnState:
@@ -194,7 +377,7 @@ class CommandService(Service):
         timeout: float = 10.0,
         output_cap: int = 1024 * 1024,
         max_commands: int = 8,
-        max_request: int = DEFAULT_MAX_REQUEST,
+        max_request: int = MAX_COMMAND_LINE,
         path: Optional[str] = None,
     ) -> None:
         if not allow:
@@ -210,11 +393,16 @@ class CommandService(Service):
         self.timeout = timeout
         self.output_cap = output_cap
         self.max_commands = max_commands
-        self.max_request = max_request
+        # A longer frame could never be a command line: refuse its header before buffering it.
+        self.max_request = min(max_request, MAX_COMMAND_LINE)
         self.running = 0  # children started by this process and not yet released
         self._stopping = False
-        self._subreaper_pid = 0
+        self._setup_pid = 0
         self._pidfd_ok = hasattr(os, "pidfd_open")
+        self._procs: Dict[int, _Command] = {}  # every command child of this process not yet reaped
+        self._sweeping = False
+        self._sweep_pending = False
+        self._spawning = False
 
     def lookup(self, argv0: str) -> Optional[str]:
         """The executable to run for argv[0], or None if it is not allowed."""
@@ -240,6 +428,12 @@ class CommandService(Service):
         else:
             conn.busy = True
         return None
+
+    def eof_received(self, conn: Conn) -> None:
+        st: Optional[_ConnState] = conn.state
+        if st is not None and not st.closed and (st.cmd is not None or st.queue):
+            log.info("%s: %s closed its side: cancelling its command", self.name, conn.peer)
+            self._abandon(conn, st)
 
     def frame_error(self, conn: Conn, exc: "FrameError") -> Optional[List[bytes]]:
         st: Optional[_ConnState] = conn.state
@@ -280,35 +474,32 @@ class CommandService(Service):
             conn.resume_reading()
         conn.busy = st.cmd is not None or bool(st.queue)
 
-    def _parse(self, raw: bytes) -> Union[List[str], bytes]:
+    def _setup_process(self) -> None:
+        """Once per process (a prefork worker is a new one): become a subreaper and sweep on SIGCHLD."""
+        if self._setup_pid == os.getpid():
+            return
+        self._setup_pid = os.getpid()
+        self._procs.clear()  # inherited from a parent process: not our children
+        _become_subreaper()
+        signal.signal(signal.SIGCHLD, self._on_sigchld)
+
+    def _on_sigchld(self, signum: int, frame: Any) -> None:
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return _error("bad-request", "the command line is not valid UTF-8")
-        if "\x00" in text:
-            return _error("bad-request", "NUL byte in the command line")
-        try:
-            argv = shlex.split(text)
-        except ValueError as exc:
-            return _error("bad-request", f"cannot split the command line: {exc}")
-        if not argv:
-            return _error("bad-request", "empty command line")
-        return argv
+            self.sweep()
+        except Exception:  # raised here, it would surface wherever the loop happened to be
+            log.exception("%s: sweeping the trees of ended commands failed", self.name)
 
     def _start(self, conn: Conn, st: _ConnState, raw: bytes) -> Optional[bytes]:
         if self._stopping:
             return _error("busy", "the server is shutting down")
-        argv = self._parse(raw)
-        if isinstance(argv, bytes):
-            return argv
-        executable = self.lookup(argv[0])
-        if executable is None:
-            return _error("not-allowed", f"{_short(argv[0])} is not on the allow-list")
+        parsed = parse_command(raw, self.lookup)
+        if isinstance(parsed, bytes):
+            return parsed
+        executable, argv = parsed
         if self.running >= self.max_commands:
             return _error("busy", f"{self.max_commands} commands are already running; try again later")
-        if self._subreaper_pid != os.getpid():
-            self._subreaper_pid = os.getpid()
-            _become_subreaper()
+        self._setup_process()
+        self._spawning = True  # until the child is in _procs, a sweep would take it for debris
         try:
             proc = subprocess.Popen(
                 argv,
@@ -327,13 +518,22 @@ class CommandService(Service):
         except OSError as exc:
             if exc.errno == errno.ENOEXEC:
                 return _error("not-found", f"cannot execute {_short(argv[0])}: {exc.strerror}")
+            if exc.errno == errno.E2BIG:  # can never succeed: not worth a retry
+                return _error("bad-request", f"the kernel refuses arguments this long: {exc.strerror}")
             log.warning("%s: cannot start %s: %s", self.name, argv[0], exc)
             return _error("busy", f"cannot start a process now: {exc.strerror or exc}")
-        except ValueError as exc:  # pragma: no cover - NUL bytes are refused above
-            return _error("bad-request", str(exc))
+        except (ValueError, subprocess.SubprocessError) as exc:  # pragma: no cover - NUL bytes are refused above
+            log.warning("%s: cannot start %s: %s", self.name, argv[0], exc)
+            return _error("busy", f"cannot start a process now: {exc}")
+        else:
+            cmd = _Command(proc)
+            self._procs[proc.pid] = cmd
+        finally:
+            self._spawning = False
+            if self._sweep_pending:
+                self.sweep()
         self.running += 1
         log.debug("%s: %s runs %s as pid %d", self.name, conn.peer, argv, proc.pid)
-        cmd = _Command(proc)
         st.cmd = cmd
         assert proc.stdout is not None and proc.stderr is not None
         for stream, tag in ((proc.stdout, b"O"), (proc.stderr, b"E")):
@@ -400,21 +600,24 @@ class CommandService(Service):
 
         return on_readable
 
-    def _killpg(self, cmd: _Command) -> None:
+    def _end_tree(self, cmd: _Command) -> None:
+        """SIGKILL the command's whole tree (and its process group, for good measure)."""
         # Only while the child is unreaped: until then its PID (and so the group ID) cannot be reused.
         if not cmd.reaped:
+            kill_tree(cmd.pid)
             try:
-                os.killpg(cmd.pgid, signal.SIGKILL)
+                os.killpg(cmd.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
 
     def _kill(self, conn: Conn, st: _ConnState, cmd: _Command, failure: bytes) -> None:
-        """Stop the command (timeout, output cap): kill its group, drop its pipes, report ``failure``."""
+        """Stop the command (timeout, output cap): kill its tree, drop its pipes, report ``failure``."""
         if cmd.failure is not None or st.cmd is not cmd:
             return
         cmd.failure = failure
-        log.info("%s: pid %d of %s: %s", self.name, cmd.proc.pid, conn.peer, failure[1:].decode(errors="replace"))
-        self._killpg(cmd)
+        log.info("%s: pid %d of %s: %s", self.name, cmd.pid, conn.peer, failure[1:].decode(errors="replace"))
+        self._end_tree(cmd)
+        self.sweep()
         for fd in list(cmd.pipes):
             self._close_pipe(conn, cmd, fd)
         self._maybe_finish(conn, st, cmd)
@@ -422,7 +625,7 @@ class CommandService(Service):
     def _poll(self, conn: Conn, st: _ConnState, cmd: _Command) -> None:
         cmd.poll_timer = None
         try:
-            exited = os.waitid(os.P_PID, cmd.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            exited = os.waitid(os.P_PID, cmd.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except (AttributeError, ChildProcessError):  # pragma: no cover - no waitid: plain poll
             exited = True
         if exited:
@@ -431,16 +634,19 @@ class CommandService(Service):
             cmd.poll_timer = conn.call_later(POLL_INTERVAL, lambda: self._poll(conn, st, cmd))
 
     def _on_exit(self, conn: Conn, st: _ConnState, cmd: _Command) -> None:
-        """The child has exited (it is a zombie): kill what is left of its group, then reap it."""
+        """The child has exited (it is a zombie): end what is left of its tree, then reap it."""
         if cmd.reaped:
             return
-        self._killpg(cmd)
+        try:
+            os.killpg(cmd.pid, signal.SIGKILL)  # still ours: the zombie holds the group ID
+        except (ProcessLookupError, PermissionError):
+            pass
         if cmd.proc.poll() is None:
             return  # spurious wake-up
         cmd.reaped = True
+        self._procs.pop(cmd.pid, None)
         self._release(conn, cmd)
-        if not _reap_group(cmd.pgid):
-            _reap_group_in_background(cmd.pgid)
+        self.sweep()  # its orphans are ours now: kill and reap them, so the pipes reach end-of-file
         self._maybe_finish(conn, st, cmd)
 
     def _release(self, conn: Optional[Conn], cmd: _Command) -> None:
@@ -469,7 +675,7 @@ class CommandService(Service):
         self._next(conn, st)
 
     def _abandon(self, conn: Conn, st: _ConnState) -> None:
-        """The connection is going away: kill its command, forget its queue."""
+        """The connection is going away (or its client ended the stream): kill its command, forget its queue."""
         st.closed = True
         st.queue.clear()
         cmd, st.cmd = st.cmd, None
@@ -479,51 +685,81 @@ class CommandService(Service):
         for timer in (cmd.timer, cmd.poll_timer):
             if timer is not None:
                 timer.cancel()
-        self._killpg(cmd)
+        self._end_tree(cmd)
         for fd in list(cmd.pipes):
             self._close_pipe(conn, cmd, fd)
-        if not cmd.reaped:
-            cmd.reaped = True
-            self._release(conn, cmd)
-            if self._stopping:
-                # The engine is about to exit: reap here (SIGKILL is quick), or the children outlive us as zombies.
-                _reap_now(cmd.proc, cmd.pgid, 1.0)
-            else:
-                # SIGKILL is on its way; reaping may still take a moment, and the loop must not wait for it.
-                _reap_in_background(cmd.proc, cmd.pgid)
+        if cmd.reaped:
+            return
+        cmd.abandoned = True
+        self._release(conn, cmd)
+        if self._stopping:
+            # The engine is about to exit: reap here (SIGKILL is quick), or the trees outlive us as zombies.
+            self._reap_now(STOP_REAP_TIMEOUT)
+        else:
+            self.sweep()  # reaps it now if it is already gone; else the SIGCHLD of its death will
 
+    # -- reaping ------------------------------------------------------------------------------------------
 
-def _reap_in_background(proc: "subprocess.Popen[bytes]", pgid: int) -> None:
-    def run() -> None:
+    def sweep(self) -> None:
+        """Kill and reap every child of this process that is debris (see the module docstring), reap the
+        commands whose connection is gone, and every zombie.
+
+        Runs from the loop and from the SIGCHLD handler (which may interrupt the loop anywhere in the main
+        thread): a sweep that would nest, or that would run while a child is being started, is deferred and
+        run by the outer one."""
+        if self._sweeping or self._spawning:
+            self._sweep_pending = True
+            return
+        self._sweeping = True
         try:
-            proc.wait()
-        except Exception:  # pragma: no cover
-            pass
-        _wait_group(pgid)
+            while True:
+                self._sweep_pending = False
+                for pid in self._leftovers():
+                    cmd = self._procs.get(pid)
+                    if cmd is None:
+                        kill_tree(pid)
+                        _reap(pid)
+                    elif cmd.proc.poll() is not None:
+                        cmd.reaped = True
+                        del self._procs[pid]
+                if not self._sweep_pending:
+                    return
+        finally:
+            self._sweeping = False
 
-    threading.Thread(target=run, name=f"reap-{proc.pid}", daemon=True).start()
+    def _leftovers(self) -> List[int]:
+        """The children of this process to end and reap: abandoned commands, and the others that are not
+        (zombies aside) in the session of a command still running."""
+        running = {pid for pid, cmd in self._procs.items() if not cmd.abandoned}  # = their session IDs
+        found = []
+        for pid in children(os.getpid()):
+            cmd = self._procs.get(pid)
+            if cmd is not None:
+                if cmd.abandoned:
+                    found.append(pid)
+                continue
+            state, session = _state_and_session(pid)
+            if state == b"Z" or session not in running:
+                found.append(pid)
+        return found
+
+    def _reap_now(self, timeout: float) -> None:
+        """Sweep until nothing is left to end and reap, for at most ``timeout`` s (when the server stops)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            self.sweep()
+            if not self._leftovers() or time.monotonic() >= deadline:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
-def _reap_now(proc: "subprocess.Popen[bytes]", pgid: int, timeout: float) -> None:
+def _reap(pid: int) -> None:
     try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:  # pragma: no cover - stuck in the kernel: leave it to a thread
-        _reap_in_background(proc, pgid)
-        return
-    _wait_group(pgid, timeout)
-
-
-def _reap_group_in_background(pgid: int) -> None:
-    threading.Thread(target=_wait_group, args=(pgid,), name=f"reap-group-{pgid}", daemon=True).start()
-
-
-def _wait_group(pgid: int, timeout: float = GROUP_REAP_TIMEOUT) -> None:
-    """Reap the killed members of a group as they die (they are our children: we are their subreaper)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not _reap_group(pgid) and time.monotonic() < deadline:
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def build_command_service(config: ServeConfig) -> Service:

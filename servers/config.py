@@ -29,7 +29,8 @@ class ConfigError(Exception):
 
 class ServeConfig:
     """Everything ``fastframe serve`` can be told.  ``ports`` maps service name -> port (0: ephemeral);
-    a service missing from it is not started, and an empty mapping means every service on its default port."""
+    a service missing from it is not started, and an empty mapping means every service on its default port
+    (the command and file services only where they are configured: an allow-list, a root)."""
 
     def __init__(self, **kwargs: object) -> None:
         self.engine = "select"
@@ -45,6 +46,7 @@ class ServeConfig:
         # command and file services
         self.allow: List[str] = []
         self.root: Optional[str] = None
+        self.allow_hidden = False
         self.secret: Optional[bytes] = None
         self.command_timeout = 10.0
         self.output_cap = 1024 * 1024

@@ -534,6 +534,11 @@ class SelectEngine:
                 decoder.close()
             except FrameError as exc:
                 log.info("%s: %s closed inside a frame: %s", conn.service.name, conn.peer, exc)
+        try:
+            conn.service.eof_received(conn)
+        except Exception:
+            self._service_failed(conn, "eof_received")
+            return
         if conn.busy or conn.out:
             # The client half-closed with replies still owed (a command still streaming): finish them first.
             conn.close_after_flush = True

@@ -3,27 +3,46 @@
 Wire format
 ===========
 
-Request: one frame holding a UTF-8 JSON object::
+Request: one frame (at most ``MAX_FILE_REQUEST``, 32 KiB) holding a UTF-8 JSON object::
 
-    {"path": "dir/name.txt", "offset": 0}
+    {"path": "dir/name.txt", "offset": 0, "validator": "9f2c...", "trailer": true}
 
 ``path`` (a string, required) is relative to the served root, components separated by ``/``; ``offset``
-(a non-negative integer, optional, default 0) is where to start, for resuming.  Other keys are ignored.
-Because the path is a JSON string, every byte of it is explicit: a NUL (``\\u0000``) is detected and refused,
-and nothing is percent-decoded -- ``%2e%2e/x`` names a directory literally called ``%2e%2e``.
+(a non-negative integer, optional, default 0) is where to start, for resuming; ``validator`` (a string,
+optional) is the validator of the metadata frame of the download being resumed; ``trailer`` (a boolean,
+optional, default false) asks for a trailer frame after the bytes.  Other keys are ignored.  Because the
+path is a JSON string, every byte of it is explicit: a NUL (``\\u0000``) is detected and refused, and
+nothing is percent-decoded -- ``%2e%2e/x`` names a directory literally called ``%2e%2e``.
 
-Reply: one metadata frame, then (on success) raw, unframed file bytes::
+Reply: one metadata frame, then (on success) raw, unframed file bytes, then (if asked) a trailer frame::
 
-    b"S" + JSON {"size": S, "offset": O, "length": L}     then exactly L = S - O raw bytes
-    b"!" + code + b" " + message                          nothing follows
+    b"S" + JSON {"size": S, "offset": O, "length": L, "validator": V}    then exactly L = S - O raw bytes
+    b"T"                                                                 trailer: the L bytes are consistent
+    b"!changed " + message                                               trailer: the file changed meanwhile
+    b"!" + code + b" " + message                                         instead of "S": nothing follows
 
-``size`` is the size of the file actually opened (its ``fstat``), taken once: a file that grows meanwhile is
-sent up to that size; one that shrinks cuts the connection short, so the client sees fewer than L bytes.
-Error codes: ``bad-request`` (not a JSON object, no string path, a bad offset type, a NUL byte, a frame
-over the size limit), ``forbidden`` (an absolute path, a ``..`` component, a symbolic link anywhere on the
-way, permission denied), ``not-found``, ``not-a-file`` (a directory, FIFO, socket or device), ``bad-offset``
-(offset beyond the end of the file) and -- from :mod:`servers.auth` -- ``auth``.  Requests on one connection
-are answered one after another, in order.
+``size`` is the size of the file actually opened (its ``fstat``), taken once.  ``validator`` is an opaque
+string that changes whenever the file is replaced or rewritten (a hash of its device, inode, size, mtime and
+ctime): compare it, do not parse it.  A request carrying a ``validator`` that no longer matches is answered
+from the start of the current file whatever its ``offset`` -- the metadata frame then says ``"offset": 0``
+-- so a resumed download can never splice two versions together.  When the request asked for a trailer, the
+metadata frame also carries ``"trailer": true`` (a server without the feature leaves it out and sends none).
+
+The file is checked again (``fstat``) once its bytes are sent.  If it changed meanwhile -- rewritten in
+place, truncated or grown -- the bytes sent may mix two versions and cannot be taken back, so the server
+says so: with a trailer, in the trailer frame (``!changed``); without one (clients that predate it), by
+holding back the file's last byte and closing the connection, which such a client already treats as a
+broken transfer (it keeps its partial file and never completes it).  A file that shrinks cuts the
+connection short the same way.  The check compares size and timestamps, so a rewrite that keeps the size
+within one tick of the file system's clock can go unnoticed.
+
+Error codes: ``bad-request`` (not a JSON object, no string path, a bad ``offset``, ``validator`` or
+``trailer`` type, nesting deeper than the JSON parser takes, a NUL byte, a frame over the size limit),
+``forbidden`` (an absolute path, a ``..`` component, a hidden component -- one that starts with ``.`` --
+unless the server runs with ``allow_hidden``, a symbolic link anywhere on the way, permission denied),
+``not-found``, ``not-a-file`` (a directory, FIFO, socket or device), ``bad-offset`` (offset beyond the end
+of the file), ``changed`` (trailer only) and -- from :mod:`servers.auth` -- ``auth``.  Requests on one
+connection are answered one after another, in order.
 
 Confinement
 ===========
@@ -35,7 +54,9 @@ component from that descriptor with ``openat(O_NOFOLLOW)`` -- ``O_DIRECTORY`` fo
 symbolic link is ever followed, so nothing outside the root can be reached by renaming or re-linking things
 while a request is in flight.  Symbolic links *inside* the root are refused too, even when they point
 inside it: that is the simplest rule that is obviously safe.  (A hard link or a bind mount placed inside the
-root by its owner is, by construction, part of the root.)
+root by its owner is, by construction, part of the root.)  Hidden components (``.git``, ``.ssh``, ``.env``)
+are refused unless the service was started with ``allow_hidden``: a directory served whole usually holds
+some that were never meant to be.
 
 The bytes go out with ``sendfile`` driven by the engine's loop, a slice per wake-up, so one large download
 never stalls another client, and the file is never read into memory.  The descriptor is closed when the
@@ -45,26 +66,33 @@ transfer ends, fails, or the connection goes away.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import stat
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Deque, List, NamedTuple, Optional, Tuple, Union
 
 from .auth import AuthenticatedService
+from .command import is_loopback
 from .config import ServeConfig, register_factory
-from .service import DEFAULT_MAX_REQUEST, Conn, Service
+from .service import Conn, Service
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
-__all__ = ["FileService", "build_file_service", "parse_request"]
+__all__ = ["MAX_FILE_REQUEST", "FileRequest", "FileService", "build_file_service", "parse_request", "validator"]
 
 log = logging.getLogger("fastframe.server")
 
+#: The largest request frame: a JSON object holding one path (a PATH_MAX path fits even fully \u-escaped).
+MAX_FILE_REQUEST = 32 * 1024
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+_MAX_DIGITS = 20  # an offset never needs more; int() of a long digit string is quadratic before Python 3.11
+_MAX_VALIDATOR = 128
 
 
 class RequestError(Exception):
@@ -79,24 +107,47 @@ class RequestError(Exception):
         return b"!" + self.code.encode() + b" " + self.message.encode("utf-8", "replace")
 
 
+class FileRequest(NamedTuple):
+    parts: List[str]  # the path's components, never empty, never "." or ".."
+    offset: int
+    validator: Optional[str]  # of the download being resumed
+    trailer: bool  # the client wants a trailer frame after the bytes
+
+
 def _short(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def parse_request(raw: bytes) -> Tuple[List[str], int]:
-    """(path components, offset) of a request frame; RequestError if it is malformed or not allowed."""
+def _parse_int(digits: str) -> int:
+    if len(digits) > _MAX_DIGITS:
+        raise ValueError("number too long")
+    return int(digits)
+
+
+def parse_request(raw: bytes, allow_hidden: bool = False) -> FileRequest:
+    """The request in a frame; RequestError if it is malformed or not allowed (nothing else is raised)."""
+    if len(raw) > MAX_FILE_REQUEST:
+        raise RequestError("bad-request", f"the request is {len(raw)} bytes; the limit is {MAX_FILE_REQUEST}")
     try:
-        request = json.loads(raw.decode("utf-8"))
+        request = json.loads(raw.decode("utf-8"), parse_int=_parse_int)
     except (UnicodeDecodeError, ValueError):
         raise RequestError("bad-request", 'expected a UTF-8 JSON object like {"path": "a/b.txt", "offset": 0}') from None
+    except RecursionError:  # the json module's own depth limit
+        raise RequestError("bad-request", "the request is nested too deeply") from None
     if not isinstance(request, dict):
         raise RequestError("bad-request", 'expected a JSON object like {"path": "a/b.txt", "offset": 0}')
     path = request.get("path")
     offset = request.get("offset", 0)
+    check = request.get("validator")
+    trailer = request.get("trailer", False)
     if not isinstance(path, str):
         raise RequestError("bad-request", '"path" must be a string')
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise RequestError("bad-request", '"offset" must be a non-negative integer')
+    if check is not None and (not isinstance(check, str) or len(check) > _MAX_VALIDATOR):
+        raise RequestError("bad-request", f'"validator" must be a string of at most {_MAX_VALIDATOR} characters')
+    if not isinstance(trailer, bool):
+        raise RequestError("bad-request", '"trailer" must be true or false')
     if "\x00" in path:
         raise RequestError("bad-request", "NUL byte in the path")
     if path.startswith("/"):
@@ -104,9 +155,18 @@ def parse_request(raw: bytes) -> Tuple[List[str], int]:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise RequestError("forbidden", f"{_short(path)} has a '..' component")
+    if not allow_hidden and any(p.startswith(".") for p in parts):
+        raise RequestError("forbidden", f"{_short(path)} has a hidden component (starting with '.')")
     if not parts:
         raise RequestError("not-a-file", f"{_short(path)} is the root directory")
-    return parts, offset
+    return FileRequest(parts, offset, check, trailer)
+
+
+def validator(info: os.stat_result) -> str:
+    """An opaque token that changes when the file is replaced or rewritten (like an HTTP ETag)."""
+    key = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+    # Hashed: inode numbers are not the client's business.
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
 def _why(exc: OSError, dir_fd: int, name: str, path: str) -> RequestError:
@@ -167,12 +227,15 @@ def open_beneath(root_fd: int, parts: List[str], path: str) -> Tuple[int, os.sta
 
 
 class _ConnState:
-    __slots__ = ("queue", "fd", "closed")
+    __slots__ = ("queue", "fd", "closed", "path", "opened", "trailer")
 
     def __init__(self) -> None:
         self.queue: Deque[bytes] = deque()
         self.fd = -1  # the file being sent
         self.closed = False
+        self.path = ""  # ... its path, for the log
+        self.opened = ""  # ... its validator when it was opened
+        self.trailer = False  # ... and whether the client asked for a trailer
 
 
 class FileService(Service):
@@ -180,13 +243,15 @@ class FileService(Service):
 
     name = "files"
 
-    def __init__(self, root: str, max_request: int = DEFAULT_MAX_REQUEST) -> None:
+    def __init__(self, root: str, max_request: int = MAX_FILE_REQUEST, allow_hidden: bool = False) -> None:
         self.root = os.path.abspath(root)
         try:
             self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise ValueError(f"cannot serve {self.root}: {exc.strerror or exc}") from None
-        self.max_request = max_request
+        # A longer frame could never be a request: refuse its header before buffering it.
+        self.max_request = min(max_request, MAX_FILE_REQUEST)
+        self.allow_hidden = allow_hidden
 
     def connection_made(self, conn: Conn) -> None:
         conn.state = _ConnState()
@@ -206,36 +271,89 @@ class FileService(Service):
             if isinstance(reply, bytes):
                 conn.send_frames([reply])
                 continue
-            fd, size, offset = reply
-            length = size - offset
-            conn.send_frames([b"S" + json.dumps({"size": size, "offset": offset, "length": length}).encode()])
-            if not length:
-                os.close(fd)
-                continue
+            fd, request, info, offset = reply
+            current = validator(info)
+            length = info.st_size - offset
+            meta = {"size": info.st_size, "offset": offset, "length": length, "validator": current}
+            if request.trailer:
+                meta["trailer"] = True
+            conn.send_frames([b"S" + json.dumps(meta).encode()])
             st.fd = fd
-            conn.sendfile(fd, offset, length, self._done_callback(conn, st, fd))
+            st.path = "/".join(request.parts)
+            st.opened = current
+            st.trailer = request.trailer
+            # A client without a trailer learns of a change by a short transfer: hold the last byte back.
+            body = length if request.trailer else max(length - 1, 0)
+            if body:
+                conn.sendfile(fd, offset, body, self._on_body_sent(conn, st, fd, offset + body, length - body))
+            else:
+                self._body_done(conn, st, fd, offset, length)
         conn.busy = st.fd >= 0 or bool(st.queue)
 
-    def _open(self, raw: bytes) -> Union[bytes, Tuple[int, int, int]]:
+    def _open(self, raw: bytes) -> Union[bytes, Tuple[int, FileRequest, os.stat_result, int]]:
         try:
-            parts, offset = parse_request(raw)
-            fd, info = open_beneath(self.root_fd, parts, "/".join(parts))
+            request = parse_request(raw, self.allow_hidden)
+            fd, info = open_beneath(self.root_fd, request.parts, "/".join(request.parts))
         except RequestError as exc:
             return exc.frame()
+        offset = request.offset
+        if request.validator is not None and request.validator != validator(info):
+            offset = 0  # a different file or version now: resuming would splice two of them together
         if offset > info.st_size:
             os.close(fd)
             return RequestError("bad-offset", f"offset {offset} is beyond the end of the file ({info.st_size} bytes)").frame()
-        return fd, info.st_size, offset
+        return fd, request, info, offset
 
-    def _done_callback(self, conn: Conn, st: _ConnState, fd: int) -> Callable[[Optional[BaseException]], None]:
+    def _on_body_sent(
+        self, conn: Conn, st: _ConnState, fd: int, tail: int, held: int
+    ) -> Callable[[Optional[BaseException]], None]:
         def done(exc: Optional[BaseException]) -> None:
-            if st.fd == fd:
-                st.fd = -1
-                os.close(fd)
-            if exc is None and not st.closed:
-                self._next(conn, st)
+            if exc is not None or st.fd != fd or st.closed:
+                self._release(st, fd)  # the connection is closing
+                conn.busy = False
+                return
+            self._body_done(conn, st, fd, tail, held)
+            self._next(conn, st)
 
         return done
+
+    def _body_done(self, conn: Conn, st: _ConnState, fd: int, tail: int, held: int) -> None:
+        """The body went out: check the file, then send the trailer or the held-back byte, or cut."""
+        try:
+            changed = validator(os.fstat(fd)) != st.opened
+        except OSError:  # pragma: no cover
+            changed = True
+        if changed:
+            log.info("%s: %s changed while it was sent to %s", self.name, _short(st.path), conn.peer)
+        if st.trailer:
+            trailer = RequestError("changed", f"{st.path} changed during the download").frame() if changed else b"T"
+            conn.send_frames([trailer])
+            self._release(st, fd)
+        elif changed:
+            self._release(st, fd)
+            st.closed = True  # what is queued behind would follow a transfer the client cannot complete
+            st.queue.clear()
+            conn.close(flush=True)
+        elif held:
+            conn.sendfile(fd, tail, held, self._on_tail_sent(conn, st, fd))
+        else:
+            self._release(st, fd)
+
+    def _on_tail_sent(self, conn: Conn, st: _ConnState, fd: int) -> Callable[[Optional[BaseException]], None]:
+        def done(exc: Optional[BaseException]) -> None:
+            self._release(st, fd)
+            if exc is None and not st.closed:
+                self._next(conn, st)
+            else:
+                conn.busy = False
+
+        return done
+
+    @staticmethod
+    def _release(st: _ConnState, fd: int) -> None:
+        if st.fd == fd:
+            st.fd = -1
+            os.close(fd)
 
     def frame_error(self, conn: Conn, exc: "FrameError") -> Optional[List[bytes]]:
         st: Optional[_ConnState] = conn.state
@@ -256,13 +374,23 @@ class FileService(Service):
             st.fd = -1
 
     def describe(self) -> str:
-        return f"files (root {self.root}; symbolic links refused)"
+        hidden = "hidden files served" if self.allow_hidden else "hidden files refused"
+        return f"files (root {self.root}; symbolic links refused; {hidden})"
 
 
 def build_file_service(config: ServeConfig) -> Service:
     """The factory ``fastframe serve`` uses; ValueError says why the service cannot start."""
-    root = config.root if config.root else os.getcwd()
-    service = FileService(root, max_request=config.max_request)
+    if not config.root:
+        raise ValueError("no --root given (the file service serves only a directory named explicitly)")
+    service = FileService(config.root, max_request=config.max_request, allow_hidden=config.allow_hidden)
+    if not is_loopback(config.host):
+        if config.secret:
+            log.warning("files: %s is served beyond loopback (%s) without TLS: its bytes cross the network "
+                        "unencrypted (the shared secret authenticates the connection only)",
+                        service.root, config.host)  # fmt: skip
+        else:
+            log.warning("files: %s is served beyond loopback (%s) without TLS or --secret-file: anyone who can "
+                        "reach %s can download from it", service.root, config.host, config.host)  # fmt: skip
     if config.secret:
         return AuthenticatedService(service, config.secret)
     return service

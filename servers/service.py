@@ -138,6 +138,12 @@ class Service:
         """Unframed services: the bytes of one read; return bytes to send back (or None)."""
         return None
 
+    def eof_received(self, conn: Conn) -> None:
+        """The client ended its side of the stream.
+
+        By default the replies still owed are sent and then the connection closes; a service whose protocol
+        has no use for a half-closed client cancels its work here instead (and clears ``conn.busy``)."""
+
     def frame_error(self, conn: Conn, exc: "FrameError") -> Optional[List[bytes]]:
         """The client broke the framing (oversized, malformed, cut off or too slow a frame).
 

@@ -77,13 +77,14 @@ def test_serve_with_no_arguments_starts_everything_on_loopback(spawn, console_sc
     server = spawn([console_script, "serve"], expect=3, timeout=15)
     for name, transport, port in DEFAULTS:
         assert server.addr(name, transport) == ("127.0.0.1", port), server.stdout_lines
-    # the command service has no allow-list: disabled, and it says so (files may start too)
+    # the command service has no allow-list and the file service no root: both disabled, and they say so
     lines = list(server.stdout_lines) + read_more_lines(server, 0.5)
-    assert not [ln for ln in lines if ln.startswith("command ")], lines
+    assert not [ln for ln in lines if ln.startswith(("command ", "files "))], lines
     for line in lines:
         m = re.fullmatch(r"(\w+) (tcp|udp) (\S+):(\d+)", line)
         assert m and m.group(3) == "127.0.0.1", f"not on loopback: {line!r}"
     assert re.search(r"command.*disabled|disabled.*command", server.stderr(), re.IGNORECASE), server.stderr()
+    assert re.search(r"files.*disabled.*--root", server.stderr(), re.IGNORECASE), server.stderr()
     with net.connect(("127.0.0.1", 7007)) as s:
         assert net.roundtrip(s, b"hello defaults") == b"hello defaults"
     assert abs(get_time("127.0.0.1", 3737, timeout=5) - time.time()) < 3
@@ -177,7 +178,7 @@ def test_serve_on_a_busy_port_one_line(console_script, workdir):
 # limits, time format), plus the echo modes and the pidfile.
 SERVE_FLAGS = [
     "--engine", "--workers", "--host", "--pidfile", "--echo", "--time", "--command", "--files", "--upper", "--raw",
-    "--time-format", "--allow", "--root", "--secret-file", "--max-request", "--max-connections", "--idle-timeout",
+    "--time-format", "--allow", "--root", "--allow-hidden", "--secret-file", "--max-request", "--max-connections", "--idle-timeout",
     "--frame-timeout", "--graceful-timeout",
 ]  # fmt: skip
 

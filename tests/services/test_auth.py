@@ -174,6 +174,37 @@ def test_truncated_handshake_then_close(server: Any, svc: SimpleNamespace, tmp_p
     assert not marker.exists()
 
 
+def test_requests_may_follow_the_proof_in_the_same_segment(server: Any, svc: SimpleNamespace) -> None:
+    # A client that does not wait for the server's proof: its requests over 256 bytes (the handshake's own
+    # limit) arrive in the same read as its proof, and must be served, not refused.
+    line = b"echo " + b"x" * 1000
+    with svc.connect(server.addr("command")) as sock:
+        challenge = svc.recv_frame(sock)
+        sock.sendall(frame(handshake_response(svc.SECRET, challenge)) + frame(line) + frame(b"echo second"))
+        assert svc.recv_frame(sock).startswith(_auth.ACCEPTED)
+        assert [svc.recv_frame(sock) for _ in range(4)] == [b"O" + b"x" * 1000 + b"\n", b"X0", b"Osecond\n", b"X0"]
+    req = json.dumps({"path": "hello.txt", "padding": "p" * 1000}).encode()
+    with svc.connect(server.addr("files")) as sock:
+        challenge = svc.recv_frame(sock)
+        sock.sendall(frame(handshake_response(svc.SECRET, challenge)) + frame(req))
+        assert svc.recv_frame(sock).startswith(_auth.ACCEPTED)
+        meta = svc.recv_frame(sock)
+        assert meta[:1] == b"S", meta
+        assert svc.recv_exactly(sock, json.loads(meta[1:])["length"]) == b"hello, authenticated world"
+
+
+def test_first_frame_must_be_a_handshake_response(server: Any, svc: SimpleNamespace, tmp_path: Path) -> None:
+    # The handshake's size is checked exactly, whatever the decoder's limit while it runs.
+    marker = tmp_path / "MARKER"
+    for first in (b"x" * 1000, b"z" * 63, b""):
+        with svc.connect(server.addr("command")) as sock:
+            svc.recv_frame(sock)
+            sock.sendall(frame(first) + frame(f"touch {marker}".encode()))
+            assert read_all_frames(svc, sock) == [b"!auth denied"], first[:8]
+    time.sleep(0.1)
+    assert not marker.exists()
+
+
 def test_huge_frame_during_handshake_is_refused_at_once(server: Any, svc: SimpleNamespace) -> None:
     with svc.connect(server.addr("command")) as sock:
         start = time.monotonic()

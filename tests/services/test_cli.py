@@ -123,16 +123,60 @@ def test_command_needs_an_allow_list(svc: SimpleNamespace) -> None:
     assert run.returncode == 2 and "no-such-program-xyz" in one_line(run.stderr)
 
 
-def test_serve_without_service_flags_plans_all_four(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_serve_without_service_flags_plans_echo_and_time(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     # In-process and without binding: the default ports are fixed and may be taken by other test runs.
+    # The services that expose the machine start only when told what to expose: an allow-list, a root.
     from fastframe.servers import config as cfg
 
     cfg._load_optional_services()
+    names = [name for name, _, _ in cfg._services(cfg.ServeConfig())]
+    assert names == ["echo", "time"]
+    err = capsys.readouterr().err
+    assert "command service disabled: no --allow list" in err and "files service disabled: no --root" in err
     names = [name for name, _, _ in cfg._services(cfg.ServeConfig(root=str(tmp_path)))]
     assert names == ["echo", "time", "files"]
-    assert "command service disabled: no --allow list" in capsys.readouterr().err
     names = [name for name, _, _ in cfg._services(cfg.ServeConfig(root=str(tmp_path), allow=["ls"]))]
     assert names == ["echo", "time", "command", "files"]
     names = [name for name, _, _ in cfg._services(cfg.ServeConfig(allow=["ls"], host="0.0.0.0"))]
-    assert names == ["echo", "time", "files"]
+    assert names == ["echo", "time"]
     assert "command service disabled: refusing" in capsys.readouterr().err
+
+
+def test_files_needs_a_root(svc: SimpleNamespace, tmp_path: Path) -> None:
+    # Run in a directory full of dotfiles: without --root, none of it may be served.
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
+    run = svc.fastframe_cli("serve", "--files", "0", timeout=20, cwd=str(tmp_path))
+    assert run.returncode == 2 and run.stdout == b""
+    assert "--root" in one_line(run.stderr)
+
+
+@pytest.mark.parametrize("host, secret, warned", [
+    ("0.0.0.0", None, "without TLS or --secret-file"),
+    ("0.0.0.0", b"s" * 16, "without TLS: its bytes cross the network unencrypted"),
+    ("::", None, "without TLS or --secret-file"),
+    ("127.0.0.2", None, None),
+    ("::1", None, None),
+    ("localhost", None, None),
+])  # fmt: skip
+def test_files_beyond_loopback_warns_once(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, host: str, secret: Any, warned: Any
+) -> None:
+    # In-process: building the service logs the start-up warning; nothing is bound.
+    from fastframe.servers import config as cfg
+    from fastframe.servers.files import build_file_service
+
+    with caplog.at_level("WARNING", logger="fastframe.server"):
+        build_file_service(cfg.ServeConfig(root=str(tmp_path), host=host, secret=secret))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and warned in lines[0] and str(tmp_path) in lines[0], lines
+
+
+def test_serve_help_describes_the_exposing_services(svc: SimpleNamespace) -> None:
+    run = svc.fastframe_cli("serve", "--help", timeout=20)
+    text = " ".join(run.stdout.decode().split())
+    assert run.returncode == 0
+    assert "no --root, no file service" in text and "--allow-hidden" in text and "the current directory" not in text

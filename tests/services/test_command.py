@@ -5,15 +5,18 @@ from __future__ import annotations
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
 from fastframe.client import RemoteError, exec_command
+from harness import Background
 
 MiB = 1024 * 1024
 
@@ -121,17 +124,43 @@ def test_queued_commands_run_in_order(server: Any, svc: SimpleNamespace) -> None
     assert frames == [b"Oone\n", b"X0", b"!not-allowed 'nosuch' is not on the allow-list", b"Otwo\n", b"X0", b"Othree\n", b"X0"]
 
 
-def test_half_close_still_gets_every_reply(server: Any, svc: SimpleNamespace) -> None:
+def test_half_close_cancels_the_command(server: Any, svc: SimpleNamespace) -> None:
+    # The protocol has no use for a half-closed client: its end of stream cancels, like a close.
     with svc.connect(server.addr("command")) as sock:
-        svc.send_frame(sock, b"sh -c 'sleep 0.3; echo late'")
+        svc.send_frame(sock, b"sh -c 'echo $$; exec sleep 100'")
+        pgid = int(svc.recv_frame(sock)[1:])
+        svc.send_frame(sock, b"echo queued")  # dropped with the rest
         sock.shutdown(socket.SHUT_WR)
-        frames = []
-        while True:
-            frame = svc.recv_frame_or_eof(sock)
-            if frame is None:
-                break
-            frames.append(frame)
-    assert frames == [b"Olate\n", b"X0"]
+        assert svc.recv_frame_or_eof(sock) is None  # closed at once, not after the 5 s timeout
+    assert svc.wait_group_gone(pgid, timeout=2.0) == []
+
+
+def test_client_close_cancels_a_silent_command(server: Any, svc: SimpleNamespace) -> None:
+    # A command that writes nothing never hits a closed socket: only the end of stream can tell.
+    sock = svc.connect(server.addr("command"))
+    svc.send_frame(sock, b"sh -c 'echo $$; exec sleep 100'")
+    pgid = int(svc.recv_frame(sock)[1:])
+    sock.close()  # FIN, no RST
+    assert svc.wait_group_gone(pgid, timeout=2.0) == []  # the server's timeout is 5 s
+
+
+def test_ctrl_c_on_exec_kills_the_remote_command(server: Any, svc: SimpleNamespace) -> None:
+    host, port = server.addr("command")
+    client = subprocess.Popen(
+        [sys.executable, "-m", "fastframe", "exec", f"{host}:{port}", "--", "sh", "-c", "echo $$; exec sleep 100"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=svc.workdir,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None
+        pgid = int(client.stdout.readline())
+        assert svc.group_members(pgid)
+        client.send_signal(signal.SIGINT)
+        assert client.wait(10) == 130
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert svc.wait_group_gone(pgid, timeout=2.0) == []
 
 
 def test_output_cap_kills_the_group(server: Any, svc: SimpleNamespace) -> None:
@@ -264,3 +293,139 @@ def test_graceful_stop_kills_running_commands(start_server: Callable[..., Any], 
         server.signal(signal.SIGTERM)
         assert server.wait(10) == 0
     assert svc.wait_group_gone(pgid, timeout=1.0) == []  # nothing left behind, not even a zombie
+
+
+# -- containment: a descendant that leaves the command's session is ended with it -----------------------------
+
+
+def server_children(server: Any, svc: SimpleNamespace) -> List[Dict[str, object]]:
+    """Every process (zombies included) whose parent is the server or one of its prefork workers."""
+    parents = {server.pid, *server.workers()}
+    return [p for p in svc.all_processes() if p["ppid"] in parents and p["pid"] not in parents]
+
+
+def assert_tree_gone(server: Any, svc: SimpleNamespace, pid: int) -> None:
+    """``pid`` is gone (not even a zombie), and the server is left with no child: nothing escaped."""
+    assert svc.wait_until(lambda: svc.proc_info(pid) is None, timeout=2.0), svc.proc_info(pid)
+    assert svc.wait_until(lambda: not server_children(server, svc), timeout=2.0), server_children(server, svc)
+
+
+ESCAPEE = 'setsid sh -c "echo \\$\\$ >&2; exec {}" &'  # a grandchild in a session of its own; its PID on stderr
+
+
+def test_setsid_grandchild_ends_with_the_command(server: Any, svc: SimpleNamespace) -> None:
+    # The command exits after 0.5 s; its grandchild would hold the output pipes open for 100 s.
+    start = time.monotonic()
+    frames = svc.command_replies(server.addr("command"), f"sh -c '{ESCAPEE.format('sleep 100')} sleep 0.5'".encode())
+    assert frames[-1] == b"X0", frames
+    assert time.monotonic() - start < 3.0  # not the server's 5 s timeout
+    pid = int(b"".join(f[1:] for f in frames if f[:1] == b"E"))
+    assert_tree_gone(server, svc, pid)
+
+
+def test_setsid_grandchild_ends_at_the_timeout(strict_server: Any, svc: SimpleNamespace) -> None:
+    line = f"sh -c '{ESCAPEE.format('sleep 100')} exec sleep 100'"
+    frames = svc.command_replies(strict_server.addr("command"), line.encode())
+    assert frames[-1].startswith(b"!timeout "), frames
+    pid = int(b"".join(f[1:] for f in frames if f[:1] == b"E"))
+    assert_tree_gone(strict_server, svc, pid)
+
+
+def test_setsid_grandchild_writing_hits_the_output_cap(server: Any, svc: SimpleNamespace) -> None:
+    # The grandchild writes 50 MiB; the cap (1 MiB) must stop it, not just its parent.
+    line = f"sh -c '{ESCAPEE.format('head -c 52428800 /dev/zero')} wait'"
+    frames = svc.command_replies(server.addr("command"), line.encode())
+    assert frames[-1].startswith(b"!output-cap "), frames[-1]
+    pid = int(b"".join(f[1:] for f in frames if f[:1] == b"E"))
+    assert_tree_gone(server, svc, pid)
+
+
+def test_orphan_still_in_its_commands_session_is_left_alone(server: Any, svc: SimpleNamespace) -> None:
+    # A double fork inside a running command orphans a process in the command's session: it is adopted by
+    # the server, but belongs to a command still running, so sweeps (another command ending) spare it.
+    host, port = server.addr("command")
+    line = "sh -c '( (sleep 0.6; echo still here) & ); sleep 1.2'"
+    runner = Background(lambda: svc.command_replies((host, port), line.encode()))
+    time.sleep(0.2)
+    for _ in range(3):
+        assert svc.command_replies((host, port), b"sh -c 'exit 3'") == [b"X3"]  # each end sweeps
+    assert runner.join() == [b"Ostill here\n", b"X0"]
+
+
+def test_abandoned_command_leaves_no_zombie(server: Any, svc: SimpleNamespace) -> None:
+    sock = svc.connect(server.addr("command"))
+    svc.send_frame(sock, f"sh -c '{ESCAPEE.format('sleep 100')} exec sleep 100'".encode())
+    pid = int(svc.recv_frame(sock)[1:])
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST
+    assert_tree_gone(server, svc, pid)
+
+
+# -- requests that can never succeed, and requests that could freeze the loop ---------------------------------
+
+
+def test_argument_over_128_kib_is_a_bad_request(server: Any, svc: SimpleNamespace) -> None:
+    # Not "busy" (retry later): no retry can ever make it run.
+    frames = svc.command_replies(server.addr("command"), b"echo " + b"A" * (128 * 1024 + 1))
+    assert frames[-1].startswith(b"!bad-request "), frames[-1][:80]
+
+
+def test_too_many_words_is_a_bad_request(server: Any, svc: SimpleNamespace) -> None:
+    frames = svc.command_replies(server.addr("command"), b"echo" + b" a" * 2048)
+    assert frames[-1].startswith(b"!bad-request ") and b"2048" in frames[-1], frames[-1][:80]
+    assert svc.command_replies(server.addr("command"), b"echo" + b" a" * 2047)[-1] == b"X0"
+
+
+LIMIT = 16 * 1024
+WORST = {
+    "one 1 MiB word": b"x" + b"A" * (2**20 - 1),  # shlex.split: 62-69 s
+    "one word at the limit": b"x" + b"A" * (LIMIT - 1),
+    "empty quotes": b"echo " + b"''" * ((LIMIT - 5) // 2),
+    "word and quotes": b"echo " + b"a''" * ((LIMIT - 5) // 3),
+    "double quotes and escapes": b"echo " + b'"\\""' * ((LIMIT - 5) // 4),  # "\"" repeated: one step each
+    "escapes": b"echo " + b"\\a" * ((LIMIT - 5) // 2),
+    "most words": b"echo" + b" a" * 2047,
+    "unclosed quote at the end": b"echo " + b"a" * (LIMIT - 7) + b' "',
+    "a byte over the limit": b"echo " + b"a" * (LIMIT - 4),
+}
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("name", list(WORST))
+def test_worst_case_request_is_cheap(server: Any, svc: SimpleNamespace, name: str) -> None:
+    line = WORST[name]
+    start = time.monotonic()
+    frames = svc.command_replies(server.addr("command"), line, timeout=5.0)
+    elapsed = time.monotonic() - start
+    assert frames[-1][:1] in (b"X", b"!"), frames[-1][:80]
+    assert elapsed < 0.5, f"{name}: {elapsed:.3f} s"
+
+
+@pytest.mark.timing
+def test_echo_stays_prompt_during_worst_case_requests(server: Any, svc: SimpleNamespace) -> None:
+    addr = server.addr("command")
+    stop = threading.Event()
+    sent = []
+
+    def flood() -> None:
+        while not stop.is_set():
+            for line in WORST.values():
+                svc.command_replies(addr, line, timeout=5.0)
+                sent.append(line)
+
+    flooder = Background(flood)
+    rtts = []
+    try:
+        with svc.connect(server.addr("echo")) as echo:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                svc.send_frame(echo, b"ping")
+                assert svc.recv_frame(echo) == b"ping"
+                rtts.append(time.perf_counter() - t0)
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        flooder.join()
+    assert len(sent) >= len(WORST), len(sent)  # every kind of request was processed meanwhile
+    assert max(rtts) < 0.25, sorted(rtts)[-3:]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -64,6 +65,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "zero").symlink_to("/dev/zero")
     (root / "up").symlink_to("..")
     os.mkfifo(root / "fifo")
+    (root / ".hidden").write_text("a dotfile")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[core]")
+    (root / "sub" / ".env").write_text("TOKEN=secret")
     return root
 
 
@@ -98,14 +103,17 @@ def test_download_exact(server: Any, root: Path, tmp_path: Path, name: str) -> N
 
 def test_metadata_frame(server: Any, svc: SimpleNamespace, root: Path) -> None:
     meta, body = request(svc, server, {"path": "sub/inner.txt"})
-    assert meta[:1] == b"S" and json.loads(meta[1:]) == {"size": 5, "offset": 0, "length": 5}
+    assert meta[:1] == b"S"
+    info = json.loads(meta[1:])
+    assert isinstance(info.pop("validator"), str) and info == {"size": 5, "offset": 0, "length": 5}
     assert body == b"inner"
 
 
 def test_offset(server: Any, svc: SimpleNamespace, root: Path) -> None:
     data = (root / "ten").read_bytes()
     meta, body = request(svc, server, {"path": "ten", "offset": 12345})
-    assert json.loads(meta[1:]) == {"size": len(data), "offset": 12345, "length": len(data) - 12345}
+    info = json.loads(meta[1:])
+    assert info.pop("validator") and info == {"size": len(data), "offset": 12345, "length": len(data) - 12345}
     assert body == data[12345:]
     meta, body = request(svc, server, {"path": "ten", "offset": len(data)})
     assert json.loads(meta[1:])["length"] == 0 and body == b""
@@ -113,15 +121,35 @@ def test_offset(server: Any, svc: SimpleNamespace, root: Path) -> None:
     assert meta.startswith(b"!bad-offset ")
 
 
+def interrupt_after(limit: int) -> Callable[[int, int], None]:
+    def progress(done: int, total: int) -> None:
+        if done > limit:
+            raise KeyboardInterrupt
+
+    return progress
+
+
 def test_resume_from_part_file(server: Any, root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ten"
     data = (root / "ten").read_bytes()
-    (tmp_path / "ten.part").write_bytes(data[: 3 * MiB + 17])
+    with pytest.raises(KeyboardInterrupt):
+        download(server, "ten", out, progress=interrupt_after(3 * MiB))
+    kept = (tmp_path / "ten.part").stat().st_size
+    assert json.loads((tmp_path / "ten.part.meta").read_text())["validator"]
     seen: List[Tuple[int, int]] = []
     assert download(server, "ten", out, resume=True, progress=lambda d, t: seen.append((d, t))) == len(data)
-    assert seen[0] == (3 * MiB + 17, len(data)) and seen[-1] == (len(data), len(data))
+    assert seen[0] == (kept, len(data)) and seen[-1] == (len(data), len(data))
     assert out.read_bytes() == data
-    assert not (tmp_path / "ten.part").exists()
+    assert sorted(os.listdir(tmp_path)) == ["ten"]  # neither ten.part nor ten.part.meta is left
+
+
+def test_resume_without_a_validator_starts_over(server: Any, root: Path, tmp_path: Path) -> None:
+    # A partial file with nothing to check it against (made by hand, or by an older client) is not trusted.
+    data = (root / "ten").read_bytes()
+    (tmp_path / "ten.part").write_bytes(b"\xff" * MiB)
+    seen: List[int] = []
+    assert download(server, "ten", tmp_path / "ten", resume=True, progress=lambda d, t: seen.append(d)) == len(data)
+    assert seen[0] == 0 and (tmp_path / "ten").read_bytes() == data
 
 
 def test_interrupted_download_leaves_only_the_part_file(server: Any, root: Path, tmp_path: Path) -> None:
@@ -176,6 +204,11 @@ TRAVERSAL = [
     (".", "not-a-file"),
     ("one/x", "not-found"),
     ("%2e%2e/passwd", "not-found"),  # taken literally: no such file in the directory named %2e%2e
+    (".hidden", "forbidden"),  # hidden components are refused without --allow-hidden
+    ("./.hidden", "forbidden"),
+    (".git/config", "forbidden"),
+    ("sub/.env", "forbidden"),
+    (".git", "forbidden"),
     ("sub\x00/../../etc/passwd", "bad-request"),
     ("one\x00", "bad-request"),
 ]
@@ -204,6 +237,29 @@ def test_percent_encoding_is_literal(server: Any, svc: SimpleNamespace) -> None:
 def test_malformed_requests(server: Any, svc: SimpleNamespace, raw: bytes) -> None:
     meta, _ = request(svc, server, None, raw=raw)
     assert meta.startswith(b"!bad-request "), meta
+
+
+DEEP = b'{"path": "one", "x": ' + b"[" * 10000 + b"]" * 10000 + b"}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [DEEP, b"[" * 30000, b'{"path": "one", "offset": 1' + b"0" * 20000 + b"}", b'{"path": "one", "validator": 7}',
+     b'{"path": "one", "trailer": "yes"}', b'{"path": "one", "validator": "' + b"v" * 200 + b'"}'],
+    ids=["deep-object", "deep-list", "huge-offset", "int-validator", "str-trailer", "long-validator"],
+)  # fmt: skip
+def test_hostile_requests_get_an_error_frame(server: Any, svc: SimpleNamespace, raw: bytes) -> None:
+    assert len(raw) < 32 * 1024  # within the size limit: the parser itself must cope
+    meta, _ = request(svc, server, None, raw=raw)
+    assert meta.startswith(b"!bad-request "), meta
+    assert "Traceback" not in server.stderr()
+
+
+def test_oversized_request_is_refused_by_its_header(server: Any, svc: SimpleNamespace) -> None:
+    with svc.connect(server.addr("files")) as sock:
+        sock.sendall(struct.pack("!I", 32 * 1024 + 1))
+        assert svc.recv_frame(sock).startswith(b"!bad-request ")
+        assert svc.recv_frame_or_eof(sock) is None
 
 
 def test_requests_on_one_connection_in_order(server: Any, svc: SimpleNamespace, root: Path) -> None:
@@ -300,3 +356,107 @@ def test_a_stalled_download_does_not_stall_others(server: Any, svc: SimpleNamesp
             assert time.perf_counter() - t0 < 0.05
         # The stalled client can still take its file afterwards, byte-exact.
         assert svc.recv_exactly(slow, json.loads(meta[1:])["length"]) == (root / "ten").read_bytes()
+
+
+def test_allow_hidden_serves_hidden_files(start_server: Callable[..., Any], svc: SimpleNamespace, root: Path) -> None:
+    server = start_server("--files", "0", "--root", str(root), "--allow-hidden", expect=1)
+    for path, data in ((".hidden", b"a dotfile"), (".git/config", b"[core]"), ("sub/.env", b"TOKEN=secret")):
+        meta, body = request(svc, server, {"path": path})
+        assert meta[:1] == b"S" and body == data, (path, meta)
+    meta, _ = request(svc, server, {"path": ".git/../one"})
+    assert meta.startswith(b"!forbidden "), meta  # '..' stays refused
+
+
+# -- a file that changes: on the server between two attempts, or while it is being sent -----------------------
+
+
+@pytest.fixture
+def mutable(root: Path, request: pytest.FixtureRequest) -> Any:
+    """A 40 MiB file of its own under the root (large enough that the loopback buffers cannot hold it all)."""
+    path = root / f"mutable-{abs(hash(request.node.nodeid))}"
+    path.write_bytes(os.urandom(40 * MiB))
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def rewrite_in_place(path: Path) -> bytes:
+    """New content, same size, same inode (what ``cat new > file`` or a database does)."""
+    new = os.urandom(path.stat().st_size)
+    with open(path, "r+b") as f:
+        f.write(new)
+    return new
+
+
+def test_stale_validator_restarts_from_zero(server: Any, svc: SimpleNamespace, mutable: Path) -> None:
+    meta, _ = request(svc, server, {"path": mutable.name, "offset": 40 * MiB})
+    old = json.loads(meta[1:])["validator"]
+    meta, body = request(svc, server, {"path": mutable.name, "offset": 40 * MiB, "validator": old})
+    assert json.loads(meta[1:])["offset"] == 40 * MiB and body == b""  # unchanged: the resume point holds
+    new = rewrite_in_place(mutable)
+    meta, body = request(svc, server, {"path": mutable.name, "offset": 1000, "validator": old})
+    info = json.loads(meta[1:])
+    assert (info["offset"], info["length"]) == (0, 40 * MiB) and info["validator"] != old
+    assert body == new
+
+
+def test_resume_after_the_file_changed_gets_the_new_file(server: Any, mutable: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        download(server, mutable.name, out, progress=interrupt_after(5 * MiB))
+    new = rewrite_in_place(mutable)
+    seen: List[int] = []
+    assert download(server, mutable.name, out, resume=True, progress=lambda d, t: seen.append(d)) == len(new)
+    assert seen[0] == 0  # started over
+    assert out.read_bytes() == new  # before: the old file's first megabytes, then the new one's rest
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_rewrite_during_download_is_reported(server: Any, mutable: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rewritten: List[bytes] = []
+
+    def rewrite_once(done: int, total: int) -> None:
+        if done and not rewritten:
+            rewritten.append(rewrite_in_place(mutable))
+
+    with pytest.raises(RemoteError) as info:
+        download(server, mutable.name, out, progress=rewrite_once)
+    assert info.value.code == "changed"
+    assert rewritten and not out.exists()
+    assert (tmp_path / "out.part").exists()  # kept, and not renamed: it may mix the two versions
+    # A resume cannot splice the two together: the validator of the partial download is stale.
+    assert download(server, mutable.name, out, resume=True) == 40 * MiB
+    assert out.read_bytes() == rewritten[0]
+
+
+def test_rewrite_during_download_cuts_an_old_client(server: Any, svc: SimpleNamespace, mutable: Path) -> None:
+    # A client that predates the trailer: it must see a short transfer, never a complete mixed file.
+    with svc.connect(server.addr("files"), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        svc.send_frame(sock, json.dumps({"path": mutable.name}).encode())
+        length = json.loads(svc.recv_frame(sock)[1:])["length"]
+        received = len(svc.recv_exactly(sock, 64 * 1024))
+        rewrite_in_place(mutable)
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            received += len(chunk)
+    assert received == length - 1  # the last byte is held back, then the connection closes
+
+
+def test_unchanged_file_gets_a_clean_trailer(server: Any, svc: SimpleNamespace, root: Path) -> None:
+    with svc.connect(server.addr("files")) as sock:
+        paths = ("one", "empty", "missing", "sub/inner.txt")
+        sock.sendall(b"".join(len(p).to_bytes(4, "big") + p for p in
+                              (json.dumps({"path": path, "trailer": True}).encode() for path in paths)))  # fmt: skip
+        got = []
+        for _ in paths:
+            meta = svc.recv_frame(sock)
+            if meta[:1] != b"S":
+                got.append((meta[:1], b"", None))
+                continue
+            info = json.loads(meta[1:])
+            assert info["trailer"] is True
+            got.append((b"S", svc.recv_exactly(sock, info["length"]), svc.recv_frame(sock)))
+    assert got == [(b"S", b"\x07", b"T"), (b"S", b"", b"T"), (b"!", b"", None), (b"S", b"inner", b"T")]
