@@ -298,6 +298,8 @@ def _meta_path(tmp: str) -> str:
 
 def _read_validator(meta_path: str) -> Optional[str]:
     """The validator saved beside a partial download, or None (no file, unreadable, or an old server's)."""
+    import json
+
     try:
         with open(meta_path, "rb") as f:
             saved = json.loads(f.read(_MAX_META))
@@ -311,6 +313,8 @@ def _write_validator(meta_path: str, found: Optional[str], size: int) -> None:
     if found is None:
         _unlink(meta_path)  # an old server: nothing to check a later resume against
         return
+    import json
+
     with open(meta_path, "w", encoding="utf-8") as f:
         json.dump({"validator": found, "size": size}, f)
 
