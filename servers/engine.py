@@ -289,6 +289,7 @@ class SelectEngine:
         self._signals: Deque[int] = deque()
         self._wake_r = self._wake_w = -1
         self._accept_paused = False
+        self._armed: Set[int] = set()  # listening TCP sockets registered with the poller now
         self._listening = False
         self._services: List[Service] = []
         for listener in self.listeners:
@@ -337,18 +338,33 @@ class SelectEngine:
             fd = sock.fileno()
             if sock.type == socket.SOCK_DGRAM:
                 self._handlers[fd] = self._make_datagram_handler(listener)
+                self._poller.register(fd, READ)
             else:
                 self._handlers[fd] = self._make_accept_handler(listener)
-            self._poller.register(fd, READ | self._exclusive)
+                self._arm(fd)
         self._listening = True
+
+    # Which TCP listeners are registered with the poller is tracked per listener (``_armed``), because a pause
+    # can come in the middle of one wake-up's events: a listener reported ready in the same batch is still
+    # served (its readiness is a wake-up the kernel gave this process and no other, with EPOLLEXCLUSIVE), and
+    # only the registration calls consult the set, so nothing unregisters twice or registers what is there.
+
+    def _arm(self, fd: int) -> None:
+        if fd not in self._armed:
+            self._poller.register(fd, READ | self._exclusive)
+            self._armed.add(fd)
+
+    def _disarm(self, fd: int) -> None:
+        if fd in self._armed:
+            self._armed.discard(fd)
+            self._poller.unregister(fd)
 
     def _pause_accepting(self) -> None:
         if self._accept_paused:
             return
         self._accept_paused = True
-        for listener in self.listeners:
-            if listener.sock.type == socket.SOCK_STREAM:
-                self._poller.unregister(listener.sock.fileno())
+        for fd in list(self._armed):
+            self._disarm(fd)
 
     def _resume_accepting(self) -> None:
         if not self._accept_paused or not self._listening:
@@ -356,7 +372,7 @@ class SelectEngine:
         self._accept_paused = False
         for listener in self.listeners:
             if listener.sock.type == socket.SOCK_STREAM:
-                self._poller.register(listener.sock.fileno(), READ | self._exclusive)
+                self._arm(listener.sock.fileno())
 
     def _stop_listening(self) -> None:
         if not self._listening:
@@ -365,11 +381,10 @@ class SelectEngine:
         for listener in self.listeners:
             fd = listener.sock.fileno()
             self._handlers.pop(fd, None)
-            if not (self._accept_paused and listener.sock.type == socket.SOCK_STREAM):
-                try:
-                    self._poller.unregister(fd)
-                except OSError:
-                    pass
+            if listener.sock.type == socket.SOCK_DGRAM:
+                self._poller.unregister(fd)
+            else:
+                self._disarm(fd)
             listener.sock.close()
         self._accept_paused = False
 
@@ -384,6 +399,8 @@ class SelectEngine:
         batch = 1 if balancer is not None else 64
         poller = self._poller
         mask = READ | self._exclusive
+        fd = lsock.fileno()
+        armed = self._armed
 
         def on_accept(events: int) -> None:
             for _ in range(batch):
@@ -407,9 +424,8 @@ class SelectEngine:
             if balancer is not None and self._listening:
                 if not balancer.may_accept():
                     self._pause_accepting()
-                elif self._exclusive:
-                    fd = lsock.fileno()
-                    poller.unregister(fd)
+                elif self._exclusive and fd in armed:
+                    poller.unregister(fd)  # and register again: to the back of the kernel's queue of waiters
                     poller.register(fd, mask)
 
         return on_accept
