@@ -58,6 +58,12 @@ except (AttributeError, ValueError, OSError):  # pragma: no cover
 _SENDFILE_CHUNK = 8 * 1024 * 1024  # at most this much per sendfile() call, so one download cannot hog a wake-up
 _RAW_READ = 256 * 1024
 _LINGER = 1.0  # seconds a gracefully closed connection may take to read our last replies
+# Out of descriptors (or kernel memory), accept() fails for every connection waiting in the queue until something
+# is freed: stop polling the listeners for a while, longer each time in a row it fails, and say so rarely.
+_ACCEPT_BACKOFF_MIN = 0.1
+_ACCEPT_BACKOFF_MAX = 1.0
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
 
 
 class FrameTimeout(FrameError):
@@ -90,6 +96,28 @@ class Limits:
         self.graceful_timeout = graceful_timeout
         self.high_water = high_water
         self.low_water = low_water
+
+
+class LogThrottle:
+    """One log line per ``interval`` seconds for a condition that may recur thousands of times a second; the next
+    line says how many were left out."""
+
+    def __init__(self, interval: float = _LOG_EVERY) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (and %d more time(s) in the last %.0f s)"
+            args += (self._suppressed, self.interval)
+            self._suppressed = 0
+        self._next = now + self.interval
+        log.log(level, msg, *args)
 
 
 class Listener:
@@ -290,6 +318,9 @@ class SelectEngine:
         self._wake_r = self._wake_w = -1
         self._accept_paused = False
         self._armed: Set[int] = set()  # listening TCP sockets registered with the poller now
+        self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
+        self._accept_blocked_until = 0.0  # no accept before this (monotonic) time
+        self._accept_failures = LogThrottle()
         self._listening = False
         self._services: List[Service] = []
         for listener in self.listeners:
@@ -326,8 +357,32 @@ class SelectEngine:
         if timers:
             timeout = min(timeout, max(0.0, timers[0].when - time.monotonic()))
         if self._accept_paused:
-            timeout = min(timeout, 0.01)  # re-check the balancer soon: the others may have caught up
+            if self._accept_blocked_until:
+                timeout = min(timeout, max(0.0, self._accept_blocked_until - time.monotonic()))
+            else:
+                timeout = min(timeout, 0.01)  # re-check the balancer soon: the others may have caught up
         return timeout
+
+    def _maybe_resume_accepting(self) -> None:
+        """At the end of an iteration while accepts are paused: resume once the resource back-off is over and
+        (prefork) the balancer agrees."""
+        if self._accept_blocked_until:
+            if self.now < self._accept_blocked_until:
+                return
+            self._accept_blocked_until = 0.0
+        if self.balancer is None or self.balancer.may_accept():
+            self._resume_accepting()
+
+    def _accept_exhausted(self, exc: OSError) -> None:
+        """accept() ran out of descriptors or memory: the connection stays queued; try again after a back-off
+        that doubles while the failures go on (a freed connection ends it early)."""
+        self._accept_backoff = min(_ACCEPT_BACKOFF_MAX, max(_ACCEPT_BACKOFF_MIN, self._accept_backoff * 2))
+        self._accept_blocked_until = self.now + self._accept_backoff
+        self._accept_failures.log(
+            logging.ERROR, "accept failed (%s); %d connection(s) open, retrying in %.1f s",
+            exc.strerror or exc, len(self._conns), self._accept_backoff,
+        )  # fmt: skip
+        self._pause_accepting()
 
     # -- registration ---------------------------------------------------------------------------------
 
@@ -409,13 +464,13 @@ class SelectEngine:
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.error("accept failed (%s); pausing accepts for 100 ms", exc)
-                        self._pause_accepting()
-                        self.call_later(0.1, self._resume_accepting)
+                    if exc.errno in _RESOURCE_ERRORS:
+                        self._accept_exhausted(exc)
                     elif exc.errno != errno.ECONNABORTED:
                         log.warning("accept failed: %s", exc)
                     return
+                if self._accept_backoff:
+                    self._accept_backoff = 0.0
                 if len(conns) >= limits.max_connections:
                     log.warning("connection limit (%d) reached; refusing %s", limits.max_connections, addr)
                     sock.close()
@@ -515,6 +570,8 @@ class SelectEngine:
             pass
         if self.balancer is not None:
             self.balancer.closed()
+        if self._accept_blocked_until:
+            self._accept_blocked_until = self.now  # a descriptor is free: the queue may move again
         if file is not None:
             try:
                 file[3](ConnectionError("connection closed during sendfile"))
@@ -1019,8 +1076,8 @@ class SelectEngine:
                 self._flush_dirty()
             if self._timers and self._timers[0].when <= self.now:
                 self._run_timers()
-            if self._accept_paused and self._listening and self.balancer is not None and self.balancer.may_accept():
-                self._resume_accepting()
+            if self._accept_paused and self._listening:
+                self._maybe_resume_accepting()
             if self._draining:
                 self._drain_step()
 
