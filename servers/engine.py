@@ -63,6 +63,7 @@ _LINGER = 1.0  # seconds a gracefully closed connection may take to read our las
 _ACCEPT_BACKOFF_MIN = 0.1
 _ACCEPT_BACKOFF_MAX = 1.0
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_MIN_COMPACT = 100  # heaps smaller than this are never compacted
 _LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
 
 
@@ -96,6 +97,45 @@ class Limits:
         self.graceful_timeout = graceful_timeout
         self.high_water = high_water
         self.low_water = low_water
+
+
+def _nothing() -> None:
+    pass
+
+
+class _Timer(Timer):
+    """A timer in the engine's heap.
+
+    ``cancel()`` lets go of the callback at once (it may hold a connection, its decoder buffer, a child process)
+    and tells the engine, which compacts the heap once cancelled entries outnumber the live ones; a cancelled
+    entry is otherwise only dropped when it reaches the top.  ``engine`` is set while the timer is in the heap
+    and not cancelled; ``conn`` while a connection lists it among its timers."""
+
+    __slots__ = ("engine", "conn")
+
+    def __init__(
+        self, when: float, callback: Callable[[], None], engine: "SelectEngine", conn: Optional["Connection"]
+    ) -> None:
+        super().__init__(when, callback)
+        self.engine: Optional[SelectEngine] = engine
+        self.conn = conn
+
+    def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self._detach()
+        engine = self.engine
+        if engine is not None:
+            self.engine = None
+            engine._timer_cancelled()
+
+    def _detach(self) -> None:
+        self.callback = _nothing
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.timers.discard(self)
 
 
 class LogThrottle:
@@ -202,7 +242,7 @@ class Connection(Conn):
         self.frames_seen = 0  # decoder.completed at that moment
         self.file: Optional[List[Any]] = None  # [fd, offset, remaining, done] of a sendfile in progress
         self.watched: Set[int] = set()
-        self.timers: Set[Timer] = set()
+        self.timers: Set[_Timer] = set()  # scheduled for this connection: cancelled when it closes
         self._busy = False
         self.lingering = False
 
@@ -241,13 +281,7 @@ class Connection(Conn):
         self.engine._unwatch(self, fd)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        conn = self
-
-        def fire() -> None:
-            conn.timers.discard(timer)
-            callback()
-
-        timer = self.engine.call_later(delay, fire)
+        timer = self.engine._schedule(delay, callback, self)
         self.timers.add(timer)
         return timer
 
@@ -310,7 +344,8 @@ class SelectEngine:
         self._conns: Dict[int, Connection] = {}
         self._handlers: Dict[int, Callable[[int], None]] = {}
         self._dirty: List[Connection] = []
-        self._timers: List[Timer] = []
+        self._timers: List[_Timer] = []  # a heap, ordered by due time
+        self._cancelled_timers = 0  # cancelled entries still in the heap
         self._running = False
         self._draining = False
         self._deadline = 0.0
@@ -333,9 +368,26 @@ class SelectEngine:
     # -- timers ---------------------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        return self._schedule(delay, callback, None)
+
+    def _schedule(self, delay: float, callback: Callable[[], None], conn: Optional[Connection]) -> _Timer:
+        timer = _Timer(time.monotonic() + max(0.0, delay), callback, self, conn)
         heapq.heappush(self._timers, timer)
         return timer
+
+    @property
+    def scheduled_timers(self) -> int:
+        """Entries in the timer heap (cancelled ones included until they are dropped)."""
+        return len(self._timers)
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled_timers += 1
+        timers = self._timers
+        if len(timers) > _MIN_COMPACT and self._cancelled_timers * 2 > len(timers):
+            # In place: _run_timers may be iterating over this very list (a callback cancelling timers).
+            timers[:] = [t for t in timers if not t.cancelled]
+            heapq.heapify(timers)
+            self._cancelled_timers = 0
 
     def _run_timers(self) -> None:
         timers = self._timers
@@ -343,9 +395,13 @@ class SelectEngine:
         while timers and timers[0].when <= now:
             timer = heapq.heappop(timers)
             if timer.cancelled:
+                self._cancelled_timers -= 1
                 continue
+            timer.engine = None  # out of the heap: a late cancel() has nothing to tell the engine
+            callback = timer.callback
+            timer._detach()
             try:
-                timer.callback()
+                callback()
             except Exception:
                 log.exception("timer callback failed")
 
@@ -353,6 +409,7 @@ class SelectEngine:
         timers = self._timers
         while timers and timers[0].cancelled:
             heapq.heappop(timers)
+            self._cancelled_timers -= 1
         timeout = 1.0
         if timers:
             timeout = min(timeout, max(0.0, timers[0].when - time.monotonic()))
@@ -557,9 +614,8 @@ class SelectEngine:
             pass
         for fd in list(conn.watched):
             self._unwatch(conn, fd)
-        for timer in conn.timers:
+        for timer in list(conn.timers):
             timer.cancel()
-        conn.timers.clear()
         file = conn.file
         conn.file = None
         conn.out.clear()
@@ -1085,7 +1141,9 @@ class SelectEngine:
         self._stop_listening()
         for conn in list(self._conns.values()):
             self._close(conn)
-        for timer in self._timers:
+        timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.engine = None
             timer.cancel()
-        self._timers.clear()
+        self._cancelled_timers = 0
         self._poller.close()

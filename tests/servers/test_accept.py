@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import select
 import sys
 import threading
@@ -62,19 +61,6 @@ LOW_NOFILE = (
 )
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the processes (fields 14 and 15 of /proc/PID/stat)."""
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.timing
 def test_out_of_descriptors_backs_off_quietly_and_recovers(engine, spawn, net):
     """EMFILE: the accept queue fills while every descriptor is taken.  The server must wait for one to free up
@@ -94,9 +80,9 @@ def test_out_of_descriptors_backs_off_quietly_and_recovers(engine, spawn, net):
             socks.append(s)
         time.sleep(1.0)
         pids = [server.pid, *server.workers()]
-        lines0, cpu0, t0 = server.stderr().count("accept failed"), cpu_seconds(pids), time.monotonic()
+        lines0, cpu0, t0 = server.stderr().count("accept failed"), net.cpu_seconds(pids), time.monotonic()
         time.sleep(4.0)
-        lines1, cpu1, t1 = server.stderr().count("accept failed"), cpu_seconds(pids), time.monotonic()
+        lines1, cpu1, t1 = server.stderr().count("accept failed"), net.cpu_seconds(pids), time.monotonic()
         cpu = (cpu1 - cpu0) / (t1 - t0)
         rate = (lines1 - lines0) / (t1 - t0)
         print(f"{engine}: {cpu:.1%} CPU, {rate:.2f} 'accept failed' lines/s while out of descriptors")
