@@ -16,7 +16,9 @@ epoll does not exist): listening sockets, UDP sockets, client connections, the f
 * a connection whose queued output passes the high-water mark stops being read until it drains below the
   low-water mark (backpressure: a client that does not read cannot make the server buffer without bound);
 * a periodic sweep closes connections idle for longer than ``idle_timeout`` and those that started a frame
-  more than ``frame_timeout`` ago without finishing it (a client dribbling a byte a second is cut off);
+  more than ``frame_timeout`` ago without finishing it (a client dribbling a byte a second is cut off); output
+  that makes no progress for ``idle_timeout`` (a client that stopped reading: neither the loop's sends nor the
+  kernel's send queue move) resets the connection, even while the service has work in flight (a download);
 * signals only record themselves and write to the wake-up pipe; the loop acts on them.  SIGTERM stops
   gracefully: listeners close, every request already received is answered, each connection is closed at a
   frame boundary (write side first, so the client reads every reply before the EOF), and the loop ends
@@ -26,12 +28,15 @@ epoll does not exist): listening sockets, UDP sockets, client connections, the f
 from __future__ import annotations
 
 import errno
+import fcntl
 import heapq
 import logging
 import os
 import select
 import signal
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
@@ -63,6 +68,7 @@ _LINGER = 1.0  # seconds a gracefully closed connection may take to read our las
 _ACCEPT_BACKOFF_MIN = 0.1
 _ACCEPT_BACKOFF_MAX = 1.0
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_ABORT_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 _MIN_COMPACT = 100  # heaps smaller than this are never compacted
 _LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
 
@@ -182,6 +188,14 @@ class Listener:
         return f"{self.service.name} {self.transport} {host}:{addr[1]}"
 
 
+def _kernel_unsent(fd: int) -> int:
+    """Bytes in a stream socket's send queue, not yet acknowledged by the peer (-1 if the kernel will not say)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
+    except OSError:
+        return -1
+
+
 class _Poller:
     """epoll where it exists, else poll; the two share their event bits and their method names."""
 
@@ -211,7 +225,8 @@ class Connection(Conn):
     __slots__ = (
         "engine", "sock", "fd", "service", "decoder", "read", "wire", "relay", "handle", "prefix", "state", "peer",
         "out", "out_size", "events", "dirty", "closed", "close_after_flush",
-        "user_paused", "last", "frame_start", "frames_seen", "file", "watched", "timers", "_busy", "lingering",
+        "user_paused", "last", "wrote", "unsent", "frame_start", "frames_seen", "file", "watched", "timers", "_busy",
+        "lingering",
     )  # fmt: skip
 
     def __init__(self, engine: "SelectEngine", sock: socket.socket, peer: Address, service: Service) -> None:
@@ -238,6 +253,8 @@ class Connection(Conn):
         self.close_after_flush = False
         self.user_paused = False
         self.last = engine.now  # last read (or write progress)
+        self.wrote = engine.now  # last write progress, or when output became pending after none was
+        self.unsent = -1  # the kernel's send queue at the last sweep that saw output pending (-1: unknown)
         self.frame_start = 0.0  # when the sweep first saw an unfinished frame make no progress (0: none)
         self.frames_seen = 0  # decoder.completed at that moment
         self.file: Optional[List[Any]] = None  # [fd, offset, remaining, done] of a sendfile in progress
@@ -257,6 +274,8 @@ class Connection(Conn):
             self._queue(data)
 
     def _queue(self, data: Any) -> None:
+        if not self.out and self.file is None:
+            self.wrote = self.engine.now
         self.out.append(data)
         self.out_size += len(data)
         if not self.dirty:
@@ -269,6 +288,8 @@ class Connection(Conn):
         if self.closed:
             done(ConnectionError("connection closed"))
             return
+        if not self.out:
+            self.wrote = self.engine.now
         self.file = [fd, offset, count, done]
         if not self.dirty:
             self.dirty = True
@@ -638,6 +659,14 @@ class SelectEngine:
         except Exception:
             log.exception("%s: connection_lost failed", conn.service.name)
 
+    def _abort(self, conn: Connection) -> None:
+        """Close with a reset: what the kernel still holds for this client is thrown away, not sent."""
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_LINGER)
+        except OSError:
+            pass
+        self._close(conn)
+
     def _service_failed(self, conn: Connection, where: str) -> None:
         log.exception("%s: %s failed; closing %s", conn.service.name, where, conn.peer)
         self._close(conn)
@@ -739,6 +768,7 @@ class SelectEngine:
             return
         conn.out.append(rest)
         conn.out_size += len(rest)
+        conn.wrote = self.now
         self._update_events(conn)
 
     def _deliver(self, conn: Connection, frames: List[bytes]) -> None:
@@ -777,6 +807,7 @@ class SelectEngine:
         if sent < len(data):
             conn.out.append(memoryview(data)[sent:])
             conn.out_size += len(data) - sent
+            conn.wrote = self.now
             self._update_events(conn)
 
     def _on_readable_raw(self, conn: Connection) -> None:
@@ -820,7 +851,7 @@ class SelectEngine:
                 self._close(conn)
                 return
             conn.out_size -= sent
-            conn.last = self.now
+            conn.last = conn.wrote = self.now
             while sent:
                 head = out[0]
                 if sent >= len(head):
@@ -870,7 +901,7 @@ class SelectEngine:
                 return False
             offset += sent
             remaining -= sent
-            conn.last = self.now
+            conn.last = conn.wrote = self.now
             if sent < _SENDFILE_CHUNK and remaining:
                 break  # socket buffer full
         file[1] = offset
@@ -953,6 +984,20 @@ class SelectEngine:
         for conn in list(self._conns.values()):
             if conn.closed:
                 continue
+            if conn.out or conn.file is not None:
+                # Output waits for the client.  The loop sees progress only when the kernel takes more, which
+                # can be seconds after the client started reading again (writability needs a third of the send
+                # buffer free), so the send queue's length counts too: if it moved, the client is reading.
+                unsent = _kernel_unsent(conn.fd)
+                if unsent != conn.unsent:
+                    conn.unsent = unsent
+                    conn.wrote = now
+                elif now - conn.wrote > limits.idle_timeout:
+                    # Busy or not: a client that stopped reading holds its buffers (and a file) for nothing.
+                    stalled = now - conn.wrote
+                    log.info("%s: closing %s: it read nothing for %.0f s", conn.service.name, conn.peer, stalled)
+                    self._abort(conn)
+                    continue
             if conn.lingering or conn.busy:
                 continue
             # Frame deadline, kept off the per-read path: a connection holding part of a frame while its
