@@ -22,12 +22,16 @@ epoll does not exist): listening sockets, UDP sockets, client connections, the f
 * signals only record themselves and write to the wake-up pipe; the loop acts on them.  SIGTERM stops
   gracefully: listeners close, every request already received is answered, each connection is closed at a
   frame boundary (write side first, so the client reads every reply before the EOF), and the loop ends
-  within ``graceful_timeout``.  SIGINT and SIGQUIT stop at once.
+  within ``graceful_timeout``.  SIGINT and SIGQUIT stop at once.  No catchable signal ends the process
+  silently: SIGUSR1 goes to :meth:`SelectEngine.handle_usr1`, every other one whose default action would end
+  the process (:data:`IGNORED_SIGNALS`) is logged and ignored, and the fault signals (SIGSEGV, SIGBUS, SIGFPE,
+  SIGILL, SIGABRT) end it after :mod:`faulthandler` has printed the Python stack on stderr.
 """
 
 from __future__ import annotations
 
 import errno
+import faulthandler
 import fcntl
 import heapq
 import logging
@@ -46,7 +50,7 @@ from fastframe.exceptions import FrameError
 
 from .service import Address, Conn, Service, Timer
 
-__all__ = ["Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine"]
+__all__ = ["IGNORED_SIGNALS", "Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine", "signal_name"]
 
 log = logging.getLogger("fastframe.server")
 
@@ -71,6 +75,43 @@ _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ABORT_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 _MIN_COMPACT = 100  # heaps smaller than this are never compacted
 _LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
+
+
+def _ignored_signals() -> Tuple[int, ...]:
+    names = (
+        "SIGUSR2", "SIGWINCH", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGSYS",
+        "SIGSTKFLT", "SIGIO", "SIGTRAP", "SIGTTIN", "SIGTTOU",
+    )  # fmt: skip
+    found = {getattr(signal, name) for name in names if hasattr(signal, name)}
+    if hasattr(signal, "SIGRTMIN"):
+        found.update(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+    return tuple(sorted(found))
+
+
+#: Signals whose default action ends (or, SIGTTIN/SIGTTOU, stops) a process and that mean nothing to a server
+#: (SIGWINCH too, for gunicorn's habits): they are logged and ignored.  Handled, not SIG_IGN, so that the
+#: commands a server runs do not inherit them ignored.
+IGNORED_SIGNALS = _ignored_signals()
+
+
+def signal_name(signum: int) -> str:
+    """``SIGUSR1``; ``SIGRTMIN+3`` for the unnamed real-time ones."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        rtmin = getattr(signal, "SIGRTMIN", 0)
+        return f"SIGRTMIN+{signum - rtmin}" if rtmin and signum > rtmin else f"signal {signum}"
+
+
+def enable_faulthandler() -> bool:
+    """Print the Python stack on stderr when a fault signal ends the process; True if this call enabled it."""
+    if faulthandler.is_enabled():
+        return False
+    try:
+        faulthandler.enable()
+    except (RuntimeError, ValueError, OSError, AttributeError):  # no usable stderr (closed, or replaced)
+        return False
+    return True
 
 
 class FrameTimeout(FrameError):
@@ -349,6 +390,9 @@ class SelectEngine:
     ``balancer`` (prefork workers only) decides whether this process should accept the next connection.
     """
 
+    #: The signals the engine handles while it runs (block them before, pass them to ``run(unblock_signals=)``).
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, *IGNORED_SIGNALS)
+
     def __init__(
         self,
         listeners: Sequence[Listener],
@@ -372,6 +416,7 @@ class SelectEngine:
         self._deadline = 0.0
         self._signals: Deque[int] = deque()
         self._wake_r = self._wake_w = -1
+        self._faulthandler = False  # enabled by this engine (and so disabled when it stops)
         self._accept_paused = False
         self._armed: Set[int] = set()  # listening TCP sockets registered with the poller now
         self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
@@ -1028,9 +1073,10 @@ class SelectEngine:
         os.set_blocking(w, False)
         self._wake_r, self._wake_w = r, w
         previous: Dict[int, Any] = {}
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        for signum in self.SIGNALS:
             previous[signum] = signal.signal(signum, self._record_signal)
         previous[-1] = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._faulthandler = enable_faulthandler()
         self._handlers[r] = self._on_wakeup
         self._poller.register(r, READ)
         return previous
@@ -1039,6 +1085,8 @@ class SelectEngine:
         signal.set_wakeup_fd(previous.pop(-1))
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if self._faulthandler:
+            faulthandler.disable()
         self._handlers.pop(self._wake_r, None)
         for fd in (self._wake_r, self._wake_w):
             try:
@@ -1065,6 +1113,14 @@ class SelectEngine:
                 self.stop(graceful=False)
             elif signum == signal.SIGHUP:
                 log.info("SIGHUP ignored: a single-process engine has no workers to replace")
+            elif signum == signal.SIGUSR1:
+                self.handle_usr1()
+            else:
+                log.warning("%s ignored", signal_name(signum))
+
+    def handle_usr1(self) -> None:
+        """SIGUSR1, logrotate's signal: reopen the log files.  Logs go to stderr for now: nothing to reopen."""
+        log.info("SIGUSR1: nothing to reopen (the log goes to stderr)")
 
     def stop(self, graceful: bool = True) -> None:
         """Stop serving: gracefully (finish what was received) or at once."""

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
-from .engine import Limits, Listener, SelectEngine
+from .engine import IGNORED_SIGNALS, Limits, Listener, SelectEngine, enable_faulthandler, signal_name
 
 __all__ = ["Balancer", "PreforkEngine"]
 
@@ -160,9 +160,12 @@ class PreforkEngine:
 
     # -- signals --------------------------------------------------------------------------------------
 
-    _HANDLED = (
-        signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-        signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+    #: The signals the master handles (block them before ``run``, which unblocks them once it handles them).
+    SIGNALS = _HANDLED = tuple(
+        dict.fromkeys((
+            signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+            signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGUSR1, *IGNORED_SIGNALS,
+        ))
     )  # fmt: skip
 
     def _record(self, signum: int, frame: Any) -> None:
@@ -175,6 +178,7 @@ class PreforkEngine:
         for signum in self._HANDLED:
             signal.signal(signum, self._record)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        enable_faulthandler()
 
     # -- workers --------------------------------------------------------------------------------------
 
@@ -204,9 +208,7 @@ class PreforkEngine:
     def _worker_main(self, slot: int) -> int:  # pragma: no cover - child process
         signal.set_wakeup_fd(-1)
         for signum in self._HANDLED:
-            signal.signal(signum, signal.SIG_DFL)
-        for signum in (signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(signum, signal.SIG_IGN)
+            signal.signal(signum, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
         os.close(self._wake_r)
         os.close(self._wake_w)
         if os.environ.get("FASTFRAME_TEST_FAULT") == "worker-boot":
@@ -309,6 +311,17 @@ class PreforkEngine:
             elif signum == signal.SIGTTOU and not self._stopping:
                 self.target = max(1, self.target - 1)
                 log.info("SIGTTOU: %d worker(s)", self.target)
+            elif signum == signal.SIGUSR1:
+                self.handle_usr1()
+            elif signum not in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                log.warning("%s ignored", signal_name(signum))
+
+    def handle_usr1(self) -> None:
+        """SIGUSR1, logrotate's signal: reopen the log files here and in every worker.  Logs go to stderr for now:
+        the master has nothing to reopen, and passes the signal on for the workers to say the same."""
+        log.info("SIGUSR1: nothing to reopen (the log goes to stderr); passing it on to the workers")
+        for worker in self.workers.values():
+            self._kill(worker.pid, signal.SIGUSR1)
 
     def _stop(self, graceful: bool) -> None:
         first = not self._stopping
@@ -342,9 +355,14 @@ class PreforkEngine:
             except (BlockingIOError, InterruptedError):
                 pass
 
-    def run(self) -> int:
-        """Supervise until stopped; return the exit status."""
+    def run(self, unblock_signals: Sequence[int] = ()) -> int:
+        """Supervise until stopped; return the exit status.
+
+        ``unblock_signals`` are unblocked once the master's handlers are installed (block :attr:`SIGNALS` while
+        announcing the server, so that a signal sent as soon as it is announced is not lost)."""
         self._install_signals()
+        if unblock_signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
         if self.pidfile:
             _write_pidfile(self.pidfile)
         try:

@@ -282,13 +282,13 @@ def _signal_masks(pid: int) -> dict[str, int]:
 
 def booted(pid: int) -> bool:
     """A prefork worker has finished booting once it catches SIGTERM itself and no longer carries the master's
-    SIGTTIN handler (inherited across fork() until the worker replaces it)."""
+    SIGCHLD handler (inherited across fork() until the worker resets it; its engine does not catch SIGCHLD)."""
     masks = _signal_masks(pid)
 
     def bit(sig: int) -> int:
         return 1 << (sig - 1)
 
-    return bool(masks) and bool(masks["SigCgt"] & bit(signal.SIGTERM)) and not masks["SigCgt"] & bit(signal.SIGTTIN)
+    return bool(masks) and bool(masks["SigCgt"] & bit(signal.SIGTERM)) and not masks["SigCgt"] & bit(signal.SIGCHLD)
 
 
 def wait_booted(pids: Sequence[int], timeout: float = 5.0) -> list[int]:
