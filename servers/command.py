@@ -173,10 +173,11 @@ class _Command:
 
 
 class _ConnState:
-    __slots__ = ("queue", "cmd", "paused", "closed")
+    __slots__ = ("queue", "admitted", "cmd", "paused", "closed")
 
     def __init__(self) -> None:
         self.queue: Deque[bytes] = deque()
+        self.admitted = 0  # how many of the queued requests came before shutdown() (they still run)
         self.cmd: Optional[_Command] = None
         self.paused = False
         self.closed = False
@@ -232,6 +233,8 @@ class CommandService(Service):
         if st is None or st.closed:
             return None
         st.queue.extend(frames)
+        if not self._stopping:
+            st.admitted = len(st.queue)
         if len(st.queue) >= QUEUE_LIMIT and not st.paused:
             st.paused = True
             conn.pause_reading()
@@ -272,7 +275,12 @@ class CommandService(Service):
     def _next(self, conn: Conn, st: _ConnState) -> None:
         """Start queued commands until one is running (refusals are answered at once)."""
         while st.cmd is None and st.queue and not st.closed:
-            refusal = self._start(conn, st, st.queue.popleft())
+            raw = st.queue.popleft()
+            if st.admitted:
+                st.admitted -= 1
+                refusal = self._start(conn, st, raw)
+            else:
+                refusal = _error("busy", "the server is shutting down")
             if refusal is not None:
                 conn.send_frames([refusal])
         if st.paused and len(st.queue) < QUEUE_LIMIT // 2 and not st.closed:
@@ -296,8 +304,6 @@ class CommandService(Service):
         return argv
 
     def _start(self, conn: Conn, st: _ConnState, raw: bytes) -> Optional[bytes]:
-        if self._stopping:
-            return _error("busy", "the server is shutting down")
         argv = self._parse(raw)
         if isinstance(argv, bytes):
             return argv
@@ -472,6 +478,7 @@ class CommandService(Service):
         """The connection is going away: kill its command, forget its queue."""
         st.closed = True
         st.queue.clear()
+        st.admitted = 0
         cmd, st.cmd = st.cmd, None
         conn.busy = False
         if cmd is None:

@@ -20,9 +20,10 @@ epoll does not exist): listening sockets, UDP sockets, client connections, the f
   that makes no progress for ``idle_timeout`` (a client that stopped reading: neither the loop's sends nor the
   kernel's send queue move) resets the connection, even while the service has work in flight (a download);
 * signals only record themselves and write to the wake-up pipe; the loop acts on them.  SIGTERM stops
-  gracefully: listeners close, every request already received is answered, each connection is closed at a
-  frame boundary (write side first, so the client reads every reply before the EOF), and the loop ends
-  within ``graceful_timeout``.  SIGINT and SIGQUIT stop at once.  No catchable signal ends the process
+  gracefully: the connections waiting in the accept queues are taken, listeners close, every request already
+  received is answered, each connection is closed at a frame boundary once a look at its socket finds
+  nothing more (write side first, so the client reads every reply before the EOF), and the loop ends within
+  ``graceful_timeout``.  SIGINT and SIGQUIT stop at once.  No catchable signal ends the process
   silently: SIGUSR1 goes to :meth:`SelectEngine.handle_usr1`, every other one whose default action would end
   the process (:data:`IGNORED_SIGNALS`) is logged and ignored, and the fault signals (SIGSEGV, SIGBUS, SIGFPE,
   SIGILL, SIGABRT) end it after :mod:`faulthandler` has printed the Python stack on stderr.
@@ -73,6 +74,7 @@ _ACCEPT_BACKOFF_MIN = 0.1
 _ACCEPT_BACKOFF_MAX = 1.0
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ABORT_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
+_DRAIN_ACCEPT_ROUNDS = 64  # a graceful stop takes at most 64 x 64 connections from a listener's accept queue
 _MIN_COMPACT = 100  # heaps smaller than this are never compacted
 _LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
 
@@ -227,6 +229,17 @@ class Listener:
         addr = self.address
         host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
         return f"{self.service.name} {self.transport} {host}:{addr[1]}"
+
+
+def _has_input(sock: socket.socket) -> bool:
+    """True if a read would not block: bytes waiting, an end of stream or an error."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _kernel_unsent(fd: int) -> int:
@@ -419,6 +432,8 @@ class SelectEngine:
         self._faulthandler = False  # enabled by this engine (and so disabled when it stops)
         self._accept_paused = False
         self._armed: Set[int] = set()  # listening TCP sockets registered with the poller now
+        self._acceptors: Dict[int, Callable[[int], bool]] = {}  # listening fd -> accept(up to n): queue empty?
+        self._drain_again = False  # a graceful stop found input on some connection: look again at once
         self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
         self._accept_blocked_until = 0.0  # no accept before this (monotonic) time
         self._accept_failures = LogThrottle()
@@ -472,6 +487,9 @@ class SelectEngine:
                 log.exception("timer callback failed")
 
     def _next_timeout(self) -> float:
+        if self._drain_again:
+            self._drain_again = False
+            return 0.0
         timers = self._timers
         while timers and timers[0].cancelled:
             heapq.heappop(timers)
@@ -556,6 +574,7 @@ class SelectEngine:
         if not self._listening:
             return
         self._listening = False
+        self._acceptors.clear()
         for listener in self.listeners:
             fd = listener.sock.fileno()
             self._handlers.pop(fd, None)
@@ -580,18 +599,19 @@ class SelectEngine:
         fd = lsock.fileno()
         armed = self._armed
 
-        def on_accept(events: int) -> None:
-            for _ in range(batch):
+        def accept(limit: int) -> bool:
+            """Accept up to ``limit`` connections; True once the queue is empty (or accept() cannot go on)."""
+            for _ in range(limit):
                 try:
                     sock, addr = lsock.accept()
                 except (BlockingIOError, InterruptedError):
-                    return
+                    return True
                 except OSError as exc:
                     if exc.errno in _RESOURCE_ERRORS:
                         self._accept_exhausted(exc)
                     elif exc.errno != errno.ECONNABORTED:
                         log.warning("accept failed: %s", exc)
-                    return
+                    return True
                 if self._accept_backoff:
                     self._accept_backoff = 0.0
                 if len(conns) >= limits.max_connections:
@@ -599,6 +619,10 @@ class SelectEngine:
                     sock.close()
                     continue
                 self._add_connection(sock, addr, service)
+            return False
+
+        def on_accept(events: int) -> None:
+            accept(batch)
             if balancer is not None and self._listening:
                 if not balancer.may_accept():
                     self._pause_accepting()
@@ -606,6 +630,7 @@ class SelectEngine:
                     poller.unregister(fd)  # and register again: to the back of the kernel's queue of waiters
                     poller.register(fd, mask)
 
+        self._acceptors[fd] = accept
         return on_accept
 
     def _make_datagram_handler(self, listener: Listener) -> Callable[[int], None]:
@@ -1026,6 +1051,13 @@ class SelectEngine:
         if self.parent_pid and os.getppid() != self.parent_pid and not self._draining:
             log.warning("the master (%d) is gone; stopping", self.parent_pid)
             self.stop(graceful=True)
+        if self._exclusive and not self._accept_paused:
+            # With EPOLLEXCLUSIVE the kernel wakes one waiting process per new connection; if that process then
+            # stops accepting without taking it (a worker being replaced), nobody else is told.  Registering again
+            # makes epoll look at the queue afresh, so no connection waits in it longer than one sweep.
+            for fd in list(self._armed):
+                self._disarm(fd)
+                self._arm(fd)
         for conn in list(self._conns.values()):
             if conn.closed:
                 continue
@@ -1123,7 +1155,14 @@ class SelectEngine:
         log.info("SIGUSR1: nothing to reopen (the log goes to stderr)")
 
     def stop(self, graceful: bool = True) -> None:
-        """Stop serving: gracefully (finish what was received) or at once."""
+        """Stop serving: gracefully (finish what was received) or at once.
+
+        What "received" means: a connection the kernel completed before the stop, whether this process had
+        accepted it or it still waited in a listener's accept queue, and every request byte in its socket buffer.
+        The queues are emptied before the listeners close (closing the last descriptor of a listening socket
+        resets what waits in its queue) -- unless other processes keep listening on them (a prefork worker
+        replaced by SIGHUP or SIGTTOU): then they are left to those.  The requests already in the socket buffers
+        go to the services before the services are told to stop taking new work."""
         if not graceful:
             self._running = False
             return
@@ -1131,7 +1170,15 @@ class SelectEngine:
             return
         self._draining = True
         self._deadline = time.monotonic() + self.limits.graceful_timeout
+        if self._listening and (self.balancer is None or not self.balancer.retired()):
+            for accept in self._acceptors.values():
+                for _ in range(_DRAIN_ACCEPT_ROUNDS):
+                    if accept(64):
+                        break
         self._stop_listening()
+        for conn in list(self._conns.values()):
+            if not conn.closed and conn.events & READ and not conn.lingering:
+                self._on_readable(conn)
         for service in self._services:
             try:
                 service.shutdown()
@@ -1139,7 +1186,8 @@ class SelectEngine:
                 log.exception("%s: shutdown failed", service.name)
 
     def _drain_step(self) -> None:
-        """While stopping gracefully: close every connection that reached a frame boundary with nothing in flight."""
+        """While stopping gracefully: close every connection that reached a frame boundary with nothing in flight
+        and nothing more received."""
         if time.monotonic() >= self._deadline:
             if self._conns:
                 log.warning("graceful timeout: closing %d connection(s) still busy", len(self._conns))
@@ -1148,13 +1196,13 @@ class SelectEngine:
         for conn in list(self._conns.values()):
             if conn.closed or conn.lingering or conn.close_after_flush or conn.busy or conn.out:
                 continue
-            if conn.decoder is not None:
-                if conn.decoder.pending:
-                    continue  # wait for the frame the client is sending
-                # Anything already sitting in the socket was sent before we closed: answer it first.
+            if conn.decoder is not None and conn.decoder.pending:
+                continue  # wait for the frame the client is sending
+            if _has_input(conn.sock):
+                # Received, so answered first (or an EOF or error to handle); closed once a look finds nothing.
                 self._on_readable(conn)
-                if conn.closed or conn.out or conn.busy or conn.decoder.pending:
-                    continue
+                self._drain_again = True
+                continue
             self._finish_close(conn)
         if not self._conns:
             self._running = False

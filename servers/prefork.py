@@ -99,6 +99,10 @@ class Balancer:
         if self.counts[self.slot] > 0:
             self.counts[self.slot] -= 1
 
+    def retired(self) -> bool:
+        """The master replaced this worker (SIGHUP, SIGTTOU): the others keep listening on the shared sockets."""
+        return self.counts[self.slot] < 0
+
     def beat(self, now: float) -> None:
         self.beats[self.slot] = now
 
