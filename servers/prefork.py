@@ -42,6 +42,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
+from ._process import become_subreaper, children, kill_tree
 from .engine import IGNORED_SIGNALS, Limits, Listener, SelectEngine, enable_faulthandler, signal_name
 
 __all__ = ["Balancer", "PreforkEngine"]
@@ -160,6 +161,7 @@ class PreforkEngine:
         self._next_spawn = 0.0
         self._failures = 0
         self._master_pid = os.getpid()
+        self._orphans_possible = False  # a child was reaped since the last look for orphans
         self._wake_r = self._wake_w = -1
 
     # -- signals --------------------------------------------------------------------------------------
@@ -231,9 +233,10 @@ class PreforkEngine:
                 return
             if pid == 0:
                 return
+            self._orphans_possible = True
             worker = self.workers.pop(pid, None)
             if worker is None:
-                continue
+                continue  # an orphan we adopted and ended (see _end_orphans)
             self.balancer.release(worker.slot)
             age = time.monotonic() - worker.born
             how = _describe_status(status)
@@ -248,6 +251,34 @@ class PreforkEngine:
             else:
                 self._failures = 0
                 log.warning("worker %d died (%s); replacing it", pid, how)
+
+    def _end_orphans(self) -> None:
+        """End every child of the master that is not a worker, with everything below it.
+
+        The master is the child subreaper of its workers' descendants: when a worker dies, the commands it ran
+        (each in a session of its own, which nothing else would ever signal) become the master's children.
+        They are killed, with their process groups and descendants; what they leave behind is adopted in turn
+        and ended on the next call (each death is a SIGCHLD, and every reap calls this again)."""
+        self._orphans_possible = False
+        for pid in children(os.getpid()):
+            if pid not in self.workers:
+                log.warning("ending process %d, left behind by a worker that died", pid)
+                kill_tree(pid)
+
+    def _end_all_orphans(self, timeout: float = 2.0) -> None:
+        """On the way out, with no worker left: end and reap whatever the workers left behind."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._end_orphans()
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                return  # no child left at all
+            if time.monotonic() >= deadline:
+                log.warning("processes left behind by the workers did not die within %g s", timeout)
+                return
+            time.sleep(0.01)
 
     def _active(self) -> List[_Worker]:
         return [w for w in self.workers.values() if not w.retiring]
@@ -371,10 +402,13 @@ class PreforkEngine:
             _write_pidfile(self.pidfile)
         try:
             log.info("prefork master %d: %d worker(s)", os.getpid(), self.target)
+            become_subreaper()
             self._maintain()
             while True:
                 self._handle_signals()
                 self._reap()
+                if self._orphans_possible:
+                    self._end_orphans()
                 if self._stopping:
                     if not self.workers:
                         break
@@ -400,6 +434,7 @@ class PreforkEngine:
                 except ChildProcessError:
                     pass
             self.workers.clear()
+            self._end_all_orphans()
             for listener in self.listeners:
                 listener.sock.close()
             if self.pidfile:

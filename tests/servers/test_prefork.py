@@ -320,3 +320,29 @@ def test_sighup_answers_every_request_in_flight(serve, net):
     assert len(results) == 90 and not bad, f"{bad}\nstderr:\n{server.stderr()[-3000:]}"
     assert time.monotonic() - hup_at < 15
     assert server.proc.poll() is None
+
+
+def test_commands_of_a_killed_worker_are_ended(serve, net):
+    """A command runs in its own session, so a worker killed with SIGKILL used to leave it (and whatever it
+    started) running with nobody to stop it.  The master is their subreaper: it ends them and reaps them."""
+    server = serve("--command", "0", "--allow", "sh", engine="prefork", workers=2)
+    tree: dict[int, str | None] = {}
+    try:
+        with net.connect(server.addr("command")) as s:
+            net.send_frame(s, b"sh -c 'echo $$; sleep 100 & setsid sleep 101 & sleep 102'")
+            first = net.recv_frame(s)
+            assert first[:1] == b"O", first
+            sh = int(first[1:])
+            assert net.wait_until(lambda: len(net.descendants(sh)) == 3, 5), net.descendants(sh)
+            tree = {pid: net.proc_start(pid) for pid in [sh, *net.descendants(sh)]}
+            owner = next(pid for pid in server.workers() if sh in net.descendants(pid))
+            time.sleep(1.1)  # an ordinary replacement, not a boot failure
+            os.kill(owner, signal.SIGKILL)
+            gone = net.wait_until(lambda: not net.still_running(tree), 5)
+            assert gone, f"still running 5 s after their worker died: {net.still_running(tree)}"
+        assert not [p for p in net.descendants(server.pid) if p not in server.workers()], "not reaped"
+        server.wait_workers(2, exclude=[owner])
+        assert "Traceback" not in server.stderr()
+    finally:
+        for pid in net.still_running(tree):
+            os.kill(pid, signal.SIGKILL)
