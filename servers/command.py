@@ -19,8 +19,8 @@ Reply: a stream of frames, each tagged by its first byte::
 Error codes: ``not-allowed`` (argv[0] not on the allow-list), ``not-found`` (it could not be executed),
 ``timeout`` (killed after ``timeout`` seconds), ``output-cap`` (killed after ``output_cap`` bytes of stdout
 and stderr together; the bytes up to the cap were sent), ``bad-request`` (not UTF-8, a NUL byte, unbalanced
-quotes, an empty line, a frame over the size limit), ``busy`` (``max_commands`` already run in this server
-process, or the server is stopping) and -- from :mod:`servers.auth` -- ``auth``.
+quotes, an empty line, a frame over the size limit), ``busy`` (``max_commands`` already running in the server,
+all prefork workers together, or the server is stopping) and -- from :mod:`servers.auth` -- ``auth``.
 
 A connection runs one command at a time; request frames that arrive meanwhile queue up and run in order,
 each answered by its own stream ending in ``X`` or ``!``.
@@ -212,7 +212,6 @@ class CommandService(Service):
         self.output_cap = output_cap
         self.max_commands = max_commands
         self.max_request = max_request
-        self.running = 0  # children started by this process and not yet released
         self._stopping = False
         self._subreaper_pid = 0
         self._pidfd_ok = hasattr(os, "pidfd_open")
@@ -310,8 +309,9 @@ class CommandService(Service):
         executable = self.lookup(argv[0])
         if executable is None:
             return _error("not-allowed", f"{_short(argv[0])} is not on the allow-list")
-        if self.running >= self.max_commands:
+        if not conn.acquire("commands", self.max_commands):  # given back by _release (or below if none starts)
             return _error("busy", f"{self.max_commands} commands are already running; try again later")
+        started = False
         if self._subreaper_pid != os.getpid():
             self._subreaper_pid = os.getpid()
             _become_subreaper()
@@ -328,6 +328,7 @@ class CommandService(Service):
                 start_new_session=True,
                 bufsize=0,
             )
+            started = True
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             return _error("not-found", f"cannot execute {_short(argv[0])}: {exc.strerror}")
         except OSError as exc:
@@ -337,7 +338,9 @@ class CommandService(Service):
             return _error("busy", f"cannot start a process now: {exc.strerror or exc}")
         except ValueError as exc:  # pragma: no cover - NUL bytes are refused above
             return _error("bad-request", str(exc))
-        self.running += 1
+        finally:
+            if not started:
+                conn.release("commands")
         log.debug("%s: %s runs %s as pid %d", self.name, conn.peer, argv, proc.pid)
         cmd = _Command(proc)
         st.cmd = cmd
@@ -449,12 +452,11 @@ class CommandService(Service):
             _reap_group_in_background(cmd.pgid)
         self._maybe_finish(conn, st, cmd)
 
-    def _release(self, conn: Optional[Conn], cmd: _Command) -> None:
+    def _release(self, conn: Conn, cmd: _Command) -> None:
         """The child no longer counts against ``max_commands``; drop its exit watch."""
-        self.running -= 1
+        conn.release("commands")
         if cmd.pidfd >= 0:
-            if conn is not None:
-                conn.unwatch(cmd.pidfd)
+            conn.unwatch(cmd.pidfd)
             os.close(cmd.pidfd)
             cmd.pidfd = -1
         if cmd.poll_timer is not None:

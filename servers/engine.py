@@ -51,7 +51,10 @@ from fastframe.exceptions import FrameError
 
 from .service import Address, Conn, Service, Timer
 
-__all__ = ["IGNORED_SIGNALS", "Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine", "signal_name"]
+__all__ = [
+    "IGNORED_SIGNALS", "SHARED_COUNTS", "Connection", "Counts", "FrameTimeout", "Limits", "Listener", "SelectEngine",
+    "enable_faulthandler", "signal_name",
+]  # fmt: skip
 
 log = logging.getLogger("fastframe.server")
 
@@ -209,6 +212,34 @@ class LogThrottle:
         log.log(level, msg, *args)
 
 
+#: The counts a prefork server keeps for all its workers together (see :meth:`Counts.acquire`).
+SHARED_COUNTS = ("connections", "commands")
+
+
+class Counts:
+    """Counts with a ceiling that hold for the whole server: open connections, running commands.
+
+    This one is for a single process.  A prefork worker's engine gets the master's shared table instead
+    (:class:`servers.prefork.Balancer`), where every worker's share adds up to the same limits."""
+
+    def __init__(self) -> None:
+        self._counts: Dict[str, int] = {}
+
+    def acquire(self, name: str, limit: int) -> bool:
+        """Count one more ``name`` if fewer than ``limit`` are counted; False (nothing counted) otherwise."""
+        n = self._counts.get(name, 0)
+        if n >= limit:
+            return False
+        self._counts[name] = n + 1
+        return True
+
+    def release(self, name: str) -> None:
+        """Give back one ``name`` taken with :meth:`acquire`."""
+        n = self._counts.get(name, 0)
+        if n > 0:
+            self._counts[name] = n - 1
+
+
 class Listener:
     """A bound socket and the service it serves (TCP: listening; UDP: bound)."""
 
@@ -360,6 +391,12 @@ class Connection(Conn):
         self.timers.add(timer)
         return timer
 
+    def acquire(self, name: str, limit: int) -> bool:
+        return self.engine.counts.acquire(name, limit)
+
+    def release(self, name: str) -> None:
+        self.engine.counts.release(name)
+
     def set_max_frame(self, limit: int) -> None:
         if self.decoder is not None:
             self.decoder.max_frame = limit
@@ -400,7 +437,9 @@ class Connection(Conn):
 class SelectEngine:
     """Serve ``listeners`` from one process until stopped.
 
-    ``balancer`` (prefork workers only) decides whether this process should accept the next connection.
+    ``balancer`` (prefork workers only) decides whether this process should accept the next connection, and
+    holds the server-wide counts (``max_connections``, the command service's ``max_commands``) that every
+    worker shares; a single process keeps its own.
     """
 
     #: The signals the engine handles while it runs (block them before, pass them to ``run(unblock_signals=)``).
@@ -416,6 +455,7 @@ class SelectEngine:
         self.listeners = list(listeners)
         self.limits = limits or Limits()
         self.balancer = balancer
+        self.counts: Counts = balancer if balancer is not None else Counts()
         self.now = time.monotonic()
         self._poller = _Poller()
         self._exclusive = self._poller.exclusive if exclusive_accept else 0
@@ -437,6 +477,7 @@ class SelectEngine:
         self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
         self._accept_blocked_until = 0.0  # no accept before this (monotonic) time
         self._accept_failures = LogThrottle()
+        self._limit_reached = LogThrottle()
         self._listening = False
         self._services: List[Service] = []
         for listener in self.listeners:
@@ -589,7 +630,6 @@ class SelectEngine:
         lsock = listener.sock
         service = listener.service
         limits = self.limits
-        conns = self._conns
         balancer = self.balancer
         # A prefork worker takes one connection per wake-up and then steps back in line, so that accepts
         # rotate over the workers instead of going to whichever happens to be awake.
@@ -598,6 +638,7 @@ class SelectEngine:
         mask = READ | self._exclusive
         fd = lsock.fileno()
         armed = self._armed
+        acquire = self.counts.acquire
 
         def accept(limit: int) -> bool:
             """Accept up to ``limit`` connections; True once the queue is empty (or accept() cannot go on)."""
@@ -614,8 +655,10 @@ class SelectEngine:
                     return True
                 if self._accept_backoff:
                     self._accept_backoff = 0.0
-                if len(conns) >= limits.max_connections:
-                    log.warning("connection limit (%d) reached; refusing %s", limits.max_connections, addr)
+                if not acquire("connections", limits.max_connections):
+                    self._limit_reached.log(
+                        logging.WARNING, "connection limit (%d) reached; refusing %s", limits.max_connections, addr
+                    )
                     sock.close()
                     continue
                 self._add_connection(sock, addr, service)
@@ -670,8 +713,6 @@ class SelectEngine:
         self._conns[conn.fd] = conn
         conn.events = READ
         self._poller.register(conn.fd, READ)
-        if self.balancer is not None:
-            self.balancer.opened()
         try:
             service.connection_made(conn)
         except Exception:
@@ -715,8 +756,7 @@ class SelectEngine:
             conn.sock.close()
         except OSError:
             pass
-        if self.balancer is not None:
-            self.balancer.closed()
+        self.counts.release("connections")
         if self._accept_blocked_until:
             self._accept_blocked_until = self.now  # a descriptor is free: the queue may move again
         if file is not None:

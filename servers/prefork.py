@@ -33,17 +33,28 @@ A worker always leaves through ``os._exit``, never by returning into the master'
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import mmap
 import os
 import select
 import signal
+import tempfile
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
 from ._process import become_subreaper, children, kill_tree
-from .engine import IGNORED_SIGNALS, Limits, Listener, SelectEngine, enable_faulthandler, signal_name
+from .engine import (
+    IGNORED_SIGNALS,
+    SHARED_COUNTS,
+    Counts,
+    Limits,
+    Listener,
+    SelectEngine,
+    enable_faulthandler,
+    signal_name,
+)
 
 __all__ = ["Balancer", "PreforkEngine"]
 
@@ -55,23 +66,38 @@ MAX_BACKOFF = 10.0
 FAST_STOP_GRACE = 1.0
 
 
-class Balancer:
-    """Shared per-worker connection counts and heartbeats (one slot per live worker process).
+FREE, ACTIVE, RETIRED = 0, 1, 2  # the state of a slot in the shared table
 
-    Layout of the anonymous shared mapping: ``counts[0]`` is one past the highest slot ever used, then one
-    connection count per slot (-1: no live worker there), then one heartbeat (monotonic seconds) per slot.
+
+class Balancer(Counts):
+    """The table the workers share: per worker (one slot per live worker process) its state, its heartbeat and
+    its share of every server-wide count.
+
+    It lives in an anonymous shared mapping made before the first fork.  Layout, 8-byte cells: one past the
+    highest slot ever used; the slots' states (free, active, retired); their heartbeats (monotonic seconds);
+    then, for each name in :data:`SHARED_COUNTS`, one count per slot.  The master allocates and frees slots
+    (a dead worker's share is reset with its slot); each worker writes only its own slot.
+
+    A limit is checked and a unit taken under a lock -- a POSIX record lock (``lockf``) on an anonymous file,
+    held by one process at a time and dropped by the kernel if its holder dies -- so two workers can never
+    both take the last place.  Giving a unit back needs no lock: a total read meanwhile can only be too high,
+    which refuses one request a moment early and never lets one too many in.
     """
 
     def __init__(self) -> None:
-        self._mm = mmap.mmap(-1, 8 * (1 + 2 * MAX_SLOTS))  # anonymous: shared with every child forked later
+        n = MAX_SLOTS
+        self._mm = mmap.mmap(-1, 8 * (1 + (2 + len(SHARED_COUNTS)) * n))  # anonymous: shared with later children
         table = memoryview(self._mm)
         self._top = table[:8].cast("q")
-        self.counts = table[8 : 8 * (1 + MAX_SLOTS)].cast("q")
-        self.beats = table[8 * (1 + MAX_SLOTS) :].cast("d")
-        for i in range(MAX_SLOTS):
-            self.counts[i] = -1
+        self.states = table[8 : 8 * (1 + n)].cast("q")
+        self.beats = table[8 * (1 + n) : 8 * (1 + 2 * n)].cast("d")
+        self._columns = {
+            name: table[8 * (1 + (2 + i) * n) : 8 * (1 + (3 + i) * n)].cast("q") for i, name in enumerate(SHARED_COUNTS)
+        }
+        self._connections = self._columns["connections"]
         self.slot = -1
-        self._free: List[int] = list(range(MAX_SLOTS - 1, -1, -1))
+        self._free: List[int] = list(range(n - 1, -1, -1))
+        self._lock_fd = _anonymous_file()
 
     # master side
     def allocate(self) -> int:
@@ -79,52 +105,86 @@ class Balancer:
             raise RuntimeError(f"more than {MAX_SLOTS} worker processes")
         slot = self._free.pop()
         self.beats[slot] = time.monotonic()
-        self.counts[slot] = 0
+        for column in self._columns.values():
+            column[slot] = 0
+        self.states[slot] = ACTIVE
         self._top[0] = max(self._top[0], slot + 1)
         return slot
 
-    def release(self, slot: int) -> None:
-        self.counts[slot] = -1
+    def free(self, slot: int) -> None:
+        """The worker in ``slot`` is gone (reaped): what it counted is no longer in use anywhere."""
+        self.states[slot] = FREE
+        for column in self._columns.values():
+            column[slot] = 0
         self._free.append(slot)
 
     def retire(self, slot: int) -> None:
-        """A worker that is stopping no longer competes for connections."""
-        self.counts[slot] = -1
+        """A worker that is being replaced no longer competes for connections (what it holds still counts)."""
+        self.states[slot] = RETIRED
 
     # worker side
-    def opened(self) -> None:
-        if self.counts[self.slot] >= 0:
-            self.counts[self.slot] += 1
+    def acquire(self, name: str, limit: int) -> bool:
+        column = self._column(name)
+        states = self.states
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            total = 0
+            for i in range(self._top[0]):
+                if states[i] != FREE:
+                    total += column[i]
+            if total >= limit:
+                return False
+            column[self.slot] += 1
+            return True
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
 
-    def closed(self) -> None:
-        if self.counts[self.slot] > 0:
-            self.counts[self.slot] -= 1
+    def release(self, name: str) -> None:
+        column = self._column(name)
+        if column[self.slot] > 0:
+            column[self.slot] -= 1
+
+    def _column(self, name: str) -> memoryview:
+        try:
+            return self._columns[name]
+        except KeyError:
+            raise ValueError(f"no server-wide count named {name!r} (known: {', '.join(SHARED_COUNTS)})") from None
 
     def retired(self) -> bool:
         """The master replaced this worker (SIGHUP, SIGTTOU): the others keep listening on the shared sockets."""
-        return self.counts[self.slot] < 0
+        return self.states[self.slot] == RETIRED
 
     def beat(self, now: float) -> None:
         self.beats[self.slot] = now
 
     def may_accept(self) -> bool:
-        """True unless this worker holds clearly more than the least loaded live worker (one more, plus
-        an eighth, so that bursts are not throttled by workers taking turns).
+        """True unless this worker holds clearly more connections than the least loaded live worker (one more,
+        plus an eighth, so that bursts are not throttled by workers taking turns).
 
         Workers that stopped beating (hung, or being killed) do not count, so one stuck worker cannot
         stop the others from accepting."""
-        counts = self.counts
+        if self.states[self.slot] != ACTIVE:
+            return False
+        counts = self._connections
+        states = self.states
         beats = self.beats
         mine = counts[self.slot]
-        if mine < 0:
-            return False  # retired
         stale = time.monotonic() - 3.0
         low = mine
         for i in range(self._top[0]):
             c = counts[i]
-            if 0 <= c < low and beats[i] > stale:
+            if c < low and states[i] == ACTIVE and beats[i] > stale:
                 low = c
         return mine <= low + 1 + low // 8
+
+
+def _anonymous_file() -> int:
+    """A descriptor of a file nobody else can open (for the table's lock); inherited by forked workers."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("fastframe-counts")
+    fd, path = tempfile.mkstemp(prefix="fastframe-counts-")  # pragma: no cover - no memfd (not Linux)
+    os.unlink(path)  # pragma: no cover
+    return fd  # pragma: no cover
 
 
 class _Worker:
@@ -237,7 +297,7 @@ class PreforkEngine:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue  # an orphan we adopted and ended (see _end_orphans)
-            self.balancer.release(worker.slot)
+            self.balancer.free(worker.slot)
             age = time.monotonic() - worker.born
             how = _describe_status(status)
             if worker.retiring or self._stopping:

@@ -154,9 +154,9 @@ def test_udp_garbage_gets_at_most_4_bytes_and_the_server_carries_on(engine, serv
 
 
 def test_max_connections_refuses_the_next_one_cleanly(engine, serve, net):
-    # --max-connections is per process: one prefork worker, so that N is the whole server's limit.
+    # --max-connections is the whole server's limit, however many prefork workers share it.
     n = 5
-    server = serve("--echo", "0", "--max-connections", str(n), engine=engine, workers=1)
+    server = serve("--echo", "0", "--max-connections", str(n), engine=engine)
     addr = server.addr("echo")
     first = [net.connect(addr) for _ in range(n)]
     try:
