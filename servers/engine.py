@@ -94,8 +94,8 @@ def _ignored_signals() -> Tuple[int, ...]:
 
 
 #: Signals whose default action ends (or, SIGTTIN/SIGTTOU, stops) a process and that mean nothing to a server
-#: (SIGWINCH too, for gunicorn's habits): they are logged and ignored.  Handled, not SIG_IGN, so that the
-#: commands a server runs do not inherit them ignored.
+#: (and SIGWINCH, harmless by default, which gunicorn users may send): they are logged and ignored.  Handled,
+#: not set to SIG_IGN, so that the commands a server runs do not inherit them ignored.
 IGNORED_SIGNALS = _ignored_signals()
 
 
@@ -163,7 +163,7 @@ class _Timer(Timer):
     entry is otherwise only dropped when it reaches the top.  ``engine`` is set while the timer is in the heap
     and not cancelled; ``conn`` while a connection lists it among its timers."""
 
-    __slots__ = ("engine", "conn")
+    __slots__ = ("conn", "engine")
 
     def __init__(
         self, when: float, callback: Callable[[], None], engine: "SelectEngine", conn: Optional["Connection"]
@@ -190,7 +190,7 @@ class _Timer(Timer):
             conn.timers.discard(self)
 
 
-class LogThrottle:
+class _LogThrottle:
     """One log line per ``interval`` seconds for a condition that may recur thousands of times a second; the next
     line says how many were left out."""
 
@@ -476,8 +476,8 @@ class SelectEngine:
         self._drain_again = False  # a graceful stop found input on some connection: look again at once
         self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
         self._accept_blocked_until = 0.0  # no accept before this (monotonic) time
-        self._accept_failures = LogThrottle()
-        self._limit_reached = LogThrottle()
+        self._accept_failures = _LogThrottle()
+        self._limit_reached = _LogThrottle()
         self._listening = False
         self._services: List[Service] = []
         for listener in self.listeners:

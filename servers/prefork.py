@@ -11,21 +11,28 @@ to a queue, so every decision is taken in one place, in order:
 * ``SIGCHLD``: reap with ``waitpid(-1, WNOHANG)`` until nothing is left, and respawn the missing workers.
   A worker that dies within a second of its birth counts as a boot failure, and each consecutive one
   doubles the delay before the next spawn (0.1 s up to 10 s), so a worker that cannot start is not forked
-  in a tight loop;
+  in a tight loop.  The master is the child subreaper of everything below it: the commands of a worker that
+  died (each in a session of its own) become its children, and it ends them;
 * ``SIGTERM``: stop accepting (the master closes its copies of the sockets), tell every worker to stop
-  gracefully, wait for them for at most ``graceful_timeout``, then kill what is left;
+  gracefully -- each first takes what waits in the accept queues, since the last close of a listening socket
+  resets them -- wait for them for at most ``graceful_timeout``, then kill what is left;
 * ``SIGINT`` / ``SIGQUIT``: tell the workers to stop at once; kill them after a second;
-* ``SIGHUP``: start a fresh set of workers, and gracefully stop the old ones; the listening sockets stay
-  open in the master throughout, so no connection attempt is refused;
-* ``SIGTTIN`` / ``SIGTTOU``: one worker more / one fewer (never fewer than one).
+* ``SIGHUP``: start a fresh set of workers, and gracefully stop the old ones, which finish what they received
+  but leave the accept queues to the new ones; the listening sockets stay open in the master throughout, so
+  no connection attempt is refused;
+* ``SIGTTIN`` / ``SIGTTOU``: one worker more / one fewer (never fewer than one);
+* ``SIGUSR1``: :meth:`PreforkEngine.handle_usr1` (passed on to the workers); every other signal that would end
+  the process is logged and ignored.
 
 Accepts are spread by the kernel and a shared table: every worker registers the shared listening socket
 with ``EPOLLEXCLUSIVE`` (one idle worker is woken per connection, not all), takes one connection per
 wake-up and re-registers (moving to the back of the kernel's queue of waiters, so idle workers take turns),
-and steps out of the queue while it holds clearly more connections than the least loaded live worker.  The table lives in an
-anonymous shared mapping made before the first fork: one connection counter and one heartbeat per worker.
-The heartbeat doubles as a watchdog: a worker that stops beating for ``worker_timeout`` is killed and
-replaced.  A worker whose master died (its parent PID changed) stops gracefully on its own.
+and steps out of the queue while it holds clearly more connections than the least loaded live worker.  The
+table (:class:`Balancer`) lives in an anonymous shared mapping made before the first fork: per worker its
+state, a heartbeat and its share of the server-wide counts (connections, commands), so that
+``max_connections`` and ``max_commands`` hold for the whole server.  The heartbeat doubles as a watchdog: a
+worker that stops beating for ``worker_timeout`` is killed and replaced.  A worker whose master died (its
+parent PID changed) stops gracefully on its own.
 
 A worker always leaves through ``os._exit``, never by returning into the master's code.
 """
@@ -92,7 +99,8 @@ class Balancer(Counts):
         self.states = table[8 : 8 * (1 + n)].cast("q")
         self.beats = table[8 * (1 + n) : 8 * (1 + 2 * n)].cast("d")
         self._columns = {
-            name: table[8 * (1 + (2 + i) * n) : 8 * (1 + (3 + i) * n)].cast("q") for i, name in enumerate(SHARED_COUNTS)
+            name: table[8 * (1 + (2 + i) * n) : 8 * (1 + (3 + i) * n)].cast("q")
+            for i, name in enumerate(SHARED_COUNTS)
         }
         self._connections = self._columns["connections"]
         self.slot = -1
