@@ -78,7 +78,8 @@ def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
             "Port 0 picks a free port. One line per listening "
             "socket is printed to stdout, e.g. 'echo tcp 127.0.0.1:40123'. SIGTERM stops gracefully, "
             "SIGINT (Ctrl-C) at once; with --engine prefork, SIGHUP replaces the workers and SIGTTIN/SIGTTOU add or "
-            "remove one."
+            "remove one. Other signals (SIGUSR1 included) are logged and ignored. Every limit holds for the whole "
+            "server, all prefork workers together, or per connection, command or frame: none is per worker."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -113,18 +114,27 @@ def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                    help="let the file service serve hidden files and directories (names that start with '.')")
     c.add_argument("--secret-file", metavar="FILE",
                    help="require the shared secret in FILE (mutual HMAC-SHA256) for command and files")  # fmt: skip
-    c.add_argument("--command-timeout", type=_positive, default=10.0, metavar="S", help="kill a command after S seconds")
-    c.add_argument("--output-cap", type=_size, default=1 << 20, metavar="BYTES", help="kill a command after this much output")
-    c.add_argument("--max-commands", type=_count, default=8, metavar="N", help="commands running at once, per process")
+    c.add_argument("--command-timeout", type=_positive, default=10.0, metavar="S",
+                   help="kill a command after S seconds (per command)")  # fmt: skip
+    c.add_argument("--output-cap", type=_size, default=1 << 20, metavar="BYTES",
+                   help="kill a command after this much output, stdout and stderr together (per command)")  # fmt: skip
+    c.add_argument("--max-commands", type=_count, default=8, metavar="N",
+                   help="commands running at once in the whole server, all workers together")  # fmt: skip
 
-    lim = p.add_argument_group("limits (per process)")
-    lim.add_argument("--max-request", type=_size, default=1 << 20, metavar="BYTES", help="largest request frame")
-    lim.add_argument("--max-connections", type=_count, default=10000, metavar="N", help="connections beyond this are refused")
-    lim.add_argument("--idle-timeout", type=_positive, default=120.0, metavar="S", help="close connections idle this long")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-request", type=_size, default=1 << 20, metavar="BYTES",
+                     help="largest request frame (per frame)")  # fmt: skip
+    lim.add_argument("--max-connections", type=_count, default=10000, metavar="N",
+                     help="open connections in the whole server, all workers together; more are refused")  # fmt: skip
+    lim.add_argument("--idle-timeout", type=_positive, default=120.0, metavar="S",
+                     help="close a connection that reads and sends nothing, or whose client reads none of its output, "
+                          "for this long (per connection)")  # fmt: skip
     lim.add_argument("--frame-timeout", type=_positive, default=10.0, metavar="S",
-                     help="close a connection that takes longer than this to send one frame")  # fmt: skip
+                     help="close a connection that takes longer than this to send one frame "
+                          "(per connection)")  # fmt: skip
     lim.add_argument("--graceful-timeout", type=_positive, default=10.0, metavar="S",
-                     help="on SIGTERM, give in-flight work this long before closing")  # fmt: skip
+                     help="on SIGTERM (prefork: and for workers replaced on SIGHUP), give in-flight work this long "
+                          "before closing (per process)")  # fmt: skip
     p.set_defaults(func=_cmd_serve)
 
 

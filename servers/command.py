@@ -22,8 +22,9 @@ Error codes: ``not-allowed`` (argv[0] not on the allow-list), ``not-found`` (it 
 ``timeout`` (killed after ``timeout`` seconds), ``output-cap`` (killed after ``output_cap`` bytes of stdout
 and stderr together; the bytes up to the cap were sent), ``bad-request`` (not UTF-8, a NUL byte, unbalanced
 quotes, an empty line, more than ``MAX_ARGS`` words, arguments the kernel refuses as too long, a frame over
-the size limit -- the last one closes the connection), ``busy`` (``max_commands`` already run in this server
-process, or the server is stopping: worth retrying later) and -- from :mod:`servers.auth` -- ``auth``.
+the size limit -- the last one closes the connection), ``busy`` (``max_commands`` already running in the
+server, all prefork workers together, or the server is stopping: worth retrying later) and -- from
+:mod:`servers.auth` -- ``auth``.
 
 A connection runs one command at a time; request frames that arrive meanwhile queue up and run in order,
 each answered by its own stream ending in ``X`` or ``!``.  The client's end of stream (a ``shutdown``, a
@@ -66,7 +67,6 @@ pipe (the timeout still runs).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
 import logging
@@ -80,6 +80,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from ._process import become_subreaper, children, kill_tree, state_and_session
 from .auth import AuthenticatedService
 from .config import ServeConfig, register_factory
 from .service import Conn, Service, Timer
@@ -92,9 +93,7 @@ __all__ = [
     "MAX_COMMAND_LINE",
     "CommandService",
     "build_command_service",
-    "children",
     "is_loopback",
-    "kill_tree",
     "parse_command",
     "resolve_allow_list",
     "split_command_line",
@@ -116,13 +115,6 @@ STOP_REAP_TIMEOUT = 1.0  # how long a stopping server waits for the trees it kil
 MAX_COMMAND_LINE = 16 * 1024
 #: The most words a command line may hold.
 MAX_ARGS = 2048
-
-_PR_SET_CHILD_SUBREAPER = 36
-
-try:
-    _prctl: Optional[Callable[..., int]] = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
 
 
 # -- splitting a command line -------------------------------------------------------------------------------
@@ -283,58 +275,6 @@ def _short(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _become_subreaper() -> None:
-    """Orphaned descendants of our commands become our children, so we can end and reap them (Linux only)."""
-    if _prctl is not None:
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _state_and_session(pid: int) -> Tuple[bytes, int]:
-    """The state letter (``b"Z"`` for a zombie) and the session ID of ``pid``, from /proc (``b""``, 0: gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return b"", 0
-    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) ": state, ppid, pgrp, session, ...
-    return fields[0], int(fields[3])
-
-
-def children(pid: int) -> List[int]:
-    """The PIDs of ``pid``'s children, zombies included (empty if it is gone); from /proc, Linux 3.5+."""
-    found: List[int] = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                found.extend(int(p) for p in f.read().split())
-        except OSError:
-            continue
-    return found
-
-
-def kill_tree(pid: int) -> int:
-    """SIGKILL ``pid`` and every descendant it has; return how many processes were signalled.
-
-    The tree is read first and killed afterwards (a process that is killed first would hand its children to a
-    subreaper before they were read).  A process forked while the tree is read is adopted by the server once
-    its parent dies, and is found by the next sweep.  Processes are not reaped here."""
-    tree = [pid]
-    i = 0
-    while i < len(tree) and len(tree) < 1 << 16:
-        tree.extend(children(tree[i]))
-        i += 1
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return len(tree)
-
-
 class _Command:
     """One running child and everything the loop watches for it."""
 
@@ -356,10 +296,11 @@ class _Command:
 
 
 class _ConnState:
-    __slots__ = ("queue", "cmd", "paused", "closed")
+    __slots__ = ("queue", "admitted", "cmd", "paused", "closed")
 
     def __init__(self) -> None:
         self.queue: Deque[bytes] = deque()
+        self.admitted = 0  # how many of the queued requests came before shutdown() (they still run)
         self.cmd: Optional[_Command] = None
         self.paused = False
         self.closed = False
@@ -395,7 +336,6 @@ class CommandService(Service):
         self.max_commands = max_commands
         # A longer frame could never be a command line: refuse its header before buffering it.
         self.max_request = min(max_request, MAX_COMMAND_LINE)
-        self.running = 0  # children started by this process and not yet released
         self._stopping = False
         self._setup_pid = 0
         self._pidfd_ok = hasattr(os, "pidfd_open")
@@ -420,6 +360,8 @@ class CommandService(Service):
         if st is None or st.closed:
             return None
         st.queue.extend(frames)
+        if not self._stopping:
+            st.admitted = len(st.queue)
         if len(st.queue) >= QUEUE_LIMIT and not st.paused:
             st.paused = True
             conn.pause_reading()
@@ -466,7 +408,12 @@ class CommandService(Service):
     def _next(self, conn: Conn, st: _ConnState) -> None:
         """Start queued commands until one is running (refusals are answered at once)."""
         while st.cmd is None and st.queue and not st.closed:
-            refusal = self._start(conn, st, st.queue.popleft())
+            raw = st.queue.popleft()
+            if st.admitted:
+                st.admitted -= 1
+                refusal = self._start(conn, st, raw)
+            else:
+                refusal = _error("busy", "the server is shutting down")
             if refusal is not None:
                 conn.send_frames([refusal])
         if st.paused and len(st.queue) < QUEUE_LIMIT // 2 and not st.closed:
@@ -480,7 +427,7 @@ class CommandService(Service):
             return
         self._setup_pid = os.getpid()
         self._procs.clear()  # inherited from a parent process: not our children
-        _become_subreaper()
+        become_subreaper()
         signal.signal(signal.SIGCHLD, self._on_sigchld)
 
     def _on_sigchld(self, signum: int, frame: Any) -> None:
@@ -490,14 +437,13 @@ class CommandService(Service):
             log.exception("%s: sweeping the trees of ended commands failed", self.name)
 
     def _start(self, conn: Conn, st: _ConnState, raw: bytes) -> Optional[bytes]:
-        if self._stopping:
-            return _error("busy", "the server is shutting down")
         parsed = parse_command(raw, self.lookup)
         if isinstance(parsed, bytes):
             return parsed
         executable, argv = parsed
-        if self.running >= self.max_commands:
+        if not conn.acquire("commands", self.max_commands):  # given back by _release (or below if none starts)
             return _error("busy", f"{self.max_commands} commands are already running; try again later")
+        started = False
         self._setup_process()
         self._spawning = True  # until the child is in _procs, a sweep would take it for debris
         try:
@@ -513,6 +459,7 @@ class CommandService(Service):
                 start_new_session=True,
                 bufsize=0,
             )
+            started = True
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             return _error("not-found", f"cannot execute {_short(argv[0])}: {exc.strerror}")
         except OSError as exc:
@@ -530,9 +477,10 @@ class CommandService(Service):
             self._procs[proc.pid] = cmd
         finally:
             self._spawning = False
+            if not started:
+                conn.release("commands")
             if self._sweep_pending:
                 self.sweep()
-        self.running += 1
         log.debug("%s: %s runs %s as pid %d", self.name, conn.peer, argv, proc.pid)
         st.cmd = cmd
         assert proc.stdout is not None and proc.stderr is not None
@@ -649,12 +597,11 @@ class CommandService(Service):
         self.sweep()  # its orphans are ours now: kill and reap them, so the pipes reach end-of-file
         self._maybe_finish(conn, st, cmd)
 
-    def _release(self, conn: Optional[Conn], cmd: _Command) -> None:
+    def _release(self, conn: Conn, cmd: _Command) -> None:
         """The child no longer counts against ``max_commands``; drop its exit watch."""
-        self.running -= 1
+        conn.release("commands")
         if cmd.pidfd >= 0:
-            if conn is not None:
-                conn.unwatch(cmd.pidfd)
+            conn.unwatch(cmd.pidfd)
             os.close(cmd.pidfd)
             cmd.pidfd = -1
         if cmd.poll_timer is not None:
@@ -678,6 +625,7 @@ class CommandService(Service):
         """The connection is going away (or its client ended the stream): kill its command, forget its queue."""
         st.closed = True
         st.queue.clear()
+        st.admitted = 0
         cmd, st.cmd = st.cmd, None
         conn.busy = False
         if cmd is None:
@@ -738,7 +686,7 @@ class CommandService(Service):
                 if cmd.abandoned:
                     found.append(pid)
                 continue
-            state, session = _state_and_session(pid)
+            state, session = state_and_session(pid)
             if state == b"Z" or session not in running:
                 found.append(pid)
         return found

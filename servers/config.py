@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
 from .echo import EchoService, RawEchoService
 from .engine import Limits, Listener, SelectEngine
@@ -168,15 +169,22 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
 
 
 def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO]) -> int:
-    for listener in listeners:
-        line = listener.describe()
-        if out is not None:
-            print(line, file=out, flush=True)
-        log.info("%s: %s", line, listener.service.describe())
+    engine: Union[PreforkEngine, SelectEngine]
     if config.engine == "prefork":
-        engine_name = f"prefork engine, {config.workers or os.cpu_count()} worker(s)"
-        runner = PreforkEngine(listeners, config.workers, config.limits)
-        log.info("serving with the %s (master pid %d)", engine_name, os.getpid())
-        return runner.run()
-    log.info("serving with the select engine (pid %d)", os.getpid())
-    return SelectEngine(listeners, config.limits).run()
+        described = f"prefork engine, {config.workers or os.cpu_count()} worker(s) (master pid {os.getpid()})"
+        engine = PreforkEngine(listeners, config.workers, config.limits)
+    else:
+        described = f"select engine (pid {os.getpid()})"
+        engine = SelectEngine(listeners, config.limits)
+    # Whoever reads the lines below may signal us at once: hold the signals until the engine handles them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, engine.SIGNALS)
+    try:
+        for listener in listeners:
+            line = listener.describe()
+            if out is not None:
+                print(line, file=out, flush=True)
+            log.info("%s: %s", line, listener.service.describe())
+        log.info("serving with the %s", described)
+        return engine.run(unblock_signals=engine.SIGNALS)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, engine.SIGNALS)

@@ -16,22 +16,32 @@ epoll does not exist): listening sockets, UDP sockets, client connections, the f
 * a connection whose queued output passes the high-water mark stops being read until it drains below the
   low-water mark (backpressure: a client that does not read cannot make the server buffer without bound);
 * a periodic sweep closes connections idle for longer than ``idle_timeout`` and those that started a frame
-  more than ``frame_timeout`` ago without finishing it (a client dribbling a byte a second is cut off);
+  more than ``frame_timeout`` ago without finishing it (a client dribbling a byte a second is cut off); output
+  that makes no progress for ``idle_timeout`` (a client that stopped reading: neither the loop's sends nor the
+  kernel's send queue move) resets the connection, even while the service has work in flight (a download);
 * signals only record themselves and write to the wake-up pipe; the loop acts on them.  SIGTERM stops
-  gracefully: listeners close, every request already received is answered, each connection is closed at a
-  frame boundary (write side first, so the client reads every reply before the EOF), and the loop ends
-  within ``graceful_timeout``.  SIGINT and SIGQUIT stop at once.
+  gracefully: the connections waiting in the accept queues are taken, listeners close, every request already
+  received is answered, each connection is closed at a frame boundary once a look at its socket finds
+  nothing more (write side first, so the client reads every reply before the EOF), and the loop ends within
+  ``graceful_timeout``.  SIGINT and SIGQUIT stop at once.  No catchable signal ends the process
+  silently: SIGUSR1 goes to :meth:`SelectEngine.handle_usr1`, every other one whose default action would end
+  the process (:data:`IGNORED_SIGNALS`) is logged and ignored, and the fault signals (SIGSEGV, SIGBUS, SIGFPE,
+  SIGILL, SIGABRT) end it after :mod:`faulthandler` has printed the Python stack on stderr.
 """
 
 from __future__ import annotations
 
 import errno
+import faulthandler
+import fcntl
 import heapq
 import logging
 import os
 import select
 import signal
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
@@ -41,7 +51,10 @@ from fastframe.exceptions import FrameError
 
 from .service import Address, Conn, Service, Timer
 
-__all__ = ["Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine"]
+__all__ = [
+    "IGNORED_SIGNALS", "SHARED_COUNTS", "Connection", "Counts", "FrameTimeout", "Limits", "Listener", "SelectEngine",
+    "enable_faulthandler", "signal_name",
+]  # fmt: skip
 
 log = logging.getLogger("fastframe.server")
 
@@ -58,6 +71,52 @@ except (AttributeError, ValueError, OSError):  # pragma: no cover
 _SENDFILE_CHUNK = 8 * 1024 * 1024  # at most this much per sendfile() call, so one download cannot hog a wake-up
 _RAW_READ = 256 * 1024
 _LINGER = 1.0  # seconds a gracefully closed connection may take to read our last replies
+# Out of descriptors (or kernel memory), accept() fails for every connection waiting in the queue until something
+# is freed: stop polling the listeners for a while, longer each time in a row it fails, and say so rarely.
+_ACCEPT_BACKOFF_MIN = 0.1
+_ACCEPT_BACKOFF_MAX = 1.0
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_ABORT_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
+_DRAIN_ACCEPT_ROUNDS = 64  # a graceful stop takes at most 64 x 64 connections from a listener's accept queue
+_MIN_COMPACT = 100  # heaps smaller than this are never compacted
+_LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
+
+
+def _ignored_signals() -> Tuple[int, ...]:
+    names = (
+        "SIGUSR2", "SIGWINCH", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGSYS",
+        "SIGSTKFLT", "SIGIO", "SIGTRAP", "SIGTTIN", "SIGTTOU",
+    )  # fmt: skip
+    found = {getattr(signal, name) for name in names if hasattr(signal, name)}
+    if hasattr(signal, "SIGRTMIN"):
+        found.update(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+    return tuple(sorted(found))
+
+
+#: Signals whose default action ends (or, SIGTTIN/SIGTTOU, stops) a process and that mean nothing to a server
+#: (and SIGWINCH, harmless by default, which gunicorn users may send): they are logged and ignored.  Handled,
+#: not set to SIG_IGN, so that the commands a server runs do not inherit them ignored.
+IGNORED_SIGNALS = _ignored_signals()
+
+
+def signal_name(signum: int) -> str:
+    """``SIGUSR1``; ``SIGRTMIN+3`` for the unnamed real-time ones."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        rtmin = getattr(signal, "SIGRTMIN", 0)
+        return f"SIGRTMIN+{signum - rtmin}" if rtmin and signum > rtmin else f"signal {signum}"
+
+
+def enable_faulthandler() -> bool:
+    """Print the Python stack on stderr when a fault signal ends the process; True if this call enabled it."""
+    if faulthandler.is_enabled():
+        return False
+    try:
+        faulthandler.enable()
+    except (RuntimeError, ValueError, OSError, AttributeError):  # no usable stderr (closed, or replaced)
+        return False
+    return True
 
 
 class FrameTimeout(FrameError):
@@ -92,6 +151,95 @@ class Limits:
         self.low_water = low_water
 
 
+def _nothing() -> None:
+    pass
+
+
+class _Timer(Timer):
+    """A timer in the engine's heap.
+
+    ``cancel()`` lets go of the callback at once (it may hold a connection, its decoder buffer, a child process)
+    and tells the engine, which compacts the heap once cancelled entries outnumber the live ones; a cancelled
+    entry is otherwise only dropped when it reaches the top.  ``engine`` is set while the timer is in the heap
+    and not cancelled; ``conn`` while a connection lists it among its timers."""
+
+    __slots__ = ("conn", "engine")
+
+    def __init__(
+        self, when: float, callback: Callable[[], None], engine: "SelectEngine", conn: Optional["Connection"]
+    ) -> None:
+        super().__init__(when, callback)
+        self.engine: Optional[SelectEngine] = engine
+        self.conn = conn
+
+    def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self._detach()
+        engine = self.engine
+        if engine is not None:
+            self.engine = None
+            engine._timer_cancelled()
+
+    def _detach(self) -> None:
+        self.callback = _nothing
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.timers.discard(self)
+
+
+class _LogThrottle:
+    """One log line per ``interval`` seconds for a condition that may recur thousands of times a second; the next
+    line says how many were left out."""
+
+    def __init__(self, interval: float = _LOG_EVERY) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (and %d more time(s) in the last %.0f s)"
+            args += (self._suppressed, self.interval)
+            self._suppressed = 0
+        self._next = now + self.interval
+        log.log(level, msg, *args)
+
+
+#: The counts a prefork server keeps for all its workers together (see :meth:`Counts.acquire`).
+SHARED_COUNTS = ("connections", "commands")
+
+
+class Counts:
+    """Counts with a ceiling that hold for the whole server: open connections, running commands.
+
+    This one is for a single process.  A prefork worker's engine gets the master's shared table instead
+    (:class:`servers.prefork.Balancer`), where every worker's share adds up to the same limits."""
+
+    def __init__(self) -> None:
+        self._counts: Dict[str, int] = {}
+
+    def acquire(self, name: str, limit: int) -> bool:
+        """Count one more ``name`` if fewer than ``limit`` are counted; False (nothing counted) otherwise."""
+        n = self._counts.get(name, 0)
+        if n >= limit:
+            return False
+        self._counts[name] = n + 1
+        return True
+
+    def release(self, name: str) -> None:
+        """Give back one ``name`` taken with :meth:`acquire`."""
+        n = self._counts.get(name, 0)
+        if n > 0:
+            self._counts[name] = n - 1
+
+
 class Listener:
     """A bound socket and the service it serves (TCP: listening; UDP: bound)."""
 
@@ -112,6 +260,25 @@ class Listener:
         addr = self.address
         host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
         return f"{self.service.name} {self.transport} {host}:{addr[1]}"
+
+
+def _has_input(sock: socket.socket) -> bool:
+    """True if a read would not block: bytes waiting, an end of stream or an error."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _kernel_unsent(fd: int) -> int:
+    """Bytes in a stream socket's send queue, not yet acknowledged by the peer (-1 if the kernel will not say)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]  # type: ignore[no-any-return]
+    except OSError:
+        return -1
 
 
 class _Poller:
@@ -143,7 +310,8 @@ class Connection(Conn):
     __slots__ = (
         "engine", "sock", "fd", "service", "decoder", "read", "wire", "relay", "handle", "prefix", "state", "peer",
         "out", "out_size", "events", "dirty", "closed", "close_after_flush",
-        "user_paused", "last", "frame_start", "frames_seen", "file", "watched", "timers", "_busy", "lingering",
+        "user_paused", "last", "wrote", "unsent", "frame_start", "frames_seen", "file", "watched", "timers", "_busy",
+        "lingering",
     )  # fmt: skip
 
     def __init__(self, engine: "SelectEngine", sock: socket.socket, peer: Address, service: Service) -> None:
@@ -170,11 +338,13 @@ class Connection(Conn):
         self.close_after_flush = False
         self.user_paused = False
         self.last = engine.now  # last read (or write progress)
+        self.wrote = engine.now  # last write progress, or when output became pending after none was
+        self.unsent = -1  # the kernel's send queue at the last sweep that saw output pending (-1: unknown)
         self.frame_start = 0.0  # when the sweep first saw an unfinished frame make no progress (0: none)
         self.frames_seen = 0  # decoder.completed at that moment
         self.file: Optional[List[Any]] = None  # [fd, offset, remaining, done] of a sendfile in progress
         self.watched: Set[int] = set()
-        self.timers: Set[Timer] = set()
+        self.timers: Set[_Timer] = set()  # scheduled for this connection: cancelled when it closes
         self._busy = False
         self.lingering = False
 
@@ -189,6 +359,8 @@ class Connection(Conn):
             self._queue(data)
 
     def _queue(self, data: Any) -> None:
+        if not self.out and self.file is None:
+            self.wrote = self.engine.now
         self.out.append(data)
         self.out_size += len(data)
         if not self.dirty:
@@ -201,6 +373,8 @@ class Connection(Conn):
         if self.closed:
             done(ConnectionError("connection closed"))
             return
+        if not self.out:
+            self.wrote = self.engine.now
         self.file = [fd, offset, count, done]
         if not self.dirty:
             self.dirty = True
@@ -213,15 +387,15 @@ class Connection(Conn):
         self.engine._unwatch(self, fd)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        conn = self
-
-        def fire() -> None:
-            conn.timers.discard(timer)
-            callback()
-
-        timer = self.engine.call_later(delay, fire)
+        timer = self.engine._schedule(delay, callback, self)
         self.timers.add(timer)
         return timer
+
+    def acquire(self, name: str, limit: int) -> bool:
+        return self.engine.counts.acquire(name, limit)
+
+    def release(self, name: str) -> None:
+        self.engine.counts.release(name)
 
     def set_max_frame(self, limit: int) -> None:
         if self.decoder is not None:
@@ -263,8 +437,13 @@ class Connection(Conn):
 class SelectEngine:
     """Serve ``listeners`` from one process until stopped.
 
-    ``balancer`` (prefork workers only) decides whether this process should accept the next connection.
+    ``balancer`` (prefork workers only) decides whether this process should accept the next connection, and
+    holds the server-wide counts (``max_connections``, the command service's ``max_commands``) that every
+    worker shares; a single process keeps its own.
     """
+
+    #: The signals the engine handles while it runs (block them before, pass them to ``run(unblock_signals=)``).
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, *IGNORED_SIGNALS)
 
     def __init__(
         self,
@@ -276,19 +455,29 @@ class SelectEngine:
         self.listeners = list(listeners)
         self.limits = limits or Limits()
         self.balancer = balancer
+        self.counts: Counts = balancer if balancer is not None else Counts()
         self.now = time.monotonic()
         self._poller = _Poller()
         self._exclusive = self._poller.exclusive if exclusive_accept else 0
         self._conns: Dict[int, Connection] = {}
         self._handlers: Dict[int, Callable[[int], None]] = {}
         self._dirty: List[Connection] = []
-        self._timers: List[Timer] = []
+        self._timers: List[_Timer] = []  # a heap, ordered by due time
+        self._cancelled_timers = 0  # cancelled entries still in the heap
         self._running = False
         self._draining = False
         self._deadline = 0.0
         self._signals: Deque[int] = deque()
         self._wake_r = self._wake_w = -1
+        self._faulthandler = False  # enabled by this engine (and so disabled when it stops)
         self._accept_paused = False
+        self._armed: Set[int] = set()  # listening TCP sockets registered with the poller now
+        self._acceptors: Dict[int, Callable[[int], bool]] = {}  # listening fd -> accept(up to n): queue empty?
+        self._drain_again = False  # a graceful stop found input on some connection: look again at once
+        self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
+        self._accept_blocked_until = 0.0  # no accept before this (monotonic) time
+        self._accept_failures = _LogThrottle()
+        self._limit_reached = _LogThrottle()
         self._listening = False
         self._services: List[Service] = []
         for listener in self.listeners:
@@ -301,9 +490,26 @@ class SelectEngine:
     # -- timers ---------------------------------------------------------------------------------------
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(time.monotonic() + max(0.0, delay), callback)
+        return self._schedule(delay, callback, None)
+
+    def _schedule(self, delay: float, callback: Callable[[], None], conn: Optional[Connection]) -> _Timer:
+        timer = _Timer(time.monotonic() + max(0.0, delay), callback, self, conn)
         heapq.heappush(self._timers, timer)
         return timer
+
+    @property
+    def scheduled_timers(self) -> int:
+        """Entries in the timer heap (cancelled ones included until they are dropped)."""
+        return len(self._timers)
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled_timers += 1
+        timers = self._timers
+        if len(timers) > _MIN_COMPACT and self._cancelled_timers * 2 > len(timers):
+            # In place: _run_timers may be iterating over this very list (a callback cancelling timers).
+            timers[:] = [t for t in timers if not t.cancelled]
+            heapq.heapify(timers)
+            self._cancelled_timers = 0
 
     def _run_timers(self) -> None:
         timers = self._timers
@@ -311,22 +517,54 @@ class SelectEngine:
         while timers and timers[0].when <= now:
             timer = heapq.heappop(timers)
             if timer.cancelled:
+                self._cancelled_timers -= 1
                 continue
+            timer.engine = None  # out of the heap: a late cancel() has nothing to tell the engine
+            callback = timer.callback
+            timer._detach()
             try:
-                timer.callback()
+                callback()
             except Exception:
                 log.exception("timer callback failed")
 
     def _next_timeout(self) -> float:
+        if self._drain_again:
+            self._drain_again = False
+            return 0.0
         timers = self._timers
         while timers and timers[0].cancelled:
             heapq.heappop(timers)
+            self._cancelled_timers -= 1
         timeout = 1.0
         if timers:
             timeout = min(timeout, max(0.0, timers[0].when - time.monotonic()))
         if self._accept_paused:
-            timeout = min(timeout, 0.01)  # re-check the balancer soon: the others may have caught up
+            if self._accept_blocked_until:
+                timeout = min(timeout, max(0.0, self._accept_blocked_until - time.monotonic()))
+            else:
+                timeout = min(timeout, 0.01)  # re-check the balancer soon: the others may have caught up
         return timeout
+
+    def _maybe_resume_accepting(self) -> None:
+        """At the end of an iteration while accepts are paused: resume once the resource back-off is over and
+        (prefork) the balancer agrees."""
+        if self._accept_blocked_until:
+            if self.now < self._accept_blocked_until:
+                return
+            self._accept_blocked_until = 0.0
+        if self.balancer is None or self.balancer.may_accept():
+            self._resume_accepting()
+
+    def _accept_exhausted(self, exc: OSError) -> None:
+        """accept() ran out of descriptors or memory: the connection stays queued; try again after a back-off
+        that doubles while the failures go on (a freed connection ends it early)."""
+        self._accept_backoff = min(_ACCEPT_BACKOFF_MAX, max(_ACCEPT_BACKOFF_MIN, self._accept_backoff * 2))
+        self._accept_blocked_until = self.now + self._accept_backoff
+        self._accept_failures.log(
+            logging.ERROR, "accept failed (%s); %d connection(s) open, retrying in %.1f s",
+            exc.strerror or exc, len(self._conns), self._accept_backoff,
+        )  # fmt: skip
+        self._pause_accepting()
 
     # -- registration ---------------------------------------------------------------------------------
 
@@ -337,18 +575,33 @@ class SelectEngine:
             fd = sock.fileno()
             if sock.type == socket.SOCK_DGRAM:
                 self._handlers[fd] = self._make_datagram_handler(listener)
+                self._poller.register(fd, READ)
             else:
                 self._handlers[fd] = self._make_accept_handler(listener)
-            self._poller.register(fd, READ | self._exclusive)
+                self._arm(fd)
         self._listening = True
+
+    # Which TCP listeners are registered with the poller is tracked per listener (``_armed``), because a pause
+    # can come in the middle of one wake-up's events: a listener reported ready in the same batch is still
+    # served (its readiness is a wake-up the kernel gave this process and no other, with EPOLLEXCLUSIVE), and
+    # only the registration calls consult the set, so nothing unregisters twice or registers what is there.
+
+    def _arm(self, fd: int) -> None:
+        if fd not in self._armed:
+            self._poller.register(fd, READ | self._exclusive)
+            self._armed.add(fd)
+
+    def _disarm(self, fd: int) -> None:
+        if fd in self._armed:
+            self._armed.discard(fd)
+            self._poller.unregister(fd)
 
     def _pause_accepting(self) -> None:
         if self._accept_paused:
             return
         self._accept_paused = True
-        for listener in self.listeners:
-            if listener.sock.type == socket.SOCK_STREAM:
-                self._poller.unregister(listener.sock.fileno())
+        for fd in list(self._armed):
+            self._disarm(fd)
 
     def _resume_accepting(self) -> None:
         if not self._accept_paused or not self._listening:
@@ -356,20 +609,20 @@ class SelectEngine:
         self._accept_paused = False
         for listener in self.listeners:
             if listener.sock.type == socket.SOCK_STREAM:
-                self._poller.register(listener.sock.fileno(), READ | self._exclusive)
+                self._arm(listener.sock.fileno())
 
     def _stop_listening(self) -> None:
         if not self._listening:
             return
         self._listening = False
+        self._acceptors.clear()
         for listener in self.listeners:
             fd = listener.sock.fileno()
             self._handlers.pop(fd, None)
-            if not (self._accept_paused and listener.sock.type == socket.SOCK_STREAM):
-                try:
-                    self._poller.unregister(fd)
-                except OSError:
-                    pass
+            if listener.sock.type == socket.SOCK_DGRAM:
+                self._poller.unregister(fd)
+            else:
+                self._disarm(fd)
             listener.sock.close()
         self._accept_paused = False
 
@@ -377,41 +630,50 @@ class SelectEngine:
         lsock = listener.sock
         service = listener.service
         limits = self.limits
-        conns = self._conns
         balancer = self.balancer
         # A prefork worker takes one connection per wake-up and then steps back in line, so that accepts
         # rotate over the workers instead of going to whichever happens to be awake.
         batch = 1 if balancer is not None else 64
         poller = self._poller
         mask = READ | self._exclusive
+        fd = lsock.fileno()
+        armed = self._armed
+        acquire = self.counts.acquire
 
-        def on_accept(events: int) -> None:
-            for _ in range(batch):
+        def accept(limit: int) -> bool:
+            """Accept up to ``limit`` connections; True once the queue is empty (or accept() cannot go on)."""
+            for _ in range(limit):
                 try:
                     sock, addr = lsock.accept()
                 except (BlockingIOError, InterruptedError):
-                    return
+                    return True
                 except OSError as exc:
-                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.error("accept failed (%s); pausing accepts for 100 ms", exc)
-                        self._pause_accepting()
-                        self.call_later(0.1, self._resume_accepting)
+                    if exc.errno in _RESOURCE_ERRORS:
+                        self._accept_exhausted(exc)
                     elif exc.errno != errno.ECONNABORTED:
                         log.warning("accept failed: %s", exc)
-                    return
-                if len(conns) >= limits.max_connections:
-                    log.warning("connection limit (%d) reached; refusing %s", limits.max_connections, addr)
+                    return True
+                if self._accept_backoff:
+                    self._accept_backoff = 0.0
+                if not acquire("connections", limits.max_connections):
+                    self._limit_reached.log(
+                        logging.WARNING, "connection limit (%d) reached; refusing %s", limits.max_connections, addr
+                    )
                     sock.close()
                     continue
                 self._add_connection(sock, addr, service)
+            return False
+
+        def on_accept(events: int) -> None:
+            accept(batch)
             if balancer is not None and self._listening:
                 if not balancer.may_accept():
                     self._pause_accepting()
-                elif self._exclusive:
-                    fd = lsock.fileno()
-                    poller.unregister(fd)
+                elif self._exclusive and fd in armed:
+                    poller.unregister(fd)  # and register again: to the back of the kernel's queue of waiters
                     poller.register(fd, mask)
 
+        self._acceptors[fd] = accept
         return on_accept
 
     def _make_datagram_handler(self, listener: Listener) -> Callable[[int], None]:
@@ -451,8 +713,6 @@ class SelectEngine:
         self._conns[conn.fd] = conn
         conn.events = READ
         self._poller.register(conn.fd, READ)
-        if self.balancer is not None:
-            self.balancer.opened()
         try:
             service.connection_made(conn)
         except Exception:
@@ -486,9 +746,8 @@ class SelectEngine:
             pass
         for fd in list(conn.watched):
             self._unwatch(conn, fd)
-        for timer in conn.timers:
+        for timer in list(conn.timers):
             timer.cancel()
-        conn.timers.clear()
         file = conn.file
         conn.file = None
         conn.out.clear()
@@ -497,8 +756,9 @@ class SelectEngine:
             conn.sock.close()
         except OSError:
             pass
-        if self.balancer is not None:
-            self.balancer.closed()
+        self.counts.release("connections")
+        if self._accept_blocked_until:
+            self._accept_blocked_until = self.now  # a descriptor is free: the queue may move again
         if file is not None:
             try:
                 file[3](ConnectionError("connection closed during sendfile"))
@@ -508,6 +768,14 @@ class SelectEngine:
             conn.service.connection_lost(conn)
         except Exception:
             log.exception("%s: connection_lost failed", conn.service.name)
+
+    def _abort(self, conn: Connection) -> None:
+        """Close with a reset: what the kernel still holds for this client is thrown away, not sent."""
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT_LINGER)
+        except OSError:
+            pass
+        self._close(conn)
 
     def _service_failed(self, conn: Connection, where: str) -> None:
         log.exception("%s: %s failed; closing %s", conn.service.name, where, conn.peer)
@@ -615,6 +883,7 @@ class SelectEngine:
             return
         conn.out.append(rest)
         conn.out_size += len(rest)
+        conn.wrote = self.now
         self._update_events(conn)
 
     def _deliver(self, conn: Connection, frames: List[bytes]) -> None:
@@ -653,6 +922,7 @@ class SelectEngine:
         if sent < len(data):
             conn.out.append(memoryview(data)[sent:])
             conn.out_size += len(data) - sent
+            conn.wrote = self.now
             self._update_events(conn)
 
     def _on_readable_raw(self, conn: Connection) -> None:
@@ -696,7 +966,7 @@ class SelectEngine:
                 self._close(conn)
                 return
             conn.out_size -= sent
-            conn.last = self.now
+            conn.last = conn.wrote = self.now
             while sent:
                 head = out[0]
                 if sent >= len(head):
@@ -746,7 +1016,7 @@ class SelectEngine:
                 return False
             offset += sent
             remaining -= sent
-            conn.last = self.now
+            conn.last = conn.wrote = self.now
             if sent < _SENDFILE_CHUNK and remaining:
                 break  # socket buffer full
         file[1] = offset
@@ -826,9 +1096,30 @@ class SelectEngine:
         if self.parent_pid and os.getppid() != self.parent_pid and not self._draining:
             log.warning("the master (%d) is gone; stopping", self.parent_pid)
             self.stop(graceful=True)
+        if self._exclusive and not self._accept_paused:
+            # With EPOLLEXCLUSIVE the kernel wakes one waiting process per new connection; if that process then
+            # stops accepting without taking it (a worker being replaced), nobody else is told.  Registering again
+            # makes epoll look at the queue afresh, so no connection waits in it longer than one sweep.
+            for fd in list(self._armed):
+                self._disarm(fd)
+                self._arm(fd)
         for conn in list(self._conns.values()):
             if conn.closed:
                 continue
+            if conn.out or conn.file is not None:
+                # Output waits for the client.  The loop sees progress only when the kernel takes more, which
+                # can be seconds after the client started reading again (writability needs a third of the send
+                # buffer free), so the send queue's length counts too: if it moved, the client is reading.
+                unsent = _kernel_unsent(conn.fd)
+                if unsent != conn.unsent:
+                    conn.unsent = unsent
+                    conn.wrote = now
+                elif now - conn.wrote > limits.idle_timeout:
+                    # Busy or not: a client that stopped reading holds its buffers (and a file) for nothing.
+                    stalled = now - conn.wrote
+                    log.info("%s: closing %s: it read nothing for %.0f s", conn.service.name, conn.peer, stalled)
+                    self._abort(conn)
+                    continue
             if conn.lingering or conn.busy:
                 continue
             # Frame deadline, kept off the per-read path: a connection holding part of a frame while its
@@ -859,9 +1150,10 @@ class SelectEngine:
         os.set_blocking(w, False)
         self._wake_r, self._wake_w = r, w
         previous: Dict[int, Any] = {}
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        for signum in self.SIGNALS:
             previous[signum] = signal.signal(signum, self._record_signal)
         previous[-1] = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._faulthandler = enable_faulthandler()
         self._handlers[r] = self._on_wakeup
         self._poller.register(r, READ)
         return previous
@@ -870,6 +1162,8 @@ class SelectEngine:
         signal.set_wakeup_fd(previous.pop(-1))
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if self._faulthandler:
+            faulthandler.disable()
         self._handlers.pop(self._wake_r, None)
         for fd in (self._wake_r, self._wake_w):
             try:
@@ -896,9 +1190,24 @@ class SelectEngine:
                 self.stop(graceful=False)
             elif signum == signal.SIGHUP:
                 log.info("SIGHUP ignored: a single-process engine has no workers to replace")
+            elif signum == signal.SIGUSR1:
+                self.handle_usr1()
+            else:
+                log.warning("%s ignored", signal_name(signum))
+
+    def handle_usr1(self) -> None:
+        """SIGUSR1, logrotate's signal: reopen the log files.  Logs go to stderr for now: nothing to reopen."""
+        log.info("SIGUSR1: nothing to reopen (the log goes to stderr)")
 
     def stop(self, graceful: bool = True) -> None:
-        """Stop serving: gracefully (finish what was received) or at once."""
+        """Stop serving: gracefully (finish what was received) or at once.
+
+        What "received" means: a connection the kernel completed before the stop, whether this process had
+        accepted it or it still waited in a listener's accept queue, and every request byte in its socket buffer.
+        The queues are emptied before the listeners close (closing the last descriptor of a listening socket
+        resets what waits in its queue) -- unless other processes keep listening on them (a prefork worker
+        replaced by SIGHUP or SIGTTOU): then they are left to those.  The requests already in the socket buffers
+        go to the services before the services are told to stop taking new work."""
         if not graceful:
             self._running = False
             return
@@ -906,7 +1215,15 @@ class SelectEngine:
             return
         self._draining = True
         self._deadline = time.monotonic() + self.limits.graceful_timeout
+        if self._listening and (self.balancer is None or not self.balancer.retired()):
+            for accept in self._acceptors.values():
+                for _ in range(_DRAIN_ACCEPT_ROUNDS):
+                    if accept(64):
+                        break
         self._stop_listening()
+        for conn in list(self._conns.values()):
+            if not conn.closed and conn.events & READ and not conn.lingering:
+                self._on_readable(conn)
         for service in self._services:
             try:
                 service.shutdown()
@@ -914,7 +1231,8 @@ class SelectEngine:
                 log.exception("%s: shutdown failed", service.name)
 
     def _drain_step(self) -> None:
-        """While stopping gracefully: close every connection that reached a frame boundary with nothing in flight."""
+        """While stopping gracefully: close every connection that reached a frame boundary with nothing in flight
+        and nothing more received."""
         if time.monotonic() >= self._deadline:
             if self._conns:
                 log.warning("graceful timeout: closing %d connection(s) still busy", len(self._conns))
@@ -923,13 +1241,13 @@ class SelectEngine:
         for conn in list(self._conns.values()):
             if conn.closed or conn.lingering or conn.close_after_flush or conn.busy or conn.out:
                 continue
-            if conn.decoder is not None:
-                if conn.decoder.pending:
-                    continue  # wait for the frame the client is sending
-                # Anything already sitting in the socket was sent before we closed: answer it first.
+            if conn.decoder is not None and conn.decoder.pending:
+                continue  # wait for the frame the client is sending
+            if _has_input(conn.sock):
+                # Received, so answered first (or an EOF or error to handle); closed once a look finds nothing.
                 self._on_readable(conn)
-                if conn.closed or conn.out or conn.busy or conn.decoder.pending:
-                    continue
+                self._drain_again = True
+                continue
             self._finish_close(conn)
         if not self._conns:
             self._running = False
@@ -1008,8 +1326,8 @@ class SelectEngine:
                 self._flush_dirty()
             if self._timers and self._timers[0].when <= self.now:
                 self._run_timers()
-            if self._accept_paused and self._listening and self.balancer is not None and self.balancer.may_accept():
-                self._resume_accepting()
+            if self._accept_paused and self._listening:
+                self._maybe_resume_accepting()
             if self._draining:
                 self._drain_step()
 
@@ -1017,7 +1335,9 @@ class SelectEngine:
         self._stop_listening()
         for conn in list(self._conns.values()):
             self._close(conn)
-        for timer in self._timers:
+        timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.engine = None
             timer.cancel()
-        self._timers.clear()
+        self._cancelled_timers = 0
         self._poller.close()

@@ -11,21 +11,28 @@ to a queue, so every decision is taken in one place, in order:
 * ``SIGCHLD``: reap with ``waitpid(-1, WNOHANG)`` until nothing is left, and respawn the missing workers.
   A worker that dies within a second of its birth counts as a boot failure, and each consecutive one
   doubles the delay before the next spawn (0.1 s up to 10 s), so a worker that cannot start is not forked
-  in a tight loop;
+  in a tight loop.  The master is the child subreaper of everything below it: the commands of a worker that
+  died (each in a session of its own) become its children, and it ends them;
 * ``SIGTERM``: stop accepting (the master closes its copies of the sockets), tell every worker to stop
-  gracefully, wait for them for at most ``graceful_timeout``, then kill what is left;
+  gracefully -- each first takes what waits in the accept queues, since the last close of a listening socket
+  resets them -- wait for them for at most ``graceful_timeout``, then kill what is left;
 * ``SIGINT`` / ``SIGQUIT``: tell the workers to stop at once; kill them after a second;
-* ``SIGHUP``: start a fresh set of workers, and gracefully stop the old ones; the listening sockets stay
-  open in the master throughout, so no connection attempt is refused;
-* ``SIGTTIN`` / ``SIGTTOU``: one worker more / one fewer (never fewer than one).
+* ``SIGHUP``: start a fresh set of workers, and gracefully stop the old ones, which finish what they received
+  but leave the accept queues to the new ones; the listening sockets stay open in the master throughout, so
+  no connection attempt is refused;
+* ``SIGTTIN`` / ``SIGTTOU``: one worker more / one fewer (never fewer than one);
+* ``SIGUSR1``: :meth:`PreforkEngine.handle_usr1` (passed on to the workers); every other signal that would end
+  the process is logged and ignored.
 
 Accepts are spread by the kernel and a shared table: every worker registers the shared listening socket
 with ``EPOLLEXCLUSIVE`` (one idle worker is woken per connection, not all), takes one connection per
 wake-up and re-registers (moving to the back of the kernel's queue of waiters, so idle workers take turns),
-and steps out of the queue while it holds clearly more connections than the least loaded live worker.  The table lives in an
-anonymous shared mapping made before the first fork: one connection counter and one heartbeat per worker.
-The heartbeat doubles as a watchdog: a worker that stops beating for ``worker_timeout`` is killed and
-replaced.  A worker whose master died (its parent PID changed) stops gracefully on its own.
+and steps out of the queue while it holds clearly more connections than the least loaded live worker.  The
+table (:class:`Balancer`) lives in an anonymous shared mapping made before the first fork: per worker its
+state, a heartbeat and its share of the server-wide counts (connections, commands), so that
+``max_connections`` and ``max_commands`` hold for the whole server.  The heartbeat doubles as a watchdog: a
+worker that stops beating for ``worker_timeout`` is killed and replaced.  A worker whose master died (its
+parent PID changed) stops gracefully on its own.
 
 A worker always leaves through ``os._exit``, never by returning into the master's code.
 """
@@ -33,16 +40,28 @@ A worker always leaves through ``os._exit``, never by returning into the master'
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import mmap
 import os
 import select
 import signal
+import tempfile
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Sequence
 
-from .engine import Limits, Listener, SelectEngine
+from ._process import become_subreaper, children, kill_tree
+from .engine import (
+    IGNORED_SIGNALS,
+    SHARED_COUNTS,
+    Counts,
+    Limits,
+    Listener,
+    SelectEngine,
+    enable_faulthandler,
+    signal_name,
+)
 
 __all__ = ["Balancer", "PreforkEngine"]
 
@@ -54,23 +73,39 @@ MAX_BACKOFF = 10.0
 FAST_STOP_GRACE = 1.0
 
 
-class Balancer:
-    """Shared per-worker connection counts and heartbeats (one slot per live worker process).
+FREE, ACTIVE, RETIRED = 0, 1, 2  # the state of a slot in the shared table
 
-    Layout of the anonymous shared mapping: ``counts[0]`` is one past the highest slot ever used, then one
-    connection count per slot (-1: no live worker there), then one heartbeat (monotonic seconds) per slot.
+
+class Balancer(Counts):
+    """The table the workers share: per worker (one slot per live worker process) its state, its heartbeat and
+    its share of every server-wide count.
+
+    It lives in an anonymous shared mapping made before the first fork.  Layout, 8-byte cells: one past the
+    highest slot ever used; the slots' states (free, active, retired); their heartbeats (monotonic seconds);
+    then, for each name in :data:`SHARED_COUNTS`, one count per slot.  The master allocates and frees slots
+    (a dead worker's share is reset with its slot); each worker writes only its own slot.
+
+    A limit is checked and a unit taken under a lock -- a POSIX record lock (``lockf``) on an anonymous file,
+    held by one process at a time and dropped by the kernel if its holder dies -- so two workers can never
+    both take the last place.  Giving a unit back needs no lock: a total read meanwhile can only be too high,
+    which refuses one request a moment early and never lets one too many in.
     """
 
     def __init__(self) -> None:
-        self._mm = mmap.mmap(-1, 8 * (1 + 2 * MAX_SLOTS))  # anonymous: shared with every child forked later
+        n = MAX_SLOTS
+        self._mm = mmap.mmap(-1, 8 * (1 + (2 + len(SHARED_COUNTS)) * n))  # anonymous: shared with later children
         table = memoryview(self._mm)
         self._top = table[:8].cast("q")
-        self.counts = table[8 : 8 * (1 + MAX_SLOTS)].cast("q")
-        self.beats = table[8 * (1 + MAX_SLOTS) :].cast("d")
-        for i in range(MAX_SLOTS):
-            self.counts[i] = -1
+        self.states = table[8 : 8 * (1 + n)].cast("q")
+        self.beats = table[8 * (1 + n) : 8 * (1 + 2 * n)].cast("d")
+        self._columns = {
+            name: table[8 * (1 + (2 + i) * n) : 8 * (1 + (3 + i) * n)].cast("q")
+            for i, name in enumerate(SHARED_COUNTS)
+        }
+        self._connections = self._columns["connections"]
         self.slot = -1
-        self._free: List[int] = list(range(MAX_SLOTS - 1, -1, -1))
+        self._free: List[int] = list(range(n - 1, -1, -1))
+        self._lock_fd = _anonymous_file()
 
     # master side
     def allocate(self) -> int:
@@ -78,48 +113,86 @@ class Balancer:
             raise RuntimeError(f"more than {MAX_SLOTS} worker processes")
         slot = self._free.pop()
         self.beats[slot] = time.monotonic()
-        self.counts[slot] = 0
+        for column in self._columns.values():
+            column[slot] = 0
+        self.states[slot] = ACTIVE
         self._top[0] = max(self._top[0], slot + 1)
         return slot
 
-    def release(self, slot: int) -> None:
-        self.counts[slot] = -1
+    def free(self, slot: int) -> None:
+        """The worker in ``slot`` is gone (reaped): what it counted is no longer in use anywhere."""
+        self.states[slot] = FREE
+        for column in self._columns.values():
+            column[slot] = 0
         self._free.append(slot)
 
     def retire(self, slot: int) -> None:
-        """A worker that is stopping no longer competes for connections."""
-        self.counts[slot] = -1
+        """A worker that is being replaced no longer competes for connections (what it holds still counts)."""
+        self.states[slot] = RETIRED
 
     # worker side
-    def opened(self) -> None:
-        if self.counts[self.slot] >= 0:
-            self.counts[self.slot] += 1
+    def acquire(self, name: str, limit: int) -> bool:
+        column = self._column(name)
+        states = self.states
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            total = 0
+            for i in range(self._top[0]):
+                if states[i] != FREE:
+                    total += column[i]
+            if total >= limit:
+                return False
+            column[self.slot] += 1
+            return True
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
 
-    def closed(self) -> None:
-        if self.counts[self.slot] > 0:
-            self.counts[self.slot] -= 1
+    def release(self, name: str) -> None:
+        column = self._column(name)
+        if column[self.slot] > 0:
+            column[self.slot] -= 1
+
+    def _column(self, name: str) -> memoryview:
+        try:
+            return self._columns[name]
+        except KeyError:
+            raise ValueError(f"no server-wide count named {name!r} (known: {', '.join(SHARED_COUNTS)})") from None
+
+    def retired(self) -> bool:
+        """The master replaced this worker (SIGHUP, SIGTTOU): the others keep listening on the shared sockets."""
+        return self.states[self.slot] == RETIRED
 
     def beat(self, now: float) -> None:
         self.beats[self.slot] = now
 
     def may_accept(self) -> bool:
-        """True unless this worker holds clearly more than the least loaded live worker (one more, plus
-        an eighth, so that bursts are not throttled by workers taking turns).
+        """True unless this worker holds clearly more connections than the least loaded live worker (one more,
+        plus an eighth, so that bursts are not throttled by workers taking turns).
 
         Workers that stopped beating (hung, or being killed) do not count, so one stuck worker cannot
         stop the others from accepting."""
-        counts = self.counts
+        if self.states[self.slot] != ACTIVE:
+            return False
+        counts = self._connections
+        states = self.states
         beats = self.beats
         mine = counts[self.slot]
-        if mine < 0:
-            return False  # retired
         stale = time.monotonic() - 3.0
         low = mine
         for i in range(self._top[0]):
             c = counts[i]
-            if 0 <= c < low and beats[i] > stale:
+            if c < low and states[i] == ACTIVE and beats[i] > stale:
                 low = c
         return mine <= low + 1 + low // 8
+
+
+def _anonymous_file() -> int:
+    """A descriptor of a file nobody else can open (for the table's lock); inherited by forked workers."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("fastframe-counts")
+    fd, path = tempfile.mkstemp(prefix="fastframe-counts-")  # pragma: no cover - no memfd (not Linux)
+    os.unlink(path)  # pragma: no cover
+    return fd  # pragma: no cover
 
 
 class _Worker:
@@ -156,13 +229,17 @@ class PreforkEngine:
         self._next_spawn = 0.0
         self._failures = 0
         self._master_pid = os.getpid()
+        self._orphans_possible = False  # a child was reaped since the last look for orphans
         self._wake_r = self._wake_w = -1
 
     # -- signals --------------------------------------------------------------------------------------
 
-    _HANDLED = (
-        signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-        signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+    #: The signals the master handles (block them before ``run``, which unblocks them once it handles them).
+    SIGNALS = _HANDLED = tuple(
+        dict.fromkeys((
+            signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+            signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGUSR1, *IGNORED_SIGNALS,
+        ))
     )  # fmt: skip
 
     def _record(self, signum: int, frame: Any) -> None:
@@ -175,6 +252,7 @@ class PreforkEngine:
         for signum in self._HANDLED:
             signal.signal(signum, self._record)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        enable_faulthandler()
 
     # -- workers --------------------------------------------------------------------------------------
 
@@ -204,9 +282,7 @@ class PreforkEngine:
     def _worker_main(self, slot: int) -> int:  # pragma: no cover - child process
         signal.set_wakeup_fd(-1)
         for signum in self._HANDLED:
-            signal.signal(signum, signal.SIG_DFL)
-        for signum in (signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(signum, signal.SIG_IGN)
+            signal.signal(signum, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
         os.close(self._wake_r)
         os.close(self._wake_w)
         if os.environ.get("FASTFRAME_TEST_FAULT") == "worker-boot":
@@ -225,10 +301,11 @@ class PreforkEngine:
                 return
             if pid == 0:
                 return
+            self._orphans_possible = True
             worker = self.workers.pop(pid, None)
             if worker is None:
-                continue
-            self.balancer.release(worker.slot)
+                continue  # an orphan we adopted and ended (see _end_orphans)
+            self.balancer.free(worker.slot)
             age = time.monotonic() - worker.born
             how = _describe_status(status)
             if worker.retiring or self._stopping:
@@ -242,6 +319,34 @@ class PreforkEngine:
             else:
                 self._failures = 0
                 log.warning("worker %d died (%s); replacing it", pid, how)
+
+    def _end_orphans(self) -> None:
+        """End every child of the master that is not a worker, with everything below it.
+
+        The master is the child subreaper of its workers' descendants: when a worker dies, the commands it ran
+        (each in a session of its own, which nothing else would ever signal) become the master's children.
+        They are killed, with their process groups and descendants; what they leave behind is adopted in turn
+        and ended on the next call (each death is a SIGCHLD, and every reap calls this again)."""
+        self._orphans_possible = False
+        for pid in children(os.getpid()):
+            if pid not in self.workers:
+                log.warning("ending process %d, left behind by a worker that died", pid)
+                kill_tree(pid)
+
+    def _end_all_orphans(self, timeout: float = 2.0) -> None:
+        """On the way out, with no worker left: end and reap whatever the workers left behind."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._end_orphans()
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            except ChildProcessError:
+                return  # no child left at all
+            if time.monotonic() >= deadline:
+                log.warning("processes left behind by the workers did not die within %g s", timeout)
+                return
+            time.sleep(0.01)
 
     def _active(self) -> List[_Worker]:
         return [w for w in self.workers.values() if not w.retiring]
@@ -309,6 +414,17 @@ class PreforkEngine:
             elif signum == signal.SIGTTOU and not self._stopping:
                 self.target = max(1, self.target - 1)
                 log.info("SIGTTOU: %d worker(s)", self.target)
+            elif signum == signal.SIGUSR1:
+                self.handle_usr1()
+            elif signum not in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                log.warning("%s ignored", signal_name(signum))
+
+    def handle_usr1(self) -> None:
+        """SIGUSR1, logrotate's signal: reopen the log files here and in every worker.  Logs go to stderr for now:
+        the master has nothing to reopen, and passes the signal on for the workers to say the same."""
+        log.info("SIGUSR1: nothing to reopen (the log goes to stderr); passing it on to the workers")
+        for worker in self.workers.values():
+            self._kill(worker.pid, signal.SIGUSR1)
 
     def _stop(self, graceful: bool) -> None:
         first = not self._stopping
@@ -342,17 +458,25 @@ class PreforkEngine:
             except (BlockingIOError, InterruptedError):
                 pass
 
-    def run(self) -> int:
-        """Supervise until stopped; return the exit status."""
+    def run(self, unblock_signals: Sequence[int] = ()) -> int:
+        """Supervise until stopped; return the exit status.
+
+        ``unblock_signals`` are unblocked once the master's handlers are installed (block :attr:`SIGNALS` while
+        announcing the server, so that a signal sent as soon as it is announced is not lost)."""
         self._install_signals()
+        if unblock_signals:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
         if self.pidfile:
             _write_pidfile(self.pidfile)
         try:
             log.info("prefork master %d: %d worker(s)", os.getpid(), self.target)
+            become_subreaper()
             self._maintain()
             while True:
                 self._handle_signals()
                 self._reap()
+                if self._orphans_possible:
+                    self._end_orphans()
                 if self._stopping:
                     if not self.workers:
                         break
@@ -378,6 +502,7 @@ class PreforkEngine:
                 except ChildProcessError:
                     pass
             self.workers.clear()
+            self._end_all_orphans()
             for listener in self.listeners:
                 listener.sock.close()
             if self.pidfile:

@@ -78,6 +78,15 @@ class Conn:
         """Call ``callback()`` in ``delay`` seconds; timers die with the connection."""
         raise NotImplementedError
 
+    def acquire(self, name: str, limit: int) -> bool:
+        """Count one more ``name`` (``"commands"``) for the whole server -- every prefork worker together -- if
+        fewer than ``limit`` are counted; False, and nothing counted, otherwise.  Give it back with ``release``
+        (a prefork worker that dies gives back all it held)."""
+        raise NotImplementedError
+
+    def release(self, name: str) -> None:
+        raise NotImplementedError
+
     def set_max_frame(self, limit: int) -> None:
         """Change the largest request frame accepted from now on."""
         raise NotImplementedError

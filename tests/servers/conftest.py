@@ -282,13 +282,13 @@ def _signal_masks(pid: int) -> dict[str, int]:
 
 def booted(pid: int) -> bool:
     """A prefork worker has finished booting once it catches SIGTERM itself and no longer carries the master's
-    SIGTTIN handler (inherited across fork() until the worker replaces it)."""
+    SIGCHLD handler (inherited across fork() until the worker resets it; its engine does not catch SIGCHLD)."""
     masks = _signal_masks(pid)
 
     def bit(sig: int) -> int:
         return 1 << (sig - 1)
 
-    return bool(masks) and bool(masks["SigCgt"] & bit(signal.SIGTERM)) and not masks["SigCgt"] & bit(signal.SIGTTIN)
+    return bool(masks) and bool(masks["SigCgt"] & bit(signal.SIGTERM)) and not masks["SigCgt"] & bit(signal.SIGCHLD)
 
 
 def wait_booted(pids: Sequence[int], timeout: float = 5.0) -> list[int]:
@@ -340,6 +340,69 @@ def still_running(pids_with_start: dict[int, str | None]) -> list[int]:
     return [pid for pid, start in pids_with_start.items() if start is not None and proc_start(pid) == start]
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime of the processes (fields 14 and 15 of /proc/PID/stat); gone ones count 0."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pids: Sequence[int]) -> int:
+    """Resident set size (VmRSS) of the processes together, in KiB; gone ones count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living descendant of ``pid`` (children, grandchildren...), from the ppid field of /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``predicate()`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def soak_seconds(default: float = 300.0) -> float:
+    """How long the soak tests run: FASTFRAME_SOAK_SECONDS, else ``default``."""
+    return float(os.environ.get("FASTFRAME_SOAK_SECONDS", default))
+
+
 @pytest.fixture(scope="session")
 def net() -> SimpleNamespace:
     return SimpleNamespace(
@@ -362,4 +425,9 @@ def net() -> SimpleNamespace:
         still_running=still_running,
         booted=booted,
         wait_booted=wait_booted,
+        cpu_seconds=cpu_seconds,
+        rss_kib=rss_kib,
+        descendants=descendants,
+        wait_until=wait_until,
+        soak_seconds=soak_seconds,
     )

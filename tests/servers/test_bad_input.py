@@ -154,9 +154,9 @@ def test_udp_garbage_gets_at_most_4_bytes_and_the_server_carries_on(engine, serv
 
 
 def test_max_connections_refuses_the_next_one_cleanly(engine, serve, net):
-    # --max-connections is per process: one prefork worker, so that N is the whole server's limit.
+    # --max-connections is the whole server's limit, however many prefork workers share it.
     n = 5
-    server = serve("--echo", "0", "--max-connections", str(n), engine=engine, workers=1)
+    server = serve("--echo", "0", "--max-connections", str(n), engine=engine)
     addr = server.addr("echo")
     first = [net.connect(addr) for _ in range(n)]
     try:
@@ -204,3 +204,64 @@ def test_idle_timeout_closes_idle_connections(engine, serve, net):
         assert closed_after is not None, "an idle connection outlived --idle-timeout 1 by 3 s"
         assert 0.7 <= closed_after <= 2.5, closed_after
         assert_serving(net, chatty, b"still open")
+
+
+def open_files(pids, path: str) -> int:
+    """How many descriptors of the processes point at ``path``."""
+    count = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                    count += 1
+            except OSError:
+                pass
+    return count
+
+
+def test_download_never_read_is_cut_after_idle_timeout(engine, serve, net, tmp_path):
+    """A pending sendfile used to count as work in progress, so a client that asks for a big file and never reads
+    held its socket and the file open forever.  A send that makes no progress for --idle-timeout ends it; a slow
+    reader that keeps taking bytes is not cut."""
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)  # sparse: 64 MiB of zeros without writing them
+    server = serve("--files", "0", "--root", str(tmp_path), "--idle-timeout", "1", engine=engine)
+    addr = server.addr("files")
+    pids = [server.pid, *server.workers()]
+    stalled = []
+    slow = net.connect(addr)
+    try:
+        for _ in range(20):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(10)
+            s.connect(addr)
+            net.send_frame(s, b'{"path": "big"}')
+            stalled.append(s)
+        net.send_frame(slow, b'{"path": "big"}')
+        assert net.recv_frame(slow).startswith(b"S")
+        assert net.wait_until(lambda: open_files(pids, str(big)) == 21, 5), open_files(pids, str(big))
+        start = time.monotonic()
+        got = 0
+        closed_in = None
+        while time.monotonic() - start < 4.0:  # the slow reader takes 64 KiB every 0.2 s throughout
+            got += len(net.recv_exactly(slow, 65536))
+            time.sleep(0.2)
+            if closed_in is None and open_files(pids, str(big)) == 1:
+                closed_in = time.monotonic() - start
+        left = open_files(pids, str(big)) - 1
+        assert closed_in is not None, f"{left} downloads nobody reads are still open after 4 s (--idle-timeout 1)"
+        assert left == 0 and sum(net.socket_count(pid, addr[1]) for pid in pids) == 1, "the slow reader was cut"
+        assert got >= 65536 * 15
+        print(f"stalled downloads closed after {closed_in:.1f} s")
+        assert len(net.recv_exactly(slow, 65536)) == 65536
+    finally:
+        slow.close()
+        for s in stalled:
+            s.close()
+    assert server.proc.poll() is None

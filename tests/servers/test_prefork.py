@@ -239,3 +239,110 @@ def test_connections_spread_evenly_over_4_workers(serve, net):
     finally:
         for s in socks:
             s.close()
+
+
+def test_sighup_answers_every_request_in_flight(serve, net):
+    """SIGHUP replaces the workers gracefully: the old ones stop accepting and finish what they received (commands
+    that take 0.5 s, 1 MiB echoes read slowly, requests on connections still in the accept queue), the new ones
+    take every connection made from then on, and the old ones exit."""
+    server = serve("--echo", "0", "--command", "0", "--allow", "sleep", "--max-commands", "100", "--graceful-timeout",
+                   "10", expect=2, engine="prefork")  # fmt: skip
+    old = server.workers()
+    echo, command = server.addr("echo"), server.addr("command")
+    big = os.urandom(1 << 20)
+    results: dict[str, str] = {}
+
+    def slow_echo(i: int, sock: socket.socket) -> None:
+        try:
+            got = bytearray()
+            while len(got) < 4 + len(big):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+                time.sleep(0.01)  # ~1.5 s for the whole reply
+            results[f"echo {i}"] = "ok" if bytes(got) == net.HEADER.pack(len(big)) + big else f"{len(got)} bytes"
+        except OSError as exc:
+            results[f"echo {i}"] = repr(exc)
+
+    def command_reply(i: int, sock: socket.socket) -> None:
+        try:
+            results[f"command {i}"] = "ok" if net.recv_frame(sock) == b"X0" else "wrong reply"
+        except (OSError, EOFError) as exc:
+            results[f"command {i}"] = repr(exc)
+
+    socks, threads = [], []
+    try:
+        for i in range(60):
+            s = net.connect(echo if i % 2 else command)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            socks.append(s)
+        time.sleep(0.3)  # accepted, spread over the old workers
+        for i, s in enumerate(socks):
+            if i % 2:
+                net.send_frame(s, big)
+                threads.append(threading.Thread(target=slow_echo, args=(i, s)))
+            else:
+                net.send_frame(s, b"sleep 0.5")
+                threads.append(threading.Thread(target=command_reply, args=(i, s)))
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+        hup_at = time.monotonic()
+        server.signal(signal.SIGHUP)
+        late = []  # connected and sent around the HUP: old or new workers, every one answered
+        for i in range(30):
+            s = net.connect(echo)
+            net.send_frame(s, b"late %d" % i)
+            late.append(s)
+        for i, s in enumerate(late):
+            results[f"late {i}"] = "ok" if net.recv_frame(s) == b"late %d" % i else "wrong reply"
+            s.close()
+        for t in threads:
+            t.join(20)
+        try:
+            new = server.wait_workers(2, timeout=15, exclude=old)
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\nstderr:\n{server.stderr()[-3000:]}")
+        after = [net.connect(echo) for _ in range(6)]
+        try:
+            for i, s in enumerate(after):
+                assert net.roundtrip(s, b"after %d" % i) == b"after %d" % i
+            owners = net.port_owners(new, echo[1])
+            assert {owners.get(s.getsockname()[1]) for s in after} <= set(new), owners
+        finally:
+            for s in after:
+                s.close()
+    finally:
+        for s in socks:
+            s.close()
+    bad = {k: v for k, v in results.items() if v != "ok"}
+    assert len(results) == 90 and not bad, f"{bad}\nstderr:\n{server.stderr()[-3000:]}"
+    assert time.monotonic() - hup_at < 15
+    assert server.proc.poll() is None
+
+
+def test_commands_of_a_killed_worker_are_ended(serve, net):
+    """A command runs in its own session, so a worker killed with SIGKILL used to leave it (and whatever it
+    started) running with nobody to stop it.  The master is their subreaper: it ends them and reaps them."""
+    server = serve("--command", "0", "--allow", "sh", engine="prefork", workers=2)
+    tree: dict[int, str | None] = {}
+    try:
+        with net.connect(server.addr("command")) as s:
+            net.send_frame(s, b"sh -c 'echo $$; sleep 100 & setsid sleep 101 & sleep 102'")
+            first = net.recv_frame(s)
+            assert first[:1] == b"O", first
+            sh = int(first[1:])
+            assert net.wait_until(lambda: len(net.descendants(sh)) == 3, 5), net.descendants(sh)
+            tree = {pid: net.proc_start(pid) for pid in [sh, *net.descendants(sh)]}
+            owner = next(pid for pid in server.workers() if sh in net.descendants(pid))
+            time.sleep(1.1)  # an ordinary replacement, not a boot failure
+            os.kill(owner, signal.SIGKILL)
+            gone = net.wait_until(lambda: not net.still_running(tree), 5)
+            assert gone, f"still running 5 s after their worker died: {net.still_running(tree)}"
+        assert not [p for p in net.descendants(server.pid) if p not in server.workers()], "not reaped"
+        server.wait_workers(2, exclude=[owner])
+        assert "Traceback" not in server.stderr()
+    finally:
+        for pid in net.still_running(tree):
+            os.kill(pid, signal.SIGKILL)

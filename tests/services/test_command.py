@@ -195,8 +195,9 @@ def test_timeout_kills_grandchildren_holding_the_pipes(strict_server: Any, svc: 
     assert not [p for p in svc.all_processes() if p["cmdline"] == ["sleep", "100"] and p["session"] == pgid]
 
 
-def test_max_commands_busy(strict_server: Any, svc: SimpleNamespace, engine: Tuple[str, ...]) -> None:
-    # --max-commands 1 per process: of three concurrent commands, at least one (select: two) must be refused.
+def test_max_commands_busy(strict_server: Any, svc: SimpleNamespace) -> None:
+    # --max-commands 1 for the whole server (every prefork worker together): of three concurrent commands, two
+    # are refused.
     addr = strict_server.addr("command")
     socks = [svc.connect(addr) for _ in range(3)]
     try:
@@ -209,7 +210,7 @@ def test_max_commands_busy(strict_server: Any, svc: SimpleNamespace, engine: Tup
     busy = [r for r in results if r.startswith(b"!busy ")]
     timed_out = [r for r in results if r.startswith(b"!timeout ")]
     assert len(busy) + len(timed_out) == 3, results
-    assert len(busy) == 2 if "select" in engine else len(busy) >= 1
+    assert len(busy) == 2
 
 
 def test_connection_reset_kills_the_group(server: Any, svc: SimpleNamespace) -> None:
