@@ -53,7 +53,7 @@ from .service import Address, Conn, Service, Timer
 
 __all__ = [
     "IGNORED_SIGNALS", "SHARED_COUNTS", "Connection", "Counts", "FrameTimeout", "Limits", "Listener", "SelectEngine",
-    "enable_faulthandler", "signal_name",
+    "enable_faulthandler", "install_handlers", "signal_name",
 ]  # fmt: skip
 
 log = logging.getLogger("fastframe.server")
@@ -106,6 +106,20 @@ def signal_name(signum: int) -> str:
     except ValueError:
         rtmin = getattr(signal, "SIGRTMIN", 0)
         return f"SIGRTMIN+{signum - rtmin}" if rtmin and signum > rtmin else f"signal {signum}"
+
+
+def install_handlers(signals: Sequence[int], handler: Any) -> Dict[int, Any]:
+    """Set ``handler`` for each signal that can be caught here; return the handlers replaced.
+
+    A signal the runtime keeps for itself (valgrind takes a real-time one: setting it fails with EINVAL) is
+    skipped: it cannot reach the process as a plain signal anyway."""
+    previous: Dict[int, Any] = {}
+    for signum in signals:
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except (OSError, ValueError) as exc:
+            log.debug("cannot handle %s here: %s", signal_name(signum), exc)
+    return previous
 
 
 def enable_faulthandler() -> bool:
@@ -1149,9 +1163,7 @@ class SelectEngine:
         os.set_blocking(r, False)
         os.set_blocking(w, False)
         self._wake_r, self._wake_w = r, w
-        previous: Dict[int, Any] = {}
-        for signum in self.SIGNALS:
-            previous[signum] = signal.signal(signum, self._record_signal)
+        previous = install_handlers(self.SIGNALS, self._record_signal)
         previous[-1] = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         self._faulthandler = enable_faulthandler()
         self._handlers[r] = self._on_wakeup

@@ -60,6 +60,7 @@ from .engine import (
     Listener,
     SelectEngine,
     enable_faulthandler,
+    install_handlers,
     signal_name,
 )
 
@@ -249,8 +250,7 @@ class PreforkEngine:
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
-        for signum in self._HANDLED:
-            signal.signal(signum, self._record)
+        install_handlers(self._HANDLED, self._record)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         enable_faulthandler()
 
@@ -281,8 +281,7 @@ class PreforkEngine:
 
     def _worker_main(self, slot: int) -> int:  # pragma: no cover - child process
         signal.set_wakeup_fd(-1)
-        for signum in self._HANDLED:
-            signal.signal(signum, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
+        install_handlers(self._HANDLED, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
         os.close(self._wake_r)
         os.close(self._wake_w)
         if os.environ.get("FASTFRAME_TEST_FAULT") == "worker-boot":
