@@ -1,0 +1,38 @@
+"""Finding the Debian tools the tests use as real peers (haproxy, systemd-notify, curl, ...).
+
+A missing tool skips the test that needs it, except under ``FASTFRAME_REQUIRE_TOOLS=1`` (set by ``.ci/run``),
+where it fails: CI installs every tool, so a missing one there is a broken install step, not a reason to pass.
+(``tests/servers/conftest.py`` has the same rule as a fixture helper; this module is the importable form.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+#: Debian package for each tool whose package is not named after it.
+PACKAGES = {"nc": "netcat-openbsd", "systemd-notify": "systemd"}
+
+
+def require_tool(name: str) -> str:
+    """The path of ``name``; skip when missing, unless FASTFRAME_REQUIRE_TOOLS=1 (CI), then fail."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if path is None:
+        message = f"{name} is not installed (apt-get install {PACKAGES.get(name, name)})"
+        if os.environ.get("FASTFRAME_REQUIRE_TOOLS") == "1":
+            pytest.fail(message + " and FASTFRAME_REQUIRE_TOOLS=1", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def require_module(name: str, extra: str) -> None:
+    """Import-check an optional dependency: skip when missing, fail under FASTFRAME_REQUIRE_TOOLS=1."""
+    try:
+        __import__(name)
+    except ModuleNotFoundError:
+        message = f"{name} is not installed (pip install 'fastframe[{extra}]')"
+        if os.environ.get("FASTFRAME_REQUIRE_TOOLS") == "1":
+            pytest.fail(message + " and FASTFRAME_REQUIRE_TOOLS=1", pytrace=False)
+        pytest.skip(message)
