@@ -69,9 +69,11 @@ def test_one_line_for_each_mistake(pki: SimpleNamespace, tmp_path: Path) -> None
     unreadable = tmp_path / "dir.pem"
     unreadable.mkdir()
     cases = [
-        (lambda: _tls.server_context(missing, pki.server.key), f"cannot read the TLS certificate {missing}: No such file"),
+        (lambda: _tls.server_context(missing, pki.server.key),
+         f"cannot read the TLS certificate {missing}: No such file"),
         (lambda: _tls.server_context(str(unreadable), pki.server.key), "cannot read the TLS certificate"),
-        (lambda: _tls.server_context(str(junk), pki.server.key), f"the TLS certificate {junk} holds no PEM certificate"),
+        (lambda: _tls.server_context(str(junk), pki.server.key),
+         f"the TLS certificate {junk} holds no PEM certificate"),
         (lambda: _tls.server_context(pki.server.cert, str(junk)), f"the TLS key {junk} holds no PEM private key"),
         (lambda: _tls.server_context(pki.server.cert), "and no key file was given"),
         (lambda: _tls.server_context(pki.server.cert, pki.client.key),
