@@ -422,3 +422,46 @@ class TLSTestServer:
             file[3](ConnectionError("connection closed during sendfile"))
         if conn.layer.established:
             conn.service.connection_lost(conn)
+
+
+def main(argv: List[str]) -> int:
+    """``python tests/tlsserver.py CERT KEY SECRET_FILE``: the command service (``echo`` and ``cat`` allowed),
+    plainly and behind the shared secret, in this process's main thread (the service installs a SIGCHLD
+    handler and becomes a subreaper: not something to do inside the test process).  Prints ``NAME PORT``
+    per listener, then ``ready``; SIGTERM stops it."""
+    import signal
+
+    from fastframe.servers.auth import AuthenticatedService
+    from fastframe.servers.command import CommandService
+
+    from fastframe import _tls
+
+    cert, key, secret_file = argv
+    with open(secret_file, "rb") as f:
+        secret = f.read().strip()
+    server = TLSTestServer(
+        _tls.server_context(cert, key),
+        {
+            "command": CommandService(["echo", "cat"]),
+            "command+secret": AuthenticatedService(CommandService(["echo"]), secret),
+        },
+    )
+
+    def stop(signum: int, frame: Any) -> None:
+        server._stop = True
+        os.write(server._wake_w, b"x")
+
+    signal.signal(signal.SIGTERM, stop)
+    for name in server.listeners:
+        print(name, server.port(name), flush=True)
+    print("ready", flush=True)
+    server._run()
+    if server.crashed is not None:
+        raise server.crashed
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
