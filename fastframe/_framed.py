@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Deque, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._codec_choice import codec as _impl
 from ._framing import Framing
@@ -44,6 +44,52 @@ def _flat(payload: Buffer) -> memoryview:
 
 def _varint_len(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
+
+
+_PLAIN_LAYOUTS: Dict[Tuple[ModuleType, str], "_Layout"] = {}
+
+
+class _Layout:
+    """How payloads go out for one Framing: what ``encode()``/``encode_many()`` take, and the parts of a
+    large payload sent next to its header.  Shared by FramedSocket and ``fastframe.aio``.
+
+    ``layout`` is the bare prefix string when there is neither ``offset`` nor ``adjust`` (the default
+    layout's fast path: the codec then parses no options), else the Framing itself.  A scatter-gather header
+    never carries the ``offset`` leading bytes (``header()`` refuses them): they are the payload's first
+    bytes, sent in front of it.
+    """
+
+    __slots__ = ("layout", "head", "offset", "encode", "header")
+
+    def __init__(self, codec: ModuleType, framing: Framing) -> None:
+        plain = not framing.offset and not framing.adjust
+        self.layout: Prefix = framing.prefix if plain else framing
+        self.head: Prefix = framing.prefix if plain else framing.replace(offset=0)
+        self.offset = framing.offset
+        self.encode = codec.encode
+        self.header = codec.header
+
+    @classmethod
+    def of(cls, codec: ModuleType, prefix: Prefix, decoder: Any) -> "_Layout":
+        """The layout of ``decoder`` (made with ``prefix``); one shared object per codec and plain prefix
+        string, so that a connection in the default layout costs no Framing."""
+        if type(prefix) is str and decoder.offset == 0 and decoder.adjust == 0:
+            key = (codec, prefix)
+            layout = _PLAIN_LAYOUTS.get(key)
+            if layout is None:
+                layout = _PLAIN_LAYOUTS[key] = cls(codec, Framing(prefix))
+            return layout
+        return cls(codec, decoder.framing)
+
+    def scatter(self, payload: Buffer, n: int) -> List[Buffer]:
+        """[leading bytes + header, rest of the payload] for a payload of ``n`` bytes, never copied."""
+        off = self.offset
+        if not off:
+            return [self.header(n, self.head), payload]
+        view = _flat(payload)
+        if n < off:  # (encode() says why)
+            return [self.encode(view, self.layout)]
+        return [bytes(view[:off]) + self.header(n - off, self.head), view[off:]]
 
 
 class FramedSocket:
@@ -86,16 +132,12 @@ class FramedSocket:
         framing: Framing = self._decoder.framing
         self._framing = framing
         self._prefix = framing.prefix
-        plain = not framing.offset and not framing.adjust
-        # What encode()/encode_many() take (the prefix alone keeps the default layout's fast path), and what
-        # header() takes for a scatter-gather send (a header never carries the offset bytes: they go first).
-        self._layout: Prefix = framing.prefix if plain else framing
-        self._head_layout: Prefix = framing.prefix if plain else framing.replace(offset=0)
-        self._offset = framing.offset
+        wire = _Layout(codec, framing)
+        self._scatter = wire.scatter
+        self._layout = wire.layout  # what encode()/encode_many() take
         self._read_ahead = bool(read_ahead)
         self._encode = codec.encode
         self._encode_many = codec.encode_many
-        self._header = codec.header
         self._frames: Deque[bytes] = collections.deque()
         self._error: Optional[BaseException] = None
 
@@ -138,16 +180,6 @@ class FramedSocket:
             self._sock.sendall(self._encode(payload, self._layout))
         else:
             self._send_vector(self._scatter(payload, n))
-
-    def _scatter(self, payload: Buffer, n: int) -> List[Buffer]:
-        """[leading bytes + header, rest of the payload]: the payload itself is never copied."""
-        off = self._offset
-        if not off:
-            return [self._header(n, self._head_layout), payload]
-        view = _flat(payload)
-        if n < off:  # (encode() says why)
-            return [self._encode(view, self._layout)]
-        return [bytes(view[:off]) + self._header(n - off, self._head_layout), view[off:]]
 
     def send_many(self, payloads: Iterable[Buffer]) -> None:
         """Send several frames with as few system calls as possible."""

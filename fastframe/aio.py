@@ -5,9 +5,14 @@ Two ways in:
 * subclass :class:`FrameProtocol` and implement ``frame_received(frame)`` (or ``frames_received(frames)``, once
   per read with every frame it completed); the event loop reads straight into the decoder's memory
   (``get_buffer``/``buffer_updated``), and ``send_frame()`` writes one frame;
-* or use :func:`open_connection` / :func:`start_server`, which hand out a :class:`FrameReader`
-  (``await read_frame()``, ``async for frame in reader``) and a :class:`FrameWriter` (``write_frame()``,
-  ``await drain()``), shaped like asyncio's own streams.
+* or use :func:`open_connection` / :func:`start_server` (:func:`open_unix_connection` /
+  :func:`start_unix_server` on a Unix socket), which hand out a :class:`FrameReader` (``await read_frame()``,
+  ``async for frame in reader``) and a :class:`FrameWriter` (``write_frame()``, ``await drain()``), shaped like
+  asyncio's own streams.
+
+Both take the codec's layout options (``prefix`` or a ``Framing``, ``offset``, ``adjust``, ``strip``,
+``max_frame``) and ``ssl=`` (an ``ssl.SSLContext``) for TLS; everything below holds over TLS too (asyncio's
+and uvloop's TLS transports hand a BufferedProtocol the decrypted bytes the same way).
 
 Theory of operation: what costs in an asyncio server is what happens per frame in Python and per system
 call, not the parsing.  A peer that pipelines sends many frames per read; answering each with its own
@@ -36,14 +41,27 @@ import collections
 import logging
 from types import ModuleType
 from typing import (
-    Any, AsyncIterator, Awaitable, Callable, ClassVar, Deque, Iterable, List, Optional, Tuple, Union,
+    TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Deque, Dict, Iterable, List, Optional, Tuple,
+    Union,
 )  # fmt: skip
 
 from ._codec_choice import codec as _impl
-from ._framed import SCATTER_THRESHOLD, Buffer, _flat, _nbytes
+from ._framed import SCATTER_THRESHOLD, Buffer, Prefix, _flat, _Layout, _nbytes
+from ._framing import Framing
 from .exceptions import FrameError
 
-__all__ = ["FrameProtocol", "FrameReader", "FrameWriter", "open_connection", "start_server"]
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl as _ssl
+
+__all__ = [
+    "FrameProtocol",
+    "FrameReader",
+    "FrameWriter",
+    "open_connection",
+    "open_unix_connection",
+    "start_server",
+    "start_unix_server",
+]
 
 log = logging.getLogger("fastframe.aio")
 
@@ -63,6 +81,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
     :meth:`frame_error` to change what happens when the peer breaks the framing (the default logs and
     aborts the connection).  ``transport`` is set by ``connection_made``.
 
+    ``prefix`` (or a :class:`~fastframe.Framing`) and the keyword options ``offset``, ``adjust`` and ``strip``
+    describe the layout as for :class:`~fastframe.FramedSocket`: a payload's first ``offset`` bytes go before
+    the length field, both ways.
+
     Frames sent with :meth:`send_frame` / :meth:`send_frames` while those callbacks run are written
     together, in one ``transport.write``, when the callbacks for that read return; reading ``self.transport``
     writes the frames collected so far first, so ``self.transport.close()`` (or ``write()``) after
@@ -72,13 +94,27 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     codec: ClassVar[ModuleType] = _impl
 
-    def __init__(self, prefix: str = "!I", max_frame: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        prefix: Prefix = "!I",
+        max_frame: Optional[int] = None,
+        *,
+        offset: int = 0,
+        adjust: int = 0,
+        strip: Optional[int] = None,
+    ) -> None:
         codec = self.codec
-        self.prefix = prefix
-        self._decoder = codec.Decoder(prefix, codec.DEFAULT_MAX_FRAME if max_frame is None else max_frame)
+        if offset or adjust or strip is not None:
+            self._decoder = codec.Decoder(prefix, max_frame, offset=offset, adjust=adjust, strip=strip)
+        else:
+            self._decoder = codec.Decoder(prefix, max_frame)
+        wire = _Layout.of(codec, prefix, self._decoder)
+        #: The length field's format (a string, also when a Framing was given).
+        self.prefix: str = prefix if type(prefix) is str else prefix.prefix  # type: ignore[union-attr]
+        self._layout = wire.layout  # what encode()/encode_many() take: the prefix itself by default
+        self._scatter = wire.scatter
         self._encode = codec.encode
         self._encode_many = codec.encode_many
-        self._header = codec.header
         self._transport: Optional[asyncio.Transport] = None
         self._batch: Optional[List[bytes]] = None  # small payloads sent during this read's callbacks
         cls = type(self)
@@ -88,6 +124,11 @@ class FrameProtocol(asyncio.BufferedProtocol):
         if cls.get_buffer is FrameProtocol.get_buffer:
             self.get_buffer = self._decoder.get_buffer  # type: ignore[method-assign]
         self._per_frame = cls.frames_received is FrameProtocol.frames_received
+
+    @property
+    def framing(self) -> Framing:
+        """The layout, as a Framing (with the current ``max_frame``)."""
+        return self._decoder.framing.replace(max_frame=self._decoder.max_frame)  # type: ignore[no-any-return]
 
     @property
     def transport(self) -> Optional[asyncio.Transport]:
@@ -131,7 +172,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 batch = self._batch
                 self._batch = None
                 if batch:
-                    self._transport.write(self._encode_many(batch, self.prefix))  # type: ignore[union-attr]
+                    self._transport.write(self._encode_many(batch, self._layout))  # type: ignore[union-attr]
         if error is not None:
             self.frame_error(error)
 
@@ -140,7 +181,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         batch = self._batch
         assert batch and self._transport is not None
         self._batch = []
-        self._transport.write(self._encode_many(batch, self.prefix))
+        self._transport.write(self._encode_many(batch, self._layout))
 
     def eof_received(self) -> Optional[bool]:
         try:
@@ -188,9 +229,9 @@ class FrameProtocol(asyncio.BufferedProtocol):
         transport = self.transport  # writes what is batched first
         assert transport is not None, "send_frame() before connection_made()"
         if n < SCATTER_THRESHOLD:
-            transport.write(self._encode(payload, self.prefix))
+            transport.write(self._encode(payload, self._layout))
         else:
-            transport.writelines([self._header(n, self.prefix), payload])
+            transport.writelines(self._scatter(payload, n))
 
     def send_frames(self, payloads: Iterable[Buffer]) -> None:
         """Write several frames in one transport write (large payloads go out next to their headers)."""
@@ -212,7 +253,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         transport = self.transport
         assert transport is not None, "send_frames() before connection_made()"
         if items:
-            transport.write(self._encode_many(items, self.prefix))
+            transport.write(self._encode_many(items, self._layout))
 
 
 class FrameReader:
@@ -348,7 +389,7 @@ class FrameWriter:
         protocol = self._protocol
         if type(payload) is bytes and len(payload) < SCATTER_THRESHOLD:
             if not protocol._out and not protocol._reader._frames and protocol._lost is None:
-                self._transport.write(protocol._encode(payload, protocol.prefix))  # the request-reply turn
+                self._transport.write(protocol._encode(payload, protocol._layout))  # the request-reply turn
                 return
             protocol._out.append(payload)
             protocol._out_size += len(payload)
@@ -412,11 +453,12 @@ class _StreamProtocol(FrameProtocol):
     def __init__(
         self,
         reader: FrameReader,
-        prefix: str,
+        prefix: Prefix,
         max_frame: Optional[int],
         on_connect: Optional[ConnectedCallback] = None,
+        **options: Any,
     ) -> None:
-        super().__init__(prefix, max_frame)
+        super().__init__(prefix, max_frame, **options)
         self._reader = reader
         self._on_connect = on_connect
         loop = asyncio.get_running_loop()
@@ -470,9 +512,9 @@ class _StreamProtocol(FrameProtocol):
         if self._lost is not None or self._transport is None:
             return  # the connection is gone: asyncio drops late writes too
         if len(out) == 1:
-            self._transport.write(self._encode(out[0], self.prefix))
+            self._transport.write(self._encode(out[0], self._layout))
         else:
-            self._transport.write(self._encode_many(out, self.prefix))
+            self._transport.write(self._encode_many(out, self._layout))
 
     def _add(self, payload: Buffer) -> None:
         """Collect one frame (a large one flushes what is collected and goes out at once, uncopied)."""
@@ -545,23 +587,74 @@ class _StreamProtocol(FrameProtocol):
             raise ConnectionResetError("connection lost") from self._lost
 
 
+def _options(
+    prefix: Prefix, max_frame: Optional[int], offset: int, adjust: int, strip: Optional[int]
+) -> Dict[str, Any]:
+    """The layout options, checked now (a mistake raises here, before any connection, with the codec's message)."""
+    FrameProtocol.codec.Decoder(prefix, max_frame, offset=offset, adjust=adjust, strip=strip)
+    return {"offset": offset, "adjust": adjust, "strip": strip}
+
+
 async def open_connection(
     host: Optional[str] = None,
     port: Optional[int] = None,
     *,
-    prefix: str = "!I",
+    prefix: Prefix = "!I",
     max_frame: Optional[int] = None,
+    offset: int = 0,
+    adjust: int = 0,
+    strip: Optional[int] = None,
     high_water: int = DEFAULT_HIGH_WATER,
+    ssl: "Union[_ssl.SSLContext, bool, None]" = None,
+    server_hostname: Optional[str] = None,
     **kwds: Any,
 ) -> Tuple[FrameReader, FrameWriter]:
     """Connect to ``host:port`` and return a (FrameReader, FrameWriter) pair.
 
-    Extra keyword arguments go to ``loop.create_connection`` (``ssl``, ``local_addr``, ...).
+    ``prefix`` (or a :class:`~fastframe.Framing`), ``max_frame``, ``offset``, ``adjust`` and ``strip`` describe
+    the layout as for :class:`~fastframe.FramedSocket`.  ``ssl``: an ``ssl.SSLContext`` for TLS (see
+    ``fastframe._tls.client_context`` for one that verifies); ``server_hostname``: the name the certificate
+    must carry (default: ``host``).  Other keyword arguments go to ``loop.create_connection``
+    (``local_addr``, ``ssl_handshake_timeout``, ...).
     """
+    options = _options(prefix, max_frame, offset, adjust, strip)
+    if ssl is not None:
+        kwds["ssl"] = ssl
+    if server_hostname is not None:
+        kwds["server_hostname"] = server_hostname
     loop = asyncio.get_running_loop()
     reader = FrameReader(high_water)
-    _, protocol = await loop.create_connection(
-        lambda: _StreamProtocol(reader, prefix, max_frame), host, port, **kwds  # type: ignore[arg-type]
+    factory = lambda: _StreamProtocol(reader, prefix, max_frame, **options)  # noqa: E731
+    _, protocol = await loop.create_connection(factory, host, port, **kwds)  # type: ignore[arg-type]
+    assert protocol.writer is not None
+    return reader, protocol.writer
+
+
+async def open_unix_connection(
+    path: Optional[str] = None,
+    *,
+    prefix: Prefix = "!I",
+    max_frame: Optional[int] = None,
+    offset: int = 0,
+    adjust: int = 0,
+    strip: Optional[int] = None,
+    high_water: int = DEFAULT_HIGH_WATER,
+    ssl: "Union[_ssl.SSLContext, bool, None]" = None,
+    server_hostname: Optional[str] = None,
+    **kwds: Any,
+) -> Tuple[FrameReader, FrameWriter]:
+    """:func:`open_connection` for a Unix domain socket at ``path`` (``loop.create_unix_connection``).
+
+    With ``ssl``, ``server_hostname`` is required (a Unix socket has no host name to default to)."""
+    options = _options(prefix, max_frame, offset, adjust, strip)
+    if ssl is not None:
+        kwds["ssl"] = ssl
+    if server_hostname is not None:
+        kwds["server_hostname"] = server_hostname
+    loop = asyncio.get_running_loop()
+    reader = FrameReader(high_water)
+    _, protocol = await loop.create_unix_connection(
+        lambda: _StreamProtocol(reader, prefix, max_frame, **options), path, **kwds
     )
     assert protocol.writer is not None
     return reader, protocol.writer
@@ -572,19 +665,55 @@ async def start_server(
     host: Optional[str] = None,
     port: Optional[int] = None,
     *,
-    prefix: str = "!I",
+    prefix: Prefix = "!I",
     max_frame: Optional[int] = None,
+    offset: int = 0,
+    adjust: int = 0,
+    strip: Optional[int] = None,
     high_water: int = DEFAULT_HIGH_WATER,
+    ssl: "Optional[_ssl.SSLContext]" = None,
     **kwds: Any,
 ) -> asyncio.AbstractServer:
     """Start a server calling ``client_connected_cb(reader, writer)`` for every connection.
 
-    The callback may be a plain function or a coroutine function (then it runs as a task).  Extra keyword
-    arguments go to ``loop.create_server``.
+    The callback may be a plain function or a coroutine function (then it runs as a task).  The layout
+    options are :func:`open_connection`'s; ``ssl``: an ``ssl.SSLContext`` to serve TLS (see
+    ``fastframe._tls.server_context``).  Other keyword arguments go to ``loop.create_server``
+    (``ssl_handshake_timeout``, ``reuse_port``, ...).
     """
+    options = _options(prefix, max_frame, offset, adjust, strip)
     loop = asyncio.get_running_loop()
     if port is not None:  # by keyword: older typeshed (mypy 1.x) types create_server's port as int, not Optional
         kwds["port"] = port
+    if ssl is not None:
+        kwds["ssl"] = ssl
     return await loop.create_server(
-        lambda: _StreamProtocol(FrameReader(high_water), prefix, max_frame, client_connected_cb), host, **kwds
+        lambda: _StreamProtocol(FrameReader(high_water), prefix, max_frame, client_connected_cb, **options),
+        host,
+        **kwds,
+    )
+
+
+async def start_unix_server(
+    client_connected_cb: ConnectedCallback,
+    path: Optional[str] = None,
+    *,
+    prefix: Prefix = "!I",
+    max_frame: Optional[int] = None,
+    offset: int = 0,
+    adjust: int = 0,
+    strip: Optional[int] = None,
+    high_water: int = DEFAULT_HIGH_WATER,
+    ssl: "Optional[_ssl.SSLContext]" = None,
+    **kwds: Any,
+) -> asyncio.AbstractServer:
+    """:func:`start_server` on a Unix domain socket at ``path`` (``loop.create_unix_server``)."""
+    options = _options(prefix, max_frame, offset, adjust, strip)
+    if ssl is not None:
+        kwds["ssl"] = ssl
+    loop = asyncio.get_running_loop()
+    return await loop.create_unix_server(
+        lambda: _StreamProtocol(FrameReader(high_water), prefix, max_frame, client_connected_cb, **options),
+        path,
+        **kwds,
     )

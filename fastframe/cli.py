@@ -190,6 +190,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # -- clients --------------------------------------------------------------------------------------------
 
 
+def _add_tls(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group("TLS")
+    t.add_argument("--tls", action="store_true",
+                   help="connect with TLS, verifying the server's certificate and name")  # fmt: skip
+    t.add_argument("--cafile", metavar="FILE",
+                   help="trust the CA certificates in FILE (PEM) instead of the system's")  # fmt: skip
+    t.add_argument("--cert", metavar="FILE", help="present the client certificate in FILE (PEM), for mutual TLS")
+    t.add_argument("--key", metavar="FILE", help="the private key of --cert (default: inside --cert)")
+    t.add_argument("--server-name", metavar="NAME",
+                   help="the name the server's certificate must carry (default: the HOST given)")  # fmt: skip
+    t.add_argument("--insecure", action="store_true",
+                   help="do not verify the server's certificate or name (anyone on the path can read and change "
+                        "the connection)")  # fmt: skip
+
+
+def _tls_options(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """``ssl=`` and ``server_hostname=`` for the client call: empty without --tls (and ssl never imported)."""
+    if not args.tls:
+        given = [f"--{name.replace('_', '-')}" for name in ("cafile", "cert", "key", "server_name", "insecure")
+                 if getattr(args, name)]  # fmt: skip
+        if given:
+            raise CliError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --tls")
+        return {}
+    import warnings
+
+    from ._tls import TLSConfigError, client_context
+
+    if args.insecure:
+        if args.cafile:
+            raise CliError("--insecure verifies nothing: --cafile would not be used")
+        print("fastframe: warning: --insecure: the server's certificate and name are not checked; anyone on the "
+              "path can read and change this connection", file=sys.stderr)  # fmt: skip
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (the line above says it, once)
+            context = client_context(args.cafile, args.cert, args.key, insecure=args.insecure)
+    except TLSConfigError as exc:
+        raise CliError(str(exc)) from None
+    return {"ssl": context, "server_hostname": args.server_name}
+
+
 def _address(text: str) -> tuple:  # type: ignore[type-arg]
     from .client import parse_address
 
@@ -209,6 +250,7 @@ def _add_echo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     p.add_argument("messages", nargs="*", metavar="MESSAGE")
     p.add_argument("--raw", action="store_true", help="talk to a raw (RFC 862) echo service: no framing")
     p.add_argument("--timeout", type=_positive, default=10.0, metavar="S", help="give up after S seconds")
+    _add_tls(p)
     p.set_defaults(func=_cmd_echo)
 
 
@@ -216,6 +258,7 @@ def _cmd_echo(args: argparse.Namespace) -> int:
     from .client import echo, echo_raw
 
     host, port = args.address
+    tls = _tls_options(args)
     if args.messages:
         messages = [m.encode() for m in args.messages]
     else:
@@ -223,9 +266,9 @@ def _cmd_echo(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     if args.raw:
         data = b"".join(m + b"\n" for m in messages)
-        out.write(echo_raw(host, port, data, args.timeout))
+        out.write(echo_raw(host, port, data, args.timeout, **tls))
     else:
-        for reply in echo(host, port, messages, args.timeout):
+        for reply in echo(host, port, messages, args.timeout, **tls):
             out.write(reply + b"\n")
     out.flush()
     return 0
@@ -233,11 +276,13 @@ def _cmd_echo(args: argparse.Namespace) -> int:
 
 def _add_time(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("time", help="ask a time service for the time",
-                       description="Ask an RFC 868 time service (UDP unless --tcp) and print the time it sent.")  # fmt: skip
+                       description="Ask an RFC 868 time service (UDP unless --tcp or --tls) and print the time it "
+                                   "sent. With --tls it is the TCP flavour inside TLS.")  # fmt: skip
     p.add_argument("address", type=_address, metavar="HOST:PORT")
     p.add_argument("--time-format", choices=("unix", "rfc868"), default="unix", help="what the server sends")
     p.add_argument("--tcp", action="store_true", help="use the TCP flavour (connect, read 4 bytes)")
     p.add_argument("--timeout", type=_positive, default=5.0, metavar="S", help="give up after S seconds")
+    _add_tls(p)
     p.set_defaults(func=_cmd_time)
 
 
@@ -245,7 +290,7 @@ def _cmd_time(args: argparse.Namespace) -> int:
     from .client import get_time
 
     host, port = args.address
-    seconds = get_time(host, port, args.time_format, tcp=args.tcp, timeout=args.timeout)
+    seconds = get_time(host, port, args.time_format, tcp=args.tcp, timeout=args.timeout, **_tls_options(args))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     print(f"{stamp} ({seconds})")
     return 0
@@ -271,6 +316,7 @@ def _add_exec(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
     p.add_argument("--secret-file", metavar="FILE", help="authenticate with the shared secret in FILE")
     p.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
                    help="give up when the server sends nothing for S seconds")  # fmt: skip
+    _add_tls(p)
     p.set_defaults(func=_cmd_exec)
 
 
@@ -286,8 +332,9 @@ def _cmd_exec(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise CliError("no command given (write it after '--')")
+    tls = _tls_options(args)
     try:
-        status = exec_command(host, port, argv, secret=_read_secret(args.secret_file), timeout=args.timeout)
+        status = exec_command(host, port, argv, secret=_read_secret(args.secret_file), timeout=args.timeout, **tls)
     except AuthError:
         raise
     except RemoteError as exc:
@@ -315,6 +362,7 @@ def _add_get(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
                    help="give up when the server sends nothing for S seconds")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_tls(p)
     p.set_defaults(func=_cmd_get)
 
 
@@ -373,10 +421,11 @@ def _cmd_get(args: argparse.Namespace) -> int:
         if not name or name in (".", ".."):
             raise CliError(f"cannot name the output after {args.path!r}; give -o OUT")
         out = os.path.join(out or ".", name)
+    tls = _tls_options(args)
     bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
     try:
         get_file(host, port, args.path, out, resume=args.resume, secret=_read_secret(args.secret_file),
-                 progress=bar, timeout=args.timeout)  # fmt: skip
+                 progress=bar, timeout=args.timeout, **tls)  # fmt: skip
     finally:
         if bar is not None:
             bar.finish()
@@ -455,6 +504,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
+    ssl = sys.modules.get("ssl")  # (imported only if --tls was given)
+    if ssl is not None and isinstance(exc, ssl.SSLError):
+        from ._tls import describe
+
+        return f"TLS: {describe(exc, 'client')}"
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}"

@@ -8,12 +8,22 @@ import os
 import select
 import socket
 import sys
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._framed import FramedSocket
 
-# json, shlex and the handshake (hashlib, hmac, secrets) are imported by the calls that use them: each CLI
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl as _ssl
+
+    SSLContext = Optional[_ssl.SSLContext]
+
+# json, shlex, ssl and the handshake (hashlib, hmac, secrets) are imported by the calls that use them: each CLI
 # command is a process, and its start-up is most of a small request.
+#
+# TLS: every client takes ``ssl=`` (an ``ssl.SSLContext``, e.g. from ``fastframe._tls.client_context``) and
+# ``server_hostname=`` (the name the server's certificate must carry; default: ``host``).  The handshake runs
+# right after the TCP connect, before anything else -- the shared-secret handshake included, which then runs
+# inside TLS.  A failed TLS handshake raises ``fastframe._tls.TLSError`` (a ConnectionError) with one line.
 
 __all__ = [
     "AuthError",
@@ -50,25 +60,55 @@ def parse_address(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]
     return host or default_host, number
 
 
-def connect(host: str, port: int, timeout: Optional[float] = DEFAULT_TIMEOUT) -> socket.socket:
+def connect(
+    host: str,
+    port: int,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
+    ssl: "SSLContext" = None,
+    server_hostname: Optional[str] = None,
+) -> socket.socket:
+    """A connected TCP socket (TCP_NODELAY, ``timeout`` on each call); with ``ssl``, a TLS socket whose
+    handshake is complete (the certificate checked against ``server_hostname``, default ``host``)."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ssl is not None:
+        from ._tls import connect as tls_connect
+
+        where = f" with {host}:{port}" if ":" not in host else f" with [{host}]:{port}"
+        return tls_connect(sock, ssl, server_hostname or host, where)
     return sock
 
 
-def echo(host: str, port: int, messages: Iterable[bytes], timeout: Optional[float] = DEFAULT_TIMEOUT) -> List[bytes]:
+def echo(
+    host: str,
+    port: int,
+    messages: Iterable[bytes],
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
+    *,
+    ssl: "SSLContext" = None,
+    server_hostname: Optional[str] = None,
+) -> List[bytes]:
     """Send each message as a frame to a framed echo service; return the replies in order."""
     items = list(messages)
-    with FramedSocket(connect(host, port, timeout)) as fs:
+    with FramedSocket(connect(host, port, timeout, ssl, server_hostname)) as fs:
         fs.send_many(items)
         return [fs.recv() for _ in items]
 
 
-def echo_raw(host: str, port: int, data: bytes, timeout: Optional[float] = DEFAULT_TIMEOUT) -> bytes:
+def echo_raw(
+    host: str,
+    port: int,
+    data: bytes,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
+    *,
+    ssl: "SSLContext" = None,
+    server_hostname: Optional[str] = None,
+) -> bytes:
     """Send bytes to a raw (RFC 862) echo service and return as many bytes back."""
-    with connect(host, port, timeout) as sock:
+    with connect(host, port, timeout, ssl, server_hostname) as sock:
         sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        if ssl is None:
+            sock.shutdown(socket.SHUT_WR)  # (TLS has no half-close: the replies are counted instead)
         chunks = []
         got = 0
         while got < len(data):
@@ -81,13 +121,21 @@ def echo_raw(host: str, port: int, data: bytes, timeout: Optional[float] = DEFAU
 
 
 def get_time(
-    host: str, port: int, fmt: str = "unix", tcp: bool = False, timeout: Optional[float] = DEFAULT_TIMEOUT
+    host: str,
+    port: int,
+    fmt: str = "unix",
+    tcp: bool = False,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
+    *,
+    ssl: "SSLContext" = None,
+    server_hostname: Optional[str] = None,
 ) -> int:
-    """Ask a time service (RFC 868, UDP by default) and return seconds since 1970."""
+    """Ask a time service (RFC 868, UDP by default; with ``ssl``, TCP inside TLS) and return seconds since
+    1970."""
     from fastframe.servers.timeservice import decode_time
 
-    if tcp:
-        with connect(host, port, timeout) as sock:
+    if tcp or ssl is not None:
+        with connect(host, port, timeout, ssl, server_hostname) as sock:
             reply = b""
             while len(reply) < 4:
                 chunk = sock.recv(4 - len(reply))
@@ -130,9 +178,17 @@ class AuthError(RemoteError):
         super().__init__("auth", message)
 
 
-def _open_session(host: str, port: int, secret: Optional[bytes], timeout: Optional[float]) -> socket.socket:
-    """Connect and, with a secret, authenticate (mutually) before anything else is sent."""
-    sock = connect(host, port, timeout)
+def _open_session(
+    host: str,
+    port: int,
+    secret: Optional[bytes],
+    timeout: Optional[float],
+    ssl: "SSLContext" = None,
+    server_hostname: Optional[str] = None,
+) -> socket.socket:
+    """Connect (with ``ssl``: and complete the TLS handshake) and, with a secret, authenticate (mutually, inside
+    TLS when both are set) before anything else is sent."""
+    sock = connect(host, port, timeout, ssl, server_hostname)
     try:
         if secret is not None:
             from ._auth import HandshakeError, client_handshake
@@ -177,6 +233,9 @@ def exec_command(
     stdout: Sink = None,
     stderr: Sink = None,
     timeout: Optional[float] = 60.0,
+    *,
+    ssl: "SSLContext" = None,
+    server_hostname: Optional[str] = None,
 ) -> int:
     """Run ``command`` on a command service; stream its output; return its exit status.
 
@@ -192,7 +251,7 @@ def exec_command(
     line = command if isinstance(command, str) else shlex.join(list(command))
     out = _writer(stdout, sys.stdout.buffer)
     err = _writer(stderr, sys.stderr.buffer)
-    with FramedSocket(_open_session(host, port, secret, timeout)) as fs:
+    with FramedSocket(_open_session(host, port, secret, timeout, ssl, server_hostname)) as fs:
         fs.send(line.encode("utf-8"))
         while True:
             frame = fs.recv()
@@ -213,14 +272,25 @@ def exec_command(
 def _recv_into_file(
     sock: socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
 ) -> None:
-    """Receive ``length`` bytes into one fixed buffer and write each chunk to ``fd``."""
+    """Receive ``length`` bytes into one fixed buffer and write each chunk to ``fd``.
+
+    A TLS socket hands out one record (16 KiB) per ``recv_into``: the buffer is filled by as many as it takes
+    (what is already decrypted, or readable now, at least one) before one write, so the file sees large
+    writes either way."""
     buf = bytearray(min(_RECV_BUFFER, max(length, 1)))
     view = memoryview(buf)
     remaining = length
+    tls = type(sock) is not socket.socket and hasattr(sock, "pending")
     while remaining:
-        n = sock.recv_into(view, min(remaining, len(buf)))
+        want = min(remaining, len(buf))
+        n = sock.recv_into(view, want)
         if not n:
             raise EOFError(f"connection closed after {done} of {size} bytes (resume with the .part file)")
+        while tls and n < want and (sock.pending() or _readable_now(sock)):  # type: ignore[attr-defined]
+            k = sock.recv_into(view[n:], want - n)
+            if not k:
+                break  # the end: noticed by the next outer recv_into
+            n += k
         chunk = view[:n]
         while chunk:
             written = os.write(fd, chunk)
@@ -229,6 +299,10 @@ def _recv_into_file(
         done += n
         if progress is not None:
             progress(done, size)
+
+
+def _readable_now(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _splice_into(
@@ -340,8 +414,14 @@ def get_file(
     progress: Optional[Callable[[int, int], None]] = None,
     timeout: Optional[float] = 60.0,
     fsync: bool = False,
+    *,
+    ssl: "SSLContext" = None,
+    server_hostname: Optional[str] = None,
 ) -> int:
     """Download ``path`` from a file service into ``out_path``; return the file's size.
+
+    Over TLS (``ssl``) splice cannot help (the bytes must be decrypted in user space): they are received in
+    1 MiB blocks with ``recv_into`` and written to ``OUT.part`` as they come.
 
     The bytes go from the socket to ``OUT.part`` with ``splice`` where Linux offers it (no copy through user
     space), else through one fixed 1 MiB ``recv_into`` buffer -- never a whole-file buffer -- (see
@@ -375,7 +455,7 @@ def get_file(
         request: Dict[str, Any] = {"path": path, "offset": offset, "trailer": True}
         if saved is not None:
             request["validator"] = saved
-        with _open_session(host, port, secret, timeout) as sock:
+        with _open_session(host, port, secret, timeout, ssl, server_hostname) as sock:
             send_frame(sock, json.dumps(request).encode("utf-8"))
             # Read the metadata frame exactly (header, then payload): the raw file bytes follow it.
             meta = recv_frame(sock, _MAX_META)

@@ -728,3 +728,154 @@ def test_protocol_pause_reading_holds_the_peer_back_and_loses_nothing(ref: Simpl
         return got
 
     assert run_on(loop_factory, main()) == payloads
+
+
+# -- layout options (offset, adjust, strip, Framing) -----------------------------------------------------------
+
+
+PG = dict(offset=1, adjust=-4, strip=0)  # PostgreSQL: a type byte, then a length that counts itself
+
+
+def pg_wire(message: bytes) -> bytes:
+    """A PostgreSQL message as the frame ``message`` (type byte + body) goes on the wire, built with struct."""
+    return message[:1] + struct.pack("!I", len(message) - 1 + 4) + message[1:]
+
+
+def test_protocol_options_wire_bytes_small_and_large(ref: SimpleNamespace) -> None:
+    """The frames a FrameProtocol sends with offset/adjust (batched, at once, and large ones next to their
+    header with the leading byte in front), and what it receives with strip=0: the frame as on the wire."""
+    from fastframe import Framing
+
+    big = b"D" + ref.pseudo_random(aio.SCATTER_THRESHOLD + 10, 9)
+    got: List[bytes] = []
+
+    class Pg(aio.FrameProtocol):
+        def frame_received(self, frame: bytes) -> None:
+            got.append(frame)
+            self.send_frames([b"Zreply", big])
+
+    for proto in (Pg("!I", **PG), Pg(Framing("!I", **PG))):  # keywords or a Framing: one layout
+        got.clear()
+        transport = FakeTransport()
+        proto.connection_made(transport)
+        assert proto.prefix == "!I" and proto.framing == Framing("!I", **PG)
+        deliver(proto, pg_wire(b"Qselect 1\x00") + pg_wire(b"X"))
+        assert got == [pg_wire(b"Qselect 1\x00"), pg_wire(b"X")]  # strip=0: type byte and length kept
+        proto.send_frame(b"S")
+        assert transport.wire() == (pg_wire(b"Zreply") + pg_wire(big)) * 2 + pg_wire(b"S")
+        large = [c for c in transport.calls if c[0] == "writelines"]
+        assert large and all(bytes(c[1][1]) == big[1:] for c in large)  # the body was not copied behind
+
+
+def test_protocol_options_are_checked_like_the_codec() -> None:
+    from fastframe import Framing
+
+    with pytest.raises(TypeError, match="not both"):
+        aio.FrameProtocol(Framing("!I", offset=1), offset=1)
+    with pytest.raises(ValueError, match="strip"):
+        aio.FrameProtocol("!H", strip=9)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"prefix": "!I", **PG},
+        {"prefix": "<3", "adjust": 1},  # MySQL: a 3-byte little-endian length that leaves out the sequence byte
+        {"prefix": "varint"},
+        {"prefix": "!H", "max_frame": 70000, "offset": 2, "strip": 2},
+    ],
+    ids=["postgres", "mysql", "varint", "offset2"],
+)
+def test_streams_with_options_round_trip(ref: SimpleNamespace, layout: Any) -> None:
+    """Both stream ends configured with the same options, an echo between them: what comes back is what the
+    layout makes of a frame sent twice (with ``strip`` the server echoes the frame as it received it)."""
+    from fastframe import Framing
+
+    framing = Framing(**layout)
+    limit = 60000 if framing.prefix == "!H" else 200_000
+    payloads = [b"\x01" * framing.offset + ref.pseudo_random(n, n) for n in (1, 2, 300, limit)]
+
+    async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
+        async for frame in reader:
+            writer.write_frame(frame)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> List[bytes]:
+        server = await aio.start_server(handle, "127.0.0.1", 0, prefix=framing)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await aio.open_connection("127.0.0.1", port, **layout)
+        writer.write_frames(payloads[:2])
+        for p in payloads[2:]:
+            writer.write_frame(p)
+        got = [await reader.read_frame() for _ in payloads]
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    codec = aio.FrameProtocol.codec
+    received = codec.Decoder(framing).feed(codec.encode_many(payloads, framing))  # what the server reads
+    expected = codec.Decoder(framing).feed(codec.encode_many(received, framing))  # what comes back
+    assert run(main()) == expected
+
+
+def test_bad_options_fail_before_connecting() -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="offset"):
+            await aio.open_connection("127.0.0.1", 9, offset=-1)  # (port 9 is never reached)
+        with pytest.raises(ValueError, match="unknown prefix"):
+            await aio.start_server(lambda r, w: None, "127.0.0.1", 0, prefix="!X")
+
+    run(main())
+
+
+# -- Unix domain sockets --------------------------------------------------------------------------------------
+
+
+def test_unix_streams_round_trip(ref: SimpleNamespace, loop_factory: Any, tmp_path: Any) -> None:
+    path = str(tmp_path / "echo.sock")
+    payloads = [ref.pseudo_random(n, n) for n in (0, 5, 70000, 3)]
+
+    async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
+        async for frame in reader:
+            writer.write_frame(frame[::-1])
+        writer.close()
+
+    async def main() -> List[bytes]:
+        server = await aio.start_unix_server(handle, path, max_frame=1 << 20)
+        reader, writer = await aio.open_unix_connection(path, max_frame=1 << 20)
+        assert writer.get_extra_info("peername") in (path, "")  # a Unix socket, not TCP
+        writer.write_frames(payloads)
+        got = [await reader.read_frame() for _ in payloads]
+        writer.write_eof()
+        with pytest.raises(EOFError):
+            await reader.read_frame()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert run_on(loop_factory, main()) == [p[::-1] for p in payloads]
+
+
+def test_unix_streams_with_options(ref: SimpleNamespace, tmp_path: Any) -> None:
+    path = str(tmp_path / "pg.sock")
+
+    async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
+        writer.write_frame(b"R" + await reader.read_frame())
+        writer.close()
+
+    async def main() -> bytes:
+        server = await aio.start_unix_server(handle, path, **PG)
+        reader, writer = await aio.open_unix_connection(path, **PG)
+        writer.write_frame(b"Qx")
+        reply = await reader.read_frame()
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return reply
+
+    # the server received pg_wire(b"Qx") (strip=0) and sent b"R" + that as one frame
+    assert run(main()) == pg_wire(b"R" + pg_wire(b"Qx"))

@@ -1,0 +1,88 @@
+"""Certificates for the TLS tests, made by ``trustme`` once per session, and the TLS test server.
+
+``pki`` holds PEM files on disk (what the CLI and ``fastframe._tls`` take): a CA and a second, unrelated CA;
+a server certificate for ``localhost``/``127.0.0.1``/``::1``, an expired one, and client certificates (valid
+and expired) from the first CA.  ``tls_server(services, **kw)`` starts a :class:`tlsserver.TLSTestServer` on
+the codec under test, stopped at the test's end.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+
+trustme = pytest.importorskip("trustme", reason="the TLS tests need trustme (the test extra)")
+
+from fastframe.servers.service import Service  # noqa: E402
+from tlsserver import TLSTestServer  # noqa: E402
+
+from fastframe import _tls  # noqa: E402
+
+PAST = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _write(leaf: Any, directory: Path, name: str) -> SimpleNamespace:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    for pem in leaf.cert_chain_pems[1:]:
+        pem.write_to_path(str(cert), append=True)
+    leaf.private_key_pem.write_to_path(str(key))
+    return SimpleNamespace(cert=str(cert), key=str(key))
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    d = tmp_path_factory.mktemp("pki")
+    ca, other = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    other.cert_pem.write_to_path(str(d / "other-ca.pem"))
+    return SimpleNamespace(
+        dir=d,
+        ca=str(d / "ca.pem"),
+        other_ca=str(d / "other-ca.pem"),
+        server=_write(ca.issue_cert("localhost", "127.0.0.1", "::1"), d, "server"),
+        expired=_write(
+            ca.issue_cert("localhost", "127.0.0.1", not_before=PAST, not_after=PAST + datetime.timedelta(1)),
+            d,
+            "expired",
+        ),  # fmt: skip
+        client=_write(ca.issue_cert("client.example"), d, "client"),
+        expired_client=_write(
+            ca.issue_cert("client.example", not_before=PAST, not_after=PAST + datetime.timedelta(1)),
+            d,
+            "expired-client",
+        ),  # fmt: skip
+        other_server=_write(other.issue_cert("localhost", "127.0.0.1"), d, "other-server"),
+    )
+
+
+@pytest.fixture(scope="session")
+def server_ctx(pki: SimpleNamespace) -> ssl.SSLContext:
+    return _tls.server_context(pki.server.cert, pki.server.key)
+
+
+@pytest.fixture(scope="session")
+def client_ctx(pki: SimpleNamespace) -> ssl.SSLContext:
+    return _tls.client_context(pki.ca)
+
+
+@pytest.fixture
+def tls_server(codec: ModuleType, server_ctx: ssl.SSLContext) -> Iterator[Callable[..., TLSTestServer]]:
+    """``tls_server({"echo": EchoService()}, context=..., handshake_timeout=...)``, on the codec under test."""
+    started: List[TLSTestServer] = []
+
+    def start(services: Dict[str, Service], context: ssl.SSLContext = server_ctx, **kw: Any) -> TLSTestServer:
+        server = TLSTestServer(context, services, codec=codec, **kw)
+        started.append(server)
+        return server.__enter__()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.__exit__(None, None, None)
