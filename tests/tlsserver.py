@@ -102,6 +102,16 @@ class TestConn(Conn):
         self.timers.add(timer)
         return timer
 
+    def acquire(self, name: str, limit: int) -> bool:
+        counts = self.server.counts
+        if counts.get(name, 0) >= limit:
+            return False
+        counts[name] = counts.get(name, 0) + 1
+        return True
+
+    def release(self, name: str) -> None:
+        self.server.counts[name] -= 1
+
     def set_max_frame(self, limit: int) -> None:
         if self.decoder is not None:
             self.decoder.max_frame = limit
@@ -164,6 +174,7 @@ class TLSTestServer:
         self.blocked_writes = 0  # writes cut short by a full socket, retried with the same bytes
         self.pending_reads = 0  # reads that left decrypted bytes in OpenSSL (taken before waiting again)
         self.accepted = 0
+        self.counts: Dict[str, int] = {}  # Conn.acquire/release: one process, so a plain count
         self._wake_r, self._wake_w = os.pipe()
         self.sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._stop = False
