@@ -23,6 +23,8 @@ import socket
 import struct
 from typing import Optional, Tuple
 
+from .wire.errors import is_error, parse_error
+
 __all__ = [
     "ACCEPTED",
     "CHALLENGE",
@@ -137,8 +139,8 @@ def _client_handshake(sock: socket.socket, secret: bytes) -> None:
     client_nonce = new_nonce()
     send_frame(sock, client_nonce + client_proof(secret, server_nonce, client_nonce))
     reply = recv_frame(sock, HANDSHAKE_MAX_FRAME)
-    if reply.startswith(b"!"):
-        code, _, message = reply[1:].decode("utf-8", "replace").partition(" ")
+    if is_error(reply):
+        code, message = parse_error(reply)
         raise HandshakeError(f"the server refused the shared secret ({message or code})")
     expected = ACCEPTED + server_proof(secret, client_nonce, server_nonce)
     if not hmac.compare_digest(reply, expected):

@@ -11,6 +11,7 @@ import sys
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._framed import FramedSocket
+from .wire.errors import is_error, parse_error
 
 # json, shlex and the handshake (hashlib, hmac, secrets) are imported by the calls that use them: each CLI
 # command is a process, and its start-up is most of a small request.
@@ -117,7 +118,7 @@ class RemoteError(Exception):
 
     @classmethod
     def from_frame(cls, frame: bytes) -> "RemoteError":
-        code, _, message = frame[1:].decode("utf-8", "replace").partition(" ")
+        code, message = parse_error(frame)
         if code == "auth":
             return AuthError(message or "authentication failed")
         return cls(code or "error", message)
@@ -203,7 +204,7 @@ def exec_command(
                 err(frame[1:])
             elif kind == b"X":
                 return int(frame[1:])
-            elif kind == b"!":
+            elif is_error(frame):
                 raise RemoteError.from_frame(frame)
             else:
                 _check_not_challenge(frame)
@@ -379,7 +380,7 @@ def get_file(
             send_frame(sock, json.dumps(request).encode("utf-8"))
             # Read the metadata frame exactly (header, then payload): the raw file bytes follow it.
             meta = recv_frame(sock, _MAX_META)
-            if meta[:1] == b"!":
+            if is_error(meta):
                 raise RemoteError.from_frame(meta)
             if meta[:1] != b"S":
                 _check_not_challenge(meta)
@@ -404,7 +405,7 @@ def get_file(
                 _recv_into_file(sock, fd, length - received, offset + received, size, progress)
             if info.get("trailer"):
                 trailer = recv_frame(sock, _MAX_META)
-                if trailer[:1] == b"!":
+                if is_error(trailer):
                     raise RemoteError.from_frame(trailer)
                 if trailer != b"T":
                     raise RemoteError("protocol", f"unexpected trailer frame {trailer[:16]!r}")

@@ -32,6 +32,7 @@ from fastframe._auth import (
     server_proof,
     split_response,
 )
+from fastframe.wire.errors import error_frame
 
 from .service import Conn, Service, Timer
 
@@ -91,7 +92,7 @@ class AuthenticatedService(Service):
         pending.failed = True
         if pending.timer is not None:
             pending.timer.cancel()
-        conn.send_frames([b"!auth " + reason.encode()])
+        conn.send_frames([error_frame("auth", reason)])
         conn.close(flush=True)
 
     def frames_received(self, conn: Conn, frames: List[bytes]) -> Optional[List[bytes]]:
@@ -129,7 +130,7 @@ class AuthenticatedService(Service):
         if pending.failed:
             return None  # the refusal is already on its way
         pending.failed = True
-        return [b"!auth bad handshake"]
+        return [error_frame("auth", "bad handshake")]
 
     def eof_received(self, conn: Conn) -> None:
         if conn not in self._pending:

@@ -80,6 +80,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from fastframe.wire.errors import error_frame, short
+
 from ._process import become_subreaper, children, kill_tree, state_and_session
 from .auth import AuthenticatedService
 from .config import ServeConfig, register_factory
@@ -211,28 +213,28 @@ def parse_command(raw: bytes, lookup: Callable[[str], Optional[str]]) -> Union[T
     ``lookup(argv0)`` returns the executable of an allowed argv[0], else None; it is asked before the rest of
     the line is split.  Any input gives one or the other: nothing else is raised."""
     if len(raw) > MAX_COMMAND_LINE:
-        return _error("bad-request", f"the command line is {len(raw)} bytes; the limit is {MAX_COMMAND_LINE}")
+        return error_frame("bad-request", f"the command line is {len(raw)} bytes; the limit is {MAX_COMMAND_LINE}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return _error("bad-request", "the command line is not valid UTF-8")
+        return error_frame("bad-request", "the command line is not valid UTF-8")
     if "\x00" in text:
-        return _error("bad-request", "NUL byte in the command line")
+        return error_frame("bad-request", "NUL byte in the command line")
     words = iter_words(text)
     try:
         argv0 = next(words, None)
         if argv0 is None:
-            return _error("bad-request", "empty command line")
+            return error_frame("bad-request", "empty command line")
         executable = lookup(argv0)
         if executable is None:
-            return _error("not-allowed", f"{_short(argv0)} is not on the allow-list")
+            return error_frame("not-allowed", f"{short(argv0)} is not on the allow-list")
         argv = [argv0]
         for word in words:
             if len(argv) == MAX_ARGS:
-                return _error("bad-request", f"more than {MAX_ARGS} words in the command line")
+                return error_frame("bad-request", f"more than {MAX_ARGS} words in the command line")
             argv.append(word)
     except ValueError as exc:
-        return _error("bad-request", f"cannot split the command line: {exc}")
+        return error_frame("bad-request", f"cannot split the command line: {exc}")
     return executable, argv
 
 
@@ -265,14 +267,6 @@ def is_loopback(host: str) -> bool:
     except OSError:
         return False
     return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
-
-
-def _error(code: str, message: str) -> bytes:
-    return b"!" + code.encode() + b" " + message.encode("utf-8", "replace")
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class _Command:
@@ -381,7 +375,7 @@ class CommandService(Service):
         st: Optional[_ConnState] = conn.state
         if st is not None:
             self._abandon(conn, st)
-        return [_error("bad-request", str(exc))]
+        return [error_frame("bad-request", str(exc))]
 
     def output_drained(self, conn: Conn) -> None:
         st: Optional[_ConnState] = conn.state
@@ -413,7 +407,7 @@ class CommandService(Service):
                 st.admitted -= 1
                 refusal = self._start(conn, st, raw)
             else:
-                refusal = _error("busy", "the server is shutting down")
+                refusal = error_frame("busy", "the server is shutting down")
             if refusal is not None:
                 conn.send_frames([refusal])
         if st.paused and len(st.queue) < QUEUE_LIMIT // 2 and not st.closed:
@@ -442,7 +436,7 @@ class CommandService(Service):
             return parsed
         executable, argv = parsed
         if not conn.acquire("commands", self.max_commands):  # given back by _release (or below if none starts)
-            return _error("busy", f"{self.max_commands} commands are already running; try again later")
+            return error_frame("busy", f"{self.max_commands} commands are already running; try again later")
         started = False
         self._setup_process()
         self._spawning = True  # until the child is in _procs, a sweep would take it for debris
@@ -461,17 +455,17 @@ class CommandService(Service):
             )
             started = True
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-            return _error("not-found", f"cannot execute {_short(argv[0])}: {exc.strerror}")
+            return error_frame("not-found", f"cannot execute {short(argv[0])}: {exc.strerror}")
         except OSError as exc:
             if exc.errno == errno.ENOEXEC:
-                return _error("not-found", f"cannot execute {_short(argv[0])}: {exc.strerror}")
+                return error_frame("not-found", f"cannot execute {short(argv[0])}: {exc.strerror}")
             if exc.errno == errno.E2BIG:  # can never succeed: not worth a retry
-                return _error("bad-request", f"the kernel refuses arguments this long: {exc.strerror}")
+                return error_frame("bad-request", f"the kernel refuses arguments this long: {exc.strerror}")
             log.warning("%s: cannot start %s: %s", self.name, argv[0], exc)
-            return _error("busy", f"cannot start a process now: {exc.strerror or exc}")
+            return error_frame("busy", f"cannot start a process now: {exc.strerror or exc}")
         except (ValueError, subprocess.SubprocessError) as exc:  # pragma: no cover - NUL bytes are refused above
             log.warning("%s: cannot start %s: %s", self.name, argv[0], exc)
-            return _error("busy", f"cannot start a process now: {exc}")
+            return error_frame("busy", f"cannot start a process now: {exc}")
         else:
             cmd = _Command(proc)
             self._procs[proc.pid] = cmd
@@ -499,7 +493,7 @@ class CommandService(Service):
         else:
             cmd.poll_timer = conn.call_later(POLL_INTERVAL, lambda: self._poll(conn, st, cmd))
         cmd.timer = conn.call_later(
-            self.timeout, lambda: self._kill(conn, st, cmd, _error("timeout", f"killed after {self.timeout:g} s"))
+            self.timeout, lambda: self._kill(conn, st, cmd, error_frame("timeout", f"killed after {self.timeout:g} s"))
         )
         return None
 
@@ -539,7 +533,7 @@ class CommandService(Service):
                 if room > 0:
                     cmd.sent += room
                     conn.send_frames([tag + data[:room]])
-                self._kill(conn, st, cmd, _error("output-cap", f"output exceeded {self.output_cap} bytes; killed"))
+                self._kill(conn, st, cmd, error_frame("output-cap", f"output exceeded {self.output_cap} bytes; killed"))
                 return
             cmd.sent += len(data)
             conn.send_frames([tag + data])

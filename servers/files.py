@@ -74,6 +74,8 @@ import stat
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Deque, List, NamedTuple, Optional, Tuple, Union
 
+from fastframe.wire.errors import WireError, short
+
 from .auth import AuthenticatedService
 from .command import is_loopback
 from .config import ServeConfig, register_factory
@@ -95,27 +97,11 @@ _MAX_DIGITS = 20  # an offset never needs more; int() of a long digit string is 
 _MAX_VALIDATOR = 128
 
 
-class RequestError(Exception):
-    """A request that gets an error frame: ``code`` and a one-line message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def frame(self) -> bytes:
-        return b"!" + self.code.encode() + b" " + self.message.encode("utf-8", "replace")
-
-
 class FileRequest(NamedTuple):
     parts: List[str]  # the path's components, never empty, never "." or ".."
     offset: int
     validator: Optional[str]  # of the download being resumed
     trailer: bool  # the client wants a trailer frame after the bytes
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _parse_int(digits: str) -> int:
@@ -125,40 +111,40 @@ def _parse_int(digits: str) -> int:
 
 
 def parse_request(raw: bytes, allow_hidden: bool = False) -> FileRequest:
-    """The request in a frame; RequestError if it is malformed or not allowed (nothing else is raised)."""
+    """The request in a frame; WireError if it is malformed or not allowed (nothing else is raised)."""
     if len(raw) > MAX_FILE_REQUEST:
-        raise RequestError("bad-request", f"the request is {len(raw)} bytes; the limit is {MAX_FILE_REQUEST}")
+        raise WireError("bad-request", f"the request is {len(raw)} bytes; the limit is {MAX_FILE_REQUEST}")
     try:
         request = json.loads(raw.decode("utf-8"), parse_int=_parse_int)
     except (UnicodeDecodeError, ValueError):
-        raise RequestError("bad-request", 'expected a UTF-8 JSON object like {"path": "a/b.txt", "offset": 0}') from None
+        raise WireError("bad-request", 'expected a UTF-8 JSON object like {"path": "a/b.txt", "offset": 0}') from None
     except RecursionError:  # the json module's own depth limit
-        raise RequestError("bad-request", "the request is nested too deeply") from None
+        raise WireError("bad-request", "the request is nested too deeply") from None
     if not isinstance(request, dict):
-        raise RequestError("bad-request", 'expected a JSON object like {"path": "a/b.txt", "offset": 0}')
+        raise WireError("bad-request", 'expected a JSON object like {"path": "a/b.txt", "offset": 0}')
     path = request.get("path")
     offset = request.get("offset", 0)
     check = request.get("validator")
     trailer = request.get("trailer", False)
     if not isinstance(path, str):
-        raise RequestError("bad-request", '"path" must be a string')
+        raise WireError("bad-request", '"path" must be a string')
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise RequestError("bad-request", '"offset" must be a non-negative integer')
+        raise WireError("bad-request", '"offset" must be a non-negative integer')
     if check is not None and (not isinstance(check, str) or len(check) > _MAX_VALIDATOR):
-        raise RequestError("bad-request", f'"validator" must be a string of at most {_MAX_VALIDATOR} characters')
+        raise WireError("bad-request", f'"validator" must be a string of at most {_MAX_VALIDATOR} characters')
     if not isinstance(trailer, bool):
-        raise RequestError("bad-request", '"trailer" must be true or false')
+        raise WireError("bad-request", '"trailer" must be true or false')
     if "\x00" in path:
-        raise RequestError("bad-request", "NUL byte in the path")
+        raise WireError("bad-request", "NUL byte in the path")
     if path.startswith("/"):
-        raise RequestError("forbidden", f"{_short(path)} is absolute; paths are relative to the served root")
+        raise WireError("forbidden", f"{short(path)} is absolute; paths are relative to the served root")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise RequestError("forbidden", f"{_short(path)} has a '..' component")
+        raise WireError("forbidden", f"{short(path)} has a '..' component")
     if not allow_hidden and any(p.startswith(".") for p in parts):
-        raise RequestError("forbidden", f"{_short(path)} has a hidden component (starting with '.')")
+        raise WireError("forbidden", f"{short(path)} has a hidden component (starting with '.')")
     if not parts:
-        raise RequestError("not-a-file", f"{_short(path)} is the root directory")
+        raise WireError("not-a-file", f"{short(path)} is the root directory")
     return FileRequest(parts, offset, check, trailer)
 
 
@@ -169,21 +155,21 @@ def validator(info: os.stat_result) -> str:
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
-def _why(exc: OSError, dir_fd: int, name: str, path: str) -> RequestError:
+def _why(exc: OSError, dir_fd: int, name: str, path: str) -> WireError:
     """Turn a failed openat into the error the client gets (refined by an lstat, for the message only)."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         st = None
     if st is not None and stat.S_ISLNK(st.st_mode):
-        return RequestError("forbidden", f"{_short(path)}: {_short(name)} is a symbolic link")
+        return WireError("forbidden", f"{short(path)}: {short(name)} is a symbolic link")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return RequestError("not-found", f"{_short(path)} does not exist")
+        return WireError("not-found", f"{short(path)} does not exist")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return RequestError("forbidden", f"{_short(path)}: permission denied")
+        return WireError("forbidden", f"{short(path)}: permission denied")
     if exc.errno == errno.ENAMETOOLONG:
-        return RequestError("bad-request", "a path component is too long")
-    return RequestError("not-found", f"{_short(path)}: {exc.strerror or exc}")
+        return WireError("bad-request", "a path component is too long")
+    return WireError("not-found", f"{short(path)}: {exc.strerror or exc}")
 
 
 def open_beneath(root_fd: int, parts: List[str], path: str) -> Tuple[int, os.stat_result]:
@@ -205,9 +191,9 @@ def open_beneath(root_fd: int, parts: List[str], path: str) -> Tuple[int, os.sta
         except OSError as exc:
             raise _why(exc, cur, name, path) from None
         if stat.S_ISLNK(pre.st_mode):
-            raise RequestError("forbidden", f"{_short(path)}: {_short(name)} is a symbolic link")
+            raise WireError("forbidden", f"{short(path)}: {short(name)} is a symbolic link")
         if not stat.S_ISREG(pre.st_mode):
-            raise RequestError("not-a-file", f"{_short(path)} is not a regular file")
+            raise WireError("not-a-file", f"{short(path)} is not a regular file")
         try:
             fd = os.open(name, _FILE_FLAGS, dir_fd=cur)
         except OSError as exc:
@@ -222,7 +208,7 @@ def open_beneath(root_fd: int, parts: List[str], path: str) -> Tuple[int, os.sta
         raise
     if not stat.S_ISREG(st.st_mode):  # swapped between the look and the open
         os.close(fd)
-        raise RequestError("not-a-file", f"{_short(path)} is not a regular file")
+        raise WireError("not-a-file", f"{short(path)} is not a regular file")
     return fd, st
 
 
@@ -294,14 +280,14 @@ class FileService(Service):
         try:
             request = parse_request(raw, self.allow_hidden)
             fd, info = open_beneath(self.root_fd, request.parts, "/".join(request.parts))
-        except RequestError as exc:
+        except WireError as exc:
             return exc.frame()
         offset = request.offset
         if request.validator is not None and request.validator != validator(info):
             offset = 0  # a different file or version now: resuming would splice two of them together
         if offset > info.st_size:
             os.close(fd)
-            return RequestError("bad-offset", f"offset {offset} is beyond the end of the file ({info.st_size} bytes)").frame()
+            return WireError("bad-offset", f"offset {offset} is beyond the end of the file ({info.st_size} bytes)").frame()
         return fd, request, info, offset
 
     def _on_body_sent(
@@ -324,9 +310,9 @@ class FileService(Service):
         except OSError:  # pragma: no cover
             changed = True
         if changed:
-            log.info("%s: %s changed while it was sent to %s", self.name, _short(st.path), conn.peer)
+            log.info("%s: %s changed while it was sent to %s", self.name, short(st.path), conn.peer)
         if st.trailer:
-            trailer = RequestError("changed", f"{st.path} changed during the download").frame() if changed else b"T"
+            trailer = WireError("changed", f"{st.path} changed during the download").frame() if changed else b"T"
             conn.send_frames([trailer])
             self._release(st, fd)
         elif changed:
@@ -361,7 +347,7 @@ class FileService(Service):
             st.queue.clear()
             if st.fd >= 0:
                 return None  # raw file bytes are on the wire: a frame now would be read as file data
-        return [RequestError("bad-request", str(exc)).frame()]
+        return [WireError("bad-request", str(exc)).frame()]
 
     def connection_lost(self, conn: Conn) -> None:
         st: Optional[_ConnState] = conn.state
