@@ -136,7 +136,7 @@ def _open_session(host: str, port: int, secret: Optional[bytes], timeout: Option
     sock = connect(host, port, timeout)
     try:
         if secret is not None:
-            from ._auth import HandshakeError, client_handshake
+            from .wire.auth import HandshakeError, client_handshake
 
             try:
                 client_handshake(sock, secret)
@@ -149,7 +149,9 @@ def _open_session(host: str, port: int, secret: Optional[bytes], timeout: Option
 
 
 def _check_not_challenge(frame: bytes) -> None:
-    if frame.startswith(b"FFAUTH1 "):
+    from .wire.auth import is_challenge
+
+    if is_challenge(frame):
         raise AuthError("the server requires a shared secret (give --secret-file)")
 
 
@@ -362,8 +364,6 @@ def get_file(
     """
     import json
 
-    from ._auth import recv_frame, send_frame
-
     tmp = part_path(out_path)
     meta_path = _meta_path(tmp)
     saved = _read_validator(meta_path) if resume else None
@@ -377,9 +377,10 @@ def get_file(
         if saved is not None:
             request["validator"] = saved
         with _open_session(host, port, secret, timeout) as sock:
-            send_frame(sock, json.dumps(request).encode("utf-8"))
-            # Read the metadata frame exactly (header, then payload): the raw file bytes follow it.
-            meta = recv_frame(sock, _MAX_META)
+            # Frames read exactly (header, then payload), never ahead: the raw file bytes follow the metadata.
+            fs = FramedSocket(sock, max_frame=_MAX_META, read_ahead=False)
+            fs.send(json.dumps(request).encode("utf-8"))
+            meta = fs.recv()
             if is_error(meta):
                 raise RemoteError.from_frame(meta)
             if meta[:1] != b"S":
@@ -404,7 +405,7 @@ def get_file(
             if received < length:
                 _recv_into_file(sock, fd, length - received, offset + received, size, progress)
             if info.get("trailer"):
-                trailer = recv_frame(sock, _MAX_META)
+                trailer = fs.recv()
                 if is_error(trailer):
                     raise RemoteError.from_frame(trailer)
                 if trailer != b"T":
