@@ -8,7 +8,7 @@ import os
 import select
 import socket
 import sys
-from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._framed import FramedSocket
 from .wire.errors import is_error, parse_error
@@ -148,11 +148,15 @@ def _open_session(host: str, port: int, secret: Optional[bytes], timeout: Option
     return sock
 
 
-def _check_not_challenge(frame: bytes) -> None:
-    from .wire.auth import is_challenge
+def _unexpected(frame: bytes) -> RemoteError:
+    """What to raise for a reply frame the protocol does not expect here: its error, or a protocol error."""
+    if is_error(frame):
+        return RemoteError.from_frame(frame)
+    from .wire.auth import is_challenge  # (hashlib and hmac: only on this path, or with a secret)
 
     if is_challenge(frame):
-        raise AuthError("the server requires a shared secret (give --secret-file)")
+        return AuthError("the server requires a shared secret (give --secret-file)")
+    return RemoteError("protocol", f"unexpected reply frame {frame[:16]!r}")
 
 
 Sink = Union[Callable[[bytes], Any], BinaryIO, None]
@@ -206,11 +210,8 @@ def exec_command(
                 err(frame[1:])
             elif kind == b"X":
                 return int(frame[1:])
-            elif is_error(frame):
-                raise RemoteError.from_frame(frame)
             else:
-                _check_not_challenge(frame)
-                raise RemoteError("protocol", f"unexpected reply frame {frame[:16]!r}")
+                raise _unexpected(frame)
 
 
 def _recv_into_file(
@@ -362,7 +363,8 @@ def get_file(
     ``progress(done, total)`` is called as bytes arrive (``done`` counts the resumed part too).  ``timeout``
     applies to each receive.
     """
-    import json
+    from .wire.errors import WireError
+    from .wire.files import MAX_METADATA, METADATA, TRAILER_OK, parse_metadata, request_frame
 
     tmp = part_path(out_path)
     meta_path = _meta_path(tmp)
@@ -373,43 +375,35 @@ def get_file(
     fd = os.open(tmp, flags, 0o644)
     try:
         offset = os.lseek(fd, 0, os.SEEK_END)
-        request: Dict[str, Any] = {"path": path, "offset": offset, "trailer": True}
-        if saved is not None:
-            request["validator"] = saved
         with _open_session(host, port, secret, timeout) as sock:
             # Frames read exactly (header, then payload), never ahead: the raw file bytes follow the metadata.
-            fs = FramedSocket(sock, max_frame=_MAX_META, read_ahead=False)
-            fs.send(json.dumps(request).encode("utf-8"))
+            fs = FramedSocket(sock, max_frame=MAX_METADATA, read_ahead=False)
+            fs.send(request_frame(path, offset, saved, trailer=True))
             meta = fs.recv()
-            if is_error(meta):
-                raise RemoteError.from_frame(meta)
-            if meta[:1] != b"S":
-                _check_not_challenge(meta)
-                raise RemoteError("protocol", f"unexpected reply frame {meta[:16]!r}")
-            info = json.loads(meta[1:])
-            size, length, start = int(info["size"]), int(info["length"]), int(info["offset"])
-            if start != offset:
-                if start != 0 or saved is None:
-                    raise RemoteError("protocol", f"inconsistent metadata {info!r} for offset {offset}")
+            if meta[:1] != METADATA:
+                raise _unexpected(meta)
+            try:
+                info = parse_metadata(meta)
+            except WireError as exc:
+                raise RemoteError(exc.code, exc.message) from None
+            size, length = info.size, info.length
+            if info.offset != offset:
+                if info.offset != 0 or saved is None:
+                    raise RemoteError("protocol", f"the bytes start at {info.offset}, not at the {offset} asked for")
                 # The file changed on the server since the partial download began: it starts over.
                 os.ftruncate(fd, 0)
                 offset = os.lseek(fd, 0, os.SEEK_SET)
-            if offset + length != size or length < 0:
-                raise RemoteError("protocol", f"inconsistent metadata {info!r} for offset {offset}")
-            found = info.get("validator")
-            if found != saved or not offset:
-                _write_validator(meta_path, found if isinstance(found, str) else None, size)
+            if info.validator != saved or not offset:
+                _write_validator(meta_path, info.validator, size)
             if progress is not None:
                 progress(offset, size)
             received = _splice_into(sock, fd, length, offset, size, progress)
             if received < length:
                 _recv_into_file(sock, fd, length - received, offset + received, size, progress)
-            if info.get("trailer"):
+            if info.trailer:
                 trailer = fs.recv()
-                if is_error(trailer):
-                    raise RemoteError.from_frame(trailer)
-                if trailer != b"T":
-                    raise RemoteError("protocol", f"unexpected trailer frame {trailer[:16]!r}")
+                if trailer != TRAILER_OK:
+                    raise _unexpected(trailer)
         if os.fstat(fd).st_size != size:
             raise EOFError(f"{tmp} holds {os.fstat(fd).st_size} bytes, expected {size}")
         if fsync:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import os
 import socket
 import struct
 import threading
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fastframe.wire import auth, errors
+from fastframe.client import RemoteError, get_file
+from fastframe.wire import auth, errors, files
 
 
 def encode(payload: bytes) -> bytes:
@@ -147,3 +150,99 @@ def test_load_secret(tmp_path: Path) -> None:
         auth.load_secret(str(path))
     with pytest.raises(ValueError, match="cannot read secret file .*: No such file"):
         auth.load_secret(str(tmp_path / "missing"))
+
+
+# -- the file protocol (fastframe.wire.files) ---------------------------------------------------------------
+
+
+def test_file_request_round_trip() -> None:
+    frame = files.request_frame("dir/name.txt", 123, "9f2c", trailer=True)
+    assert json.loads(frame) == {"path": "dir/name.txt", "offset": 123, "validator": "9f2c", "trailer": True}
+    assert files.parse_request(frame) == files.FileRequest(["dir", "name.txt"], 123, "9f2c", True)
+    assert json.loads(files.request_frame("a")) == {"path": "a", "offset": 0, "trailer": False}
+    assert files.parse_request(files.request_frame("./a//b/")) == files.FileRequest(["a", "b"], 0, None, False)
+
+
+@pytest.mark.parametrize("raw, code", [
+    (b'{"path": "/etc/passwd"}', "forbidden"),
+    (b'{"path": "a/../../b"}', "forbidden"),
+    (b'{"path": ".ssh/id"}', "forbidden"),
+    (b'{"path": "a\\u0000b"}', "bad-request"),
+    (b'{"path": "a", "offset": -1}', "bad-request"),
+    (b'{"path": "a", "offset": true}', "bad-request"),
+    (b'{"path": "a", "offset": 1' + b"0" * 30 + b"}", "bad-request"),
+    (b'{"path": "a", "validator": 7}', "bad-request"),
+    (b'{"path": "a", "validator": "' + b"v" * 129 + b'"}', "bad-request"),
+    (b'{"path": "a", "trailer": 1}', "bad-request"),
+    (b'["a"]', "bad-request"),
+    (b"\xff", "bad-request"),
+    (b"[" * 100000, "bad-request"),
+    (b'{"path": "' + b"a" * 40000 + b'"}', "bad-request"),
+    (b'{"path": "."}', "not-a-file"),
+])  # fmt: skip
+def test_file_request_refusals(raw: bytes, code: str) -> None:
+    with pytest.raises(errors.WireError) as info:
+        files.parse_request(raw)
+    assert info.value.code == code and errors.parse_error(info.value.frame())[0] == code
+
+
+def test_hidden_components_only_when_allowed() -> None:
+    assert files.parse_request(b'{"path": ".env"}', allow_hidden=True).parts == [".env"]
+
+
+def test_metadata_round_trip() -> None:
+    frame = files.metadata_frame(100, 40, "abc", trailer=True)
+    assert frame[:1] == b"S"
+    assert json.loads(frame[1:]) == {"size": 100, "offset": 40, "length": 60, "validator": "abc", "trailer": True}
+    assert files.parse_metadata(frame) == files.FileMeta(100, 40, 60, "abc", True)
+    old_server = b'S{"size": 5, "offset": 0, "length": 5}'  # no validator, no trailer
+    assert files.parse_metadata(old_server) == files.FileMeta(5, 0, 5, None, False)
+
+
+@pytest.mark.parametrize("frame", [
+    b'S{"size": 5, "offset": 0, "length": 4, "validator": "v"}',
+    b'S{"size": 5, "offset": 0}',
+    b'S{"size": 5, "offset": 6, "length": -1}',
+    b'S{"size": "5", "offset": 0, "length": 5}',
+    b'S{"size": 5, "offset": 0, "length": 5, "trailer": "yes"}',
+    b"S[]",
+    b"S{",
+    b'S{"size": 1' + b"0" * 30 + b', "offset": 0, "length": 5}',
+    b"T",
+])  # fmt: skip
+def test_metadata_refusals(frame: bytes) -> None:
+    with pytest.raises(errors.WireError) as info:
+        files.parse_metadata(frame)
+    assert info.value.code == "protocol"
+
+
+def test_trailer_and_validator(tmp_path: Path) -> None:
+    assert files.trailer_frame(False, "a") == files.TRAILER_OK == b"T"
+    assert errors.parse_error(files.trailer_frame(True, "a/b")) == ("changed", "a/b changed during the download")
+    path = tmp_path / "f"
+    path.write_bytes(b"one")
+    first = files.validator(os.stat(path))
+    assert first == files.validator(os.stat(path)) and len(first) <= files.MAX_VALIDATOR
+    path.write_bytes(b"two, longer")
+    assert files.validator(os.stat(path)) != first
+
+
+def test_get_file_reports_a_bad_metadata_frame(tmp_path: Path) -> None:
+    """A reply that breaks the protocol is a RemoteError with the code "protocol" (it was a KeyError)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                head = conn.recv(4, socket.MSG_WAITALL)
+                conn.recv(struct.unpack("!I", head)[0], socket.MSG_WAITALL)
+                conn.sendall(encode(b'S{"size": 5}'))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with pytest.raises(RemoteError) as info:
+            get_file("127.0.0.1", listener.getsockname()[1], "f", str(tmp_path / "out"), timeout=10)
+        thread.join(10)
+    assert info.value.code == "protocol" and "inconsistent metadata" in info.value.message
+    assert os.listdir(tmp_path) == []
