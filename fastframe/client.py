@@ -194,22 +194,22 @@ def exec_command(
     not-allowed, not-found, timeout, output-cap, bad-request, busy) or :class:`AuthError`.  ``timeout`` is how
     long to wait for each reply frame, not for the whole command.
     """
-    import shlex
+    from .wire.command import EXIT, STDERR, STDOUT, parse_exit, request_frame
 
-    line = command if isinstance(command, str) else shlex.join(list(command))
+    request = request_frame(command)
     out = _writer(stdout, sys.stdout.buffer)
     err = _writer(stderr, sys.stderr.buffer)
     with FramedSocket(_open_session(host, port, secret, timeout)) as fs:
-        fs.send(line.encode("utf-8"))
+        fs.send(request)
         while True:
             frame = fs.recv()
             kind = frame[:1]
-            if kind == b"O":
+            if kind == STDOUT:
                 out(frame[1:])
-            elif kind == b"E":
+            elif kind == STDERR:
                 err(frame[1:])
-            elif kind == b"X":
-                return int(frame[1:])
+            elif kind == EXIT:
+                return parse_exit(frame)
             else:
                 raise _unexpected(frame)
 

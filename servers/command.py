@@ -1,35 +1,9 @@
 """The command service: run allow-listed programs for a client and stream their output back.
 
-Wire format
-===========
-
-Request: one frame holding a UTF-8 command line of at most ``MAX_COMMAND_LINE`` (16 KiB) bytes.  It is split
-by :func:`split_command_line` with the rules of ``shlex.split`` (POSIX mode, no comments: quotes and
-backslashes group words; ``;``, ``|``, ``#``, ``$(...)``, backquotes and globs are ordinary characters), and
-the words are passed to ``execve`` directly -- no shell ever sees them.  argv[0] must be on the allow-list
-given at start-up: a bare name (``ls``) must be one of the ``--allow`` names, a name containing ``/`` must be
-exactly the absolute path an allowed name resolved to at start-up.  argv[0] is checked before the rest of
-the line is split, and a line may hold at most ``MAX_ARGS`` (2048) words.
-
-Reply: a stream of frames, each tagged by its first byte::
-
-    b"O" + bytes                 a chunk of the command's stdout, as it arrives
-    b"E" + bytes                 a chunk of its stderr, as it arrives
-    b"X" + b"0"                  last frame: the exit status in ASCII decimal; negative -N means killed by signal N
-    b"!" + code + b" " + text    last frame instead of "X": the command was refused or stopped
-
-Error codes: ``not-allowed`` (argv[0] not on the allow-list), ``not-found`` (it could not be executed),
-``timeout`` (killed after ``timeout`` seconds), ``output-cap`` (killed after ``output_cap`` bytes of stdout
-and stderr together; the bytes up to the cap were sent), ``bad-request`` (not UTF-8, a NUL byte, unbalanced
-quotes, an empty line, more than ``MAX_ARGS`` words, arguments the kernel refuses as too long, a frame over
-the size limit -- the last one closes the connection), ``busy`` (``max_commands`` already running in the
-server, all prefork workers together, or the server is stopping: worth retrying later) and -- from
-:mod:`servers.auth` -- ``auth``.
-
-A connection runs one command at a time; request frames that arrive meanwhile queue up and run in order,
-each answered by its own stream ending in ``X`` or ``!``.  The client's end of stream (a ``shutdown``, a
-close, Ctrl-C on ``fastframe exec``) cancels: the running command's tree is killed at once, the queue is
-dropped and the connection closes -- the protocol has no use for a half-closed client.
+The protocol -- the command line and how it is split, the ``O``/``E``/``X`` reply frames, the error codes,
+one command at a time per connection, the client's end of stream as a cancel -- is specified in
+:mod:`fastframe.wire.command`, which both ends import.  This module is the server's side: running the
+commands, and containing them.
 
 Theory of operation
 ===================
@@ -71,15 +45,15 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Sequence
 
+from fastframe.wire.command import MAX_COMMAND_LINE, STDERR, STDOUT, exit_frame, parse_command
 from fastframe.wire.errors import error_frame, short
 
 from ._process import become_subreaper, children, kill_tree, state_and_session
@@ -91,14 +65,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
 __all__ = [
-    "MAX_ARGS",
-    "MAX_COMMAND_LINE",
     "CommandService",
     "build_command_service",
     "is_loopback",
-    "parse_command",
     "resolve_allow_list",
-    "split_command_line",
 ]
 
 log = logging.getLogger("fastframe.server")
@@ -109,134 +79,6 @@ HIGH_WATER = 1024 * 1024  # stop reading the pipes while this much output waits 
 QUEUE_LIMIT = 32  # stop reading requests from a client with this many commands waiting
 POLL_INTERVAL = 0.05  # exit polling where there is no pidfd
 STOP_REAP_TIMEOUT = 1.0  # how long a stopping server waits for the trees it killed
-
-#: The longest command line accepted (bytes of UTF-8).  Splitting costs the loop up to about 0.2 us a byte
-#: (a line of empty quotes, '', one step per two bytes: 3 ms for 16 KiB on a loaded 2-core machine), so this
-#: bounds what one request costs to a few milliseconds.  The kernel would take longer lines, but a command
-#: line is typed, not generated.
-MAX_COMMAND_LINE = 16 * 1024
-#: The most words a command line may hold.
-MAX_ARGS = 2048
-
-
-# -- splitting a command line -------------------------------------------------------------------------------
-#
-# shlex.split appends to its token one character at a time and so takes quadratic time on one long word
-# (a 1 MiB word took over a minute).  This splitter applies the same rules a piece at a time: it searches for
-# the next character that means something (whitespace, a quote, a backslash) and copies everything before it
-# in one slice; a single-quoted string is one str.find.  Every search starts where the last one stopped, so
-# the whole line is scanned once: linear time.  (No regular expression with a repeated group is used: the re
-# module's backtracking stack makes those superlinear on long inputs.)  The Python-level work is one step per
-# quoted string, escape or word, at most one per two bytes, which MAX_COMMAND_LINE bounds.
-
-_WHITESPACE = " \t\r\n"  # shlex's, in POSIX mode: \x0b, \x0c and Unicode spaces are word characters
-_SPECIAL = re.compile(r"[ \t\r\n'\"\\]").search
-_DOUBLE_SPECIAL = re.compile(r'["\\]').search
-_WHITESPACE_RUN = re.compile(r"[ \t\r\n]+").match
-
-
-def _after_whitespace(text: str, pos: int) -> int:
-    run = _WHITESPACE_RUN(text, pos)
-    return pos if run is None else run.end()
-
-
-def _double_quoted(text: str, pos: int, word: List[str]) -> int:
-    """Append the string whose opening quote is at ``pos - 1``; return the position after its closing quote.
-
-    Inside double quotes a backslash escapes only a backslash and ``"``; before anything else it stays."""
-    end = len(text)
-    while True:
-        found = _DOUBLE_SPECIAL(text, pos)
-        if found is None:
-            raise ValueError("No closing quotation")
-        at = found.start()
-        word.append(text[pos:at])
-        if text[at] == '"':
-            return at + 1
-        if at + 1 == end:
-            raise ValueError("No escaped character")
-        escaped = text[at + 1]
-        word.append(escaped if escaped in '\\"' else "\\" + escaped)
-        pos = at + 2
-
-
-def iter_words(text: str) -> Iterator[str]:
-    """The words of ``text`` one by one, as :func:`split_command_line` splits them (lazily: stopping early
-    leaves the rest of the line unread)."""
-    end = len(text)
-    pos = _after_whitespace(text, 0)
-    word: List[str] = []
-    in_word = False
-    while pos < end:
-        found = _SPECIAL(text, pos)
-        at = end if found is None else found.start()
-        if at > pos:
-            word.append(text[pos:at])
-            in_word = True
-        if at == end:
-            break
-        char = text[at]
-        if char in _WHITESPACE:
-            if in_word:
-                yield "".join(word)
-                word = []
-                in_word = False
-            pos = _after_whitespace(text, at)
-        elif char == "'":
-            close = text.find("'", at + 1)
-            if close < 0:
-                raise ValueError("No closing quotation")
-            word.append(text[at + 1 : close])
-            in_word = True
-            pos = close + 1
-        elif char == '"':
-            pos = _double_quoted(text, at + 1, word)
-            in_word = True
-        else:  # a backslash: the next character, whatever it is, stands for itself
-            if at + 1 == end:
-                raise ValueError("No escaped character")
-            word.append(text[at + 1])
-            in_word = True
-            pos = at + 2
-    if in_word:
-        yield "".join(word)
-
-
-def split_command_line(text: str) -> List[str]:
-    """``shlex.split(text)`` in linear time: the same words, the same ``ValueError`` messages."""
-    return list(iter_words(text))
-
-
-def parse_command(raw: bytes, lookup: Callable[[str], Optional[str]]) -> Union[Tuple[str, List[str]], bytes]:
-    """``(executable, argv)`` for a request frame, or the error frame that answers it.
-
-    ``lookup(argv0)`` returns the executable of an allowed argv[0], else None; it is asked before the rest of
-    the line is split.  Any input gives one or the other: nothing else is raised."""
-    if len(raw) > MAX_COMMAND_LINE:
-        return error_frame("bad-request", f"the command line is {len(raw)} bytes; the limit is {MAX_COMMAND_LINE}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return error_frame("bad-request", "the command line is not valid UTF-8")
-    if "\x00" in text:
-        return error_frame("bad-request", "NUL byte in the command line")
-    words = iter_words(text)
-    try:
-        argv0 = next(words, None)
-        if argv0 is None:
-            return error_frame("bad-request", "empty command line")
-        executable = lookup(argv0)
-        if executable is None:
-            return error_frame("not-allowed", f"{short(argv0)} is not on the allow-list")
-        argv = [argv0]
-        for word in words:
-            if len(argv) == MAX_ARGS:
-                return error_frame("bad-request", f"more than {MAX_ARGS} words in the command line")
-            argv.append(word)
-    except ValueError as exc:
-        return error_frame("bad-request", f"cannot split the command line: {exc}")
-    return executable, argv
-
 
 # -- processes --------------------------------------------------------------------------------------------
 
@@ -278,7 +120,7 @@ class _Command:
     def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
         self.proc = proc
         self.pid = proc.pid  # a new session: the child leads its own process group too
-        self.pipes: Dict[int, bytes] = {}  # open pipe fd -> frame tag (b"O" / b"E")
+        self.pipes: Dict[int, bytes] = {}  # open pipe fd -> frame tag (STDOUT / STDERR)
         self.watching = False
         self.pidfd = -1
         self.timer: Optional[Timer] = None
@@ -478,7 +320,7 @@ class CommandService(Service):
         log.debug("%s: %s runs %s as pid %d", self.name, conn.peer, argv, proc.pid)
         st.cmd = cmd
         assert proc.stdout is not None and proc.stderr is not None
-        for stream, tag in ((proc.stdout, b"O"), (proc.stderr, b"E")):
+        for stream, tag in ((proc.stdout, STDOUT), (proc.stderr, STDERR)):
             fd = stream.fileno()
             os.set_blocking(fd, False)
             cmd.pipes[fd] = tag
@@ -612,7 +454,7 @@ class CommandService(Service):
         if cmd.failure is not None:
             conn.send_frames([cmd.failure])
         else:
-            conn.send_frames([b"X" + str(cmd.proc.returncode).encode()])
+            conn.send_frames([exit_frame(cmd.proc.returncode)])
         self._next(conn, st)
 
     def _abandon(self, conn: Conn, st: _ConnState) -> None:

@@ -17,9 +17,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastframe.client import RemoteError, get_file
-from fastframe.wire import auth, errors, files
+from fastframe.wire import auth, command, errors, files
 
 
 def encode(payload: bytes) -> bytes:
@@ -246,3 +248,42 @@ def test_get_file_reports_a_bad_metadata_frame(tmp_path: Path) -> None:
         thread.join(10)
     assert info.value.code == "protocol" and "inconsistent metadata" in info.value.message
     assert os.listdir(tmp_path) == []
+
+
+# -- the command protocol (fastframe.wire.command) ----------------------------------------------------------
+
+
+WORDS = st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+                 min_size=1, max_size=6)  # fmt: skip
+
+
+@given(WORDS)
+@settings(max_examples=500, deadline=None)
+def test_an_argv_request_splits_back_into_the_same_words(argv: list) -> None:
+    frame = command.request_frame(argv)
+    assert command.split_command_line(frame.decode("utf-8")) == argv
+    parsed = command.parse_command(frame, lambda name: "/bin/" + name)
+    if len(frame) <= command.MAX_COMMAND_LINE:
+        assert parsed == ("/bin/" + argv[0], argv)
+
+
+def test_a_command_line_request_is_sent_as_it_is() -> None:
+    assert command.request_frame("ls -l 'a b'") == b"ls -l 'a b'"
+    assert command.parse_command(b"ls -l 'a b'", {"ls": "/bin/ls"}.get) == ("/bin/ls", ["ls", "-l", "a b"])
+    assert command.parse_command(b"rm -rf /", {"ls": "/bin/ls"}.get) == b"!not-allowed 'rm' is not on the allow-list"
+
+
+@pytest.mark.parametrize("status", [0, 1, 255, -9])
+def test_exit_frame_round_trip(status: int) -> None:
+    frame = command.exit_frame(status)
+    assert frame == b"X" + str(status).encode() and command.parse_exit(frame) == status
+
+
+@pytest.mark.parametrize("frame", [b"X", b"Xabc", b"O0", b"X" + b"9" * 5000])
+def test_parse_exit_refuses(frame: bytes) -> None:
+    with pytest.raises(ValueError):
+        command.parse_exit(frame)
+
+
+def test_reply_tags_are_distinct() -> None:
+    assert len({command.STDOUT, command.STDERR, command.EXIT, errors.ERROR}) == 4
