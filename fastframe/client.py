@@ -85,7 +85,7 @@ def get_time(
     host: str, port: int, fmt: str = "unix", tcp: bool = False, timeout: Optional[float] = DEFAULT_TIMEOUT
 ) -> int:
     """Ask a time service (RFC 868, UDP by default) and return seconds since 1970."""
-    from fastframe.servers.timeservice import decode_time
+    from .wire.timeformat import decode_time
 
     if tcp:
         with connect(host, port, timeout) as sock:

@@ -119,3 +119,45 @@ def test_help_still_lists_every_command(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "fastframe", "get", "--help"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert run.returncode == 0 and run.stdout.startswith("usage: fastframe get "), run.stdout
+
+
+def test_no_client_path_loads_the_servers(tmp_path: Path) -> None:
+    """Clients speak the protocols of fastframe.wire and never import the server package: every client
+    function, run to success against real services (one of them with a shared secret), in one fresh
+    interpreter, leaves no fastframe.servers module behind."""
+    from harness import ServerProcess
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f.txt").write_bytes(b"file bytes")
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"0123456789abcdef0123")
+    common = ["--root", str(root), "--allow", "echo", "--command", "0", "--files", "0"]
+    plain = ServerProcess(["--echo", "0", "--time", "0", *common], expect=5, cwd=str(tmp_path))
+    with plain, ServerProcess([*common, "--secret-file", str(secret_file)], expect=2, cwd=str(tmp_path)) as guarded:
+        probe = textwrap.dedent(
+            f"""
+            import sys, time
+            from fastframe import client
+            out = bytearray()
+            assert client.echo("127.0.0.1", {plain.port("echo")}, [b"hi"]) == [b"hi"]
+            assert abs(client.get_time("127.0.0.1", {plain.port("time", "udp")}) - time.time()) < 60
+            assert abs(client.get_time("127.0.0.1", {plain.port("time")}, tcp=True) - time.time()) < 60
+            assert client.exec_command("127.0.0.1", {plain.port("command")}, ["echo", "a b"], stdout=out.extend) == 0
+            assert client.get_file("127.0.0.1", {plain.port("files")}, "f.txt", "out1") == 10
+            secret = b"0123456789abcdef0123"
+            assert client.exec_command("127.0.0.1", {guarded.port("command")}, "echo x", secret=secret,
+                                       stdout=out.extend) == 0
+            assert client.get_file("127.0.0.1", {guarded.port("files")}, "f.txt", "out2", secret=secret) == 10
+            assert out == b"a b\\nx\\n", out
+            print(repr(sorted(sys.modules)))
+            """
+        )
+        env = {k: v for k, v in os.environ.items() if k != "FASTFRAME_PURE_PYTHON"}
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    modules = set(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
+    assert {"fastframe.wire.auth", "fastframe.wire.files", "fastframe.wire.timeformat"} <= modules  # it ran them
+    assert not offending(modules, ("fastframe.servers",))
+    assert (tmp_path / "out1").read_bytes() == (tmp_path / "out2").read_bytes() == b"file bytes"

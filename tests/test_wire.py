@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastframe.client import RemoteError, get_file
-from fastframe.wire import auth, command, errors, files
+from fastframe.wire import auth, command, errors, files, timeformat
 
 
 def encode(payload: bytes) -> bytes:
@@ -287,3 +287,27 @@ def test_parse_exit_refuses(frame: bytes) -> None:
 
 def test_reply_tags_are_distinct() -> None:
     assert len({command.STDOUT, command.STDERR, command.EXIT, errors.ERROR}) == 4
+
+
+# -- the time formats (fastframe.wire.timeformat) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, now, wire", [
+    ("unix", 0, b"\0\0\0\0"),
+    ("unix", 1795341600.9, struct.pack("!I", 1795341600)),
+    ("rfc868", 0, struct.pack("!I", 2208988800)),  # 1970 counted from 1900
+    ("rfc868", 1795341600, struct.pack("!I", (1795341600 + 2208988800) % 2**32)),  # past 2036: modulo 2**32
+])  # fmt: skip
+def test_time_formats(fmt: str, now: float, wire: bytes) -> None:
+    assert timeformat.encode_time(fmt, now) == wire
+    if fmt == "unix" or now + 2208988800 < 2**32:
+        assert timeformat.decode_time(wire, fmt) == int(now)
+
+
+def test_time_format_errors() -> None:
+    with pytest.raises(ValueError, match="unknown time format 'ntp'"):
+        timeformat.encode_time("ntp", 0)
+    with pytest.raises(ValueError, match="unknown time format"):
+        timeformat.decode_time(b"\0\0\0\0", "ntp")
+    with pytest.raises(ValueError, match="4 bytes, got 3"):
+        timeformat.decode_time(b"\0\0\0", "unix")
