@@ -58,11 +58,13 @@ from fastframe.wire.errors import error_frame, short
 
 from ._process import become_subreaper, children, kill_tree, state_and_session
 from .auth import AuthenticatedService
-from .config import ServeConfig, register_factory
+from .config import register_factory
 from .service import Conn, Service, Timer
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
+
+    from .settings import ServeConfig
 
 __all__ = [
     "CommandService",

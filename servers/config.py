@@ -9,54 +9,16 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
 
 from .echo import EchoService, RawEchoService
-from .engine import Limits, Listener, SelectEngine
+from .engine import Listener, SelectEngine
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
 from .prefork import PreforkEngine, _remove_pidfile, _write_pidfile
-from .service import DEFAULT_MAX_REQUEST, Service
+from .service import Service
+from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
 from .timeservice import TcpTimeService, TimeService
 
 __all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_listeners", "serve"]
 
 log = logging.getLogger("fastframe.server")
-
-#: Default ports when a service is started without one.
-DEFAULT_PORTS = {"echo": 7007, "time": 3737, "command": 5140, "files": 2121}
-SERVICES = ("echo", "time", "command", "files")
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be served; the message is one readable line."""
-
-
-class ServeConfig:
-    """Everything ``fastframe serve`` can be told.  ``ports`` maps service name -> port (0: ephemeral);
-    a service missing from it is not started, and an empty mapping means every service on its default port
-    (the command and file services only where they are configured: an allow-list, a root)."""
-
-    def __init__(self, **kwargs: object) -> None:
-        self.engine = "select"
-        self.workers: Optional[int] = None
-        self.host = "127.0.0.1"
-        self.ports: Dict[str, int] = {}
-        self.upper = False
-        self.raw = False
-        self.time_format = "unix"
-        self.max_request = DEFAULT_MAX_REQUEST
-        self.limits = Limits()
-        self.pidfile: Optional[str] = None
-        # command and file services
-        self.allow: List[str] = []
-        self.root: Optional[str] = None
-        self.allow_hidden = False
-        self.secret: Optional[bytes] = None
-        self.command_timeout = 10.0
-        self.output_cap = 1024 * 1024
-        self.max_commands = 8
-        for key, value in kwargs.items():
-            if not hasattr(self, key):
-                raise TypeError(f"unknown setting {key!r}")
-            setattr(self, key, value)
-
 
 # Builders for the command and file services register here (servers.command / servers.files), so that
 # this module does not need to know their options.

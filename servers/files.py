@@ -37,11 +37,13 @@ from fastframe.wire.files import MAX_FILE_REQUEST, FileRequest, metadata_frame, 
 
 from .auth import AuthenticatedService
 from .command import is_loopback
-from .config import ServeConfig, register_factory
+from .config import register_factory
 from .service import Conn, Service
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
+
+    from .settings import ServeConfig
 
 __all__ = ["FileService", "build_file_service", "open_beneath"]
 
