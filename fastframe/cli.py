@@ -49,7 +49,9 @@ def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
             "socket is printed to stdout, e.g. 'echo tcp 127.0.0.1:40123'. SIGTERM stops gracefully, "
             "SIGINT (Ctrl-C) at once; with --engine prefork, SIGHUP replaces the workers and SIGTTIN/SIGTTOU add or "
             "remove one. Other signals (SIGUSR1 included) are logged and ignored. Every limit holds for the whole "
-            "server, all prefork workers together, or per connection, command or frame: none is per worker."
+            "server, all prefork workers together, or per connection, command or frame: none is per worker. "
+            "Every flag can be set in a TOML file given with --config, under its name with underscores "
+            '(max_connections = 100, allow = ["ls", "df"]); flags given on the command line win.'
         ),
     )
     add_arguments(p)

@@ -8,15 +8,19 @@ from :data:`SETTINGS`:
 
 - the ``serve`` parser (:func:`add_arguments`): one option per setting, grouped by ``section``, whose help
   ends with the default, once;
+- the file (:func:`load_file`): top-level keys only, a list for a repeatable flag (``allow = ["ls", "df"]``);
+  an unknown key, a wrong type or a bad value is a :class:`ConfigError` of one line;
 - the configuration (:class:`ServeConfig`, built by :func:`config_from`): the defaults, overridden by the
-  flags given on the command line; and from it the engine's ``Limits``.
+  file, overridden by the flags given on the command line; and from it the engine's ``Limits``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import re
+import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from fastframe.wire.auth import load_secret
@@ -25,7 +29,7 @@ from fastframe.wire.timeformat import FORMATS
 from .engine import Limits
 
 __all__ = ["DEFAULT_PORTS", "SERVICES", "SETTINGS", "ConfigError", "ServeConfig", "Setting", "add_arguments",
-           "config_from"]  # fmt: skip
+           "config_from", "load_file"]  # fmt: skip
 
 #: The services, in the order they start, and the port each takes when no service is named.
 SERVICES = ("echo", "time", "command", "files")
@@ -176,7 +180,8 @@ class Words(Kind):
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One setting: see the module docstring.  ``shown_default`` overrides how --help shows the default
-    (``""``: not at all); ``limit`` marks the settings that are the engine's ``Limits`` keywords."""
+    (``""``: not at all); ``limit`` marks the settings that are the engine's ``Limits`` keywords; a setting
+    with ``in_file=False`` exists on the command line only."""
 
     name: str
     section: str
@@ -186,6 +191,7 @@ class Setting:
     meta: Optional[str] = None
     shown_default: Optional[str] = None
     limit: bool = False
+    in_file: bool = True
 
     @property
     def flags(self) -> Tuple[str, ...]:
@@ -215,6 +221,8 @@ _PORT = Integer(0, 65535)
 _AT_LEAST_ONE = Integer(1)
 
 SETTINGS: Tuple[Setting, ...] = (
+    Setting("config", SERVER, Text(), None, "read settings from this TOML file (keys like max_connections = 100); "
+            "flags given here override it", meta="FILE", in_file=False),
     Setting("engine", SERVER, Choice(("select", "prefork")), "select",
             "one epoll loop in one process, or a master supervising worker processes"),
     Setting("workers", SERVER, _AT_LEAST_ONE, None, "prefork worker processes", meta="N",
@@ -260,6 +268,18 @@ SETTINGS: Tuple[Setting, ...] = (
             "give in-flight work this long before closing (per process)", meta="S", limit=True),
 )  # fmt: skip
 BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+FILE_KEYS = tuple(s.name for s in SETTINGS if s.in_file)
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, list):
+        odd = [item for item in value if not isinstance(item, str)]
+        return f"an array holding {_toml_type(odd[0])}" if odd else "an array"
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+                       (dict, "a table")):  # fmt: skip
+        if isinstance(value, kind):
+            return name
+    return "a date or time"
 
 
 # -- the configuration ------------------------------------------------------------------------------------
@@ -297,9 +317,13 @@ class ServeConfig:
 
 
 def config_from(given: Mapping[str, Any]) -> ServeConfig:
-    """The configuration from the settings ``given`` on the command line (others are ignored), over the
-    defaults; ConfigError says what is wrong, in one line."""
-    values = {key: value for key, value in given.items() if key in BY_NAME}
+    """The configuration from the settings ``given`` on the command line (others are ignored), over those of
+    the ``config`` file if one is given, over the defaults; ConfigError says what is wrong, in one line."""
+    values: Dict[str, Any] = {}
+    path = given.get("config")
+    if path:
+        values.update(load_file(path))
+    values.update((key, value) for key, value in given.items() if key in BY_NAME)
     secret = None
     if values.get("secret_file"):
         try:
@@ -343,3 +367,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if setting.repeatable:
                 options["action"] = "append"
         group.add_argument(*setting.flags, **options)
+
+
+# -- the file ---------------------------------------------------------------------------------------------
+
+
+def load_file(path: str) -> Dict[str, Any]:
+    """The settings in the TOML file ``path``, checked; ConfigError (one line) if it cannot be read, is not
+    TOML, or holds an unknown key, a value of the wrong type or a bad value."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - the same parser, before it joined the standard library
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values: Dict[str, Any] = {}
+    for key, value in data.items():
+        setting = BY_NAME.get(key)
+        if setting is not None and not setting.in_file:
+            raise ConfigError(f"{path}: {key}: a setting of the command line only")
+        if setting is None:
+            near = difflib.get_close_matches(key.replace("-", "_"), FILE_KEYS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            if isinstance(value, dict) and not hint:
+                hint = " (settings are top-level keys, not tables)"
+            raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
+        if not setting.kind.matches(value):
+            raise ConfigError(f"{path}: {key}: expected {setting.kind.expected}, got {_toml_type(value)}")
+        try:
+            values[key] = setting.kind.accept(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {key}: {exc}") from None
+    return values

@@ -1,5 +1,5 @@
-"""The settings of ``fastframe serve``, declared once (fastframe.servers.settings): the parser and the
-configuration object are derived from the declarations, and these tests hold them to it.
+"""The settings of ``fastframe serve``, declared once (fastframe.servers.settings): the parser, the TOML file
+and the configuration object are all derived from the declarations, and these tests hold them to it.
 
 In-process: ``serve``'s parser is built by ``fastframe.cli`` exactly as the command line builds it, and the
 configuration comes from ``config_from``, which ``fastframe serve`` calls; nothing is bound or started.
@@ -8,6 +8,7 @@ configuration comes from ``config_from``, which ``fastframe serve`` calls; nothi
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from fastframe.servers.engine import Limits
 
 from fastframe.cli import build_parser
 
+FILE_SETTINGS = [s for s in st.SETTINGS if s.in_file]
+
 
 def serve_parser() -> Any:
     parser = build_parser(["serve"])
@@ -28,6 +31,14 @@ def serve_parser() -> Any:
 
 def parse(*argv: str) -> st.ServeConfig:
     return st.config_from(vars(build_parser(["serve"]).parse_args(["serve", *argv])))
+
+
+def toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def sample(setting: st.Setting, tmp_path: Path) -> tuple[list[str], Any, Any]:
@@ -54,12 +65,17 @@ def sample(setting: st.Setting, tmp_path: Path) -> tuple[list[str], Any, Any]:
     return [flag, "some-text"], "some-text", "some-text"
 
 
-@pytest.mark.parametrize("setting", st.SETTINGS, ids=lambda s: s.name)
-def test_every_setting_round_trips_from_flag(setting: st.Setting, tmp_path: Path) -> None:
-    words, _, expected = sample(setting, tmp_path)
+@pytest.mark.parametrize("setting", FILE_SETTINGS, ids=lambda s: s.name)
+def test_every_setting_round_trips_from_flag_and_from_toml(setting: st.Setting, tmp_path: Path) -> None:
+    words, toml_value, expected = sample(setting, tmp_path)
     assert expected != setting.default
     assert getattr(parse(), setting.name) == setting.default
     assert getattr(parse(*words), setting.name) == expected
+    config_file = tmp_path / "serve.toml"
+    config_file.write_text(f"{setting.name} = {toml_literal(toml_value)}\n")
+    from_file = parse("--config", str(config_file))
+    assert getattr(from_file, setting.name) == expected
+    assert from_file.config == str(config_file)
 
 
 def test_the_declarations_cover_every_flag_serve_accepts() -> None:
@@ -68,6 +84,15 @@ def test_the_declarations_cover_every_flag_serve_accepts() -> None:
     assert len(declared) == len(set(declared))  # no flag declared twice
     assert set(declared) == accepted
     assert len({s.name for s in st.SETTINGS}) == len(st.SETTINGS)
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "serve.toml"
+    config_file.write_text('max_connections = 100\nallow = ["ls", "df"]\nupper = true\nhost = "127.0.0.2"\n')
+    config = parse("--config", str(config_file), "--max-connections", "7", "--allow", "cat")
+    assert (config.max_connections, config.allow) == (7, ["cat"])  # the flags win, a list is replaced whole
+    assert (config.upper, config.host) == (True, "127.0.0.2")  # the file's others stand
+    assert config.idle_timeout == 120.0  # and the defaults under both
 
 
 def test_limits_are_derived_from_the_settings() -> None:
@@ -97,6 +122,34 @@ def test_config_object_refuses_unknown_settings() -> None:
         st.ServeConfig(max_conections=1)
     with pytest.raises(AttributeError):
         st.ServeConfig().no_such_setting  # noqa: B018
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_conections = 1", "unknown setting 'max_conections' (did you mean 'max_connections'?)"),
+    ("max-connections = 1", "unknown setting 'max-connections' (did you mean 'max_connections'?)"),
+    ("frobnicate = 1", "unknown setting 'frobnicate'"),
+    ("[limits]\nmax_connections = 1", "unknown setting 'limits' (settings are top-level keys, not tables)"),
+    ("config = 'other.toml'", "config: a setting of the command line only"),
+    ('workers = "4"', "workers: expected an integer, got a string"),
+    ("workers = 0", "workers: must be at least 1, not 0"),
+    ("upper = 1", "upper: expected true or false, got an integer"),
+    ("max_connections = true", "max_connections: expected an integer, got a boolean"),
+    ("idle_timeout = -1", "idle_timeout: must be positive"),
+    ('idle_timeout = "1"', "idle_timeout: expected a number of seconds, got a string"),
+    ('allow = "ls"', "allow: expected a list of strings, got a string"),
+    ('allow = ["ls", 3]', "allow: expected a list of strings, got an array holding an integer"),
+    ('output_cap = "lots"', "output_cap: not a size: 'lots'"),
+    ("echo = 70000", "echo: must be 0 to 65535, not 70000"),
+    ('engine = "threads"', "engine: 'threads' is not one of select, prefork"),
+    ("workers = ", "not valid TOML"),
+])  # fmt: skip
+def test_file_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    config_file = tmp_path / "serve.toml"
+    config_file.write_text(text + "\n")
+    with pytest.raises(st.ConfigError) as info:
+        parse("--config", str(config_file))
+    assert str(info.value).startswith(f"{config_file}: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_help_shows_each_default_once() -> None:
