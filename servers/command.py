@@ -58,7 +58,6 @@ from fastframe.wire.errors import error_frame, short
 
 from ._process import become_subreaper, children, kill_tree, state_and_session
 from .auth import AuthenticatedService
-from .config import register_factory
 from .service import Conn, Service, Timer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -553,9 +552,8 @@ def build_command_service(config: ServeConfig) -> Service:
     if not config.allow:
         raise ValueError("no --allow list given (nothing would be allowed to run)")
     if config.secret is None and not is_loopback(config.host):
-        raise ValueError(
-            f"refusing to run commands for anyone who can reach {config.host}: give --secret-file, or listen on 127.0.0.1"
-        )
+        raise ValueError(f"refusing to run commands for anyone who can reach {config.host}: "
+                         "give --secret-file, or listen on 127.0.0.1")  # fmt: skip
     cwd = os.path.abspath(config.root) if config.root else "/"
     if not os.path.isdir(cwd):
         raise ValueError(f"working directory {cwd} is not a directory")
@@ -570,6 +568,3 @@ def build_command_service(config: ServeConfig) -> Service:
     if config.secret:
         return AuthenticatedService(service, config.secret)
     return service
-
-
-register_factory("command", build_command_service)

@@ -6,10 +6,12 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
+from typing import List, Optional, Sequence, TextIO, Tuple, Union
 
+from .command import build_command_service
 from .echo import EchoService, RawEchoService
 from .engine import Listener, SelectEngine
+from .files import build_file_service
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
 from .prefork import PreforkEngine, _remove_pidfile, _write_pidfile
 from .service import Service
@@ -19,15 +21,6 @@ from .timeservice import TcpTimeService, TimeService
 __all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_listeners", "serve"]
 
 log = logging.getLogger("fastframe.server")
-
-# Builders for the command and file services register here (servers.command / servers.files), so that
-# this module does not need to know their options.
-ServiceFactory = Callable[[ServeConfig], Optional[Service]]
-_FACTORIES: Dict[str, ServiceFactory] = {}
-
-
-def register_factory(name: str, factory: ServiceFactory) -> None:
-    _FACTORIES[name] = factory
 
 
 def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Service]]]]:
@@ -43,28 +36,22 @@ def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Servi
             svc: Service = RawEchoService(config.upper) if config.raw else EchoService(config.upper, config.max_request)
             out.append((name, port, [("tcp", svc)]))
         elif name == "time":
-            out.append((name, port, [("udp", TimeService(config.time_format)), ("tcp", TcpTimeService(config.time_format))]))
+            fmt = config.time_format
+            out.append((name, port, [("udp", TimeService(fmt)), ("tcp", TcpTimeService(fmt))]))
         else:
-            factory = _FACTORIES.get(name)
-            if factory is None:
-                if explicit:
-                    raise ConfigError(f"the {name} service is not available in this build")
-                continue
             try:
-                built = factory(config)
+                built = build_command_service(config) if name == "command" else build_file_service(config)
             except ValueError as exc:
                 if explicit:
                     raise ConfigError(f"{name}: {exc}") from None
                 print(f"fastframe: {name} service disabled: {exc}", file=sys.stderr, flush=True)
                 continue
-            if built is not None:
-                out.append((name, port, [("tcp", built)]))
+            out.append((name, port, [("tcp", built)]))
     return out
 
 
 def build_listeners(config: ServeConfig) -> List[Listener]:
     """Bind (or take over from systemd) one socket per service and transport."""
-    _load_optional_services()
     plan = _services(config)
     passed = systemd_sockets()
     listeners: List[Listener] = []
@@ -98,15 +85,6 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
         for listener in listeners:
             listener.sock.close()
         raise
-
-
-def _load_optional_services() -> None:
-    for module in ("command", "files"):
-        try:
-            __import__(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{module}":
-                raise
 
 
 def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional[Sequence[Listener]] = None) -> int:

@@ -37,7 +37,6 @@ from fastframe.wire.files import MAX_FILE_REQUEST, FileRequest, metadata_frame, 
 
 from .auth import AuthenticatedService
 from .command import is_loopback
-from .config import register_factory
 from .service import Conn, Service
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -274,6 +273,3 @@ def build_file_service(config: ServeConfig) -> Service:
     if config.secret:
         return AuthenticatedService(service, config.secret)
     return service
-
-
-register_factory("files", build_file_service)

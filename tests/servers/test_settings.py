@@ -178,3 +178,17 @@ def test_help_shows_each_default_once() -> None:
         else:
             assert len(shown) == 1, text
             assert setting.kind.parse(shown[0]) == setting.default, text  # shown as one would type it
+
+
+def test_the_services_do_not_import_the_configuration() -> None:
+    """config imports the service builders directly; no service imports config or the settings back (once,
+    each registered itself with config from an import that config triggered: a cycle behind a registry)."""
+    probe = ("import sys, fastframe.servers.command, fastframe.servers.files, fastframe.servers.echo, "
+             "fastframe.servers.timeservice, fastframe.servers.auth; "
+             "print(sorted(m for m in sys.modules if m.startswith('fastframe.servers.')))")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd="/",
+                         check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    loaded = set(run.stdout.strip()[1:-1].replace("'", "").split(", "))
+    assert "fastframe.servers.command" in loaded and "fastframe.servers.files" in loaded
+    assert not loaded & {"fastframe.servers.config", "fastframe.servers.settings"}, loaded

@@ -128,7 +128,6 @@ def test_serve_without_service_flags_plans_echo_and_time(capsys: pytest.CaptureF
     # The services that expose the machine start only when told what to expose: an allow-list, a root.
     from fastframe.servers import config as cfg
 
-    cfg._load_optional_services()
     names = [name for name, _, _ in cfg._services(cfg.ServeConfig())]
     assert names == ["echo", "time"]
     err = capsys.readouterr().err
