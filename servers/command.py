@@ -22,14 +22,12 @@ tree; the server process is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so i
 rather than by init, and the server never starts a child other than a command, so every other child it has
 came out of a command's tree.  Such a child is told apart by its session: one still in the session of a
 running command belongs to it and is left alone; any other -- from a command that has ended, or one that
-left its command's session with ``setsid`` and then lost its parent -- is debris, and
-:meth:`CommandService.sweep` kills its tree and reaps it.  So when a command ends, nothing of it is left,
-not even a zombie; and a process that both leaves its command's session and loses its parent is ended as
-soon as a sweep sees it, even while its command still runs.  A sweep runs when a command ends and on every
-``SIGCHLD``; its handler runs in the main thread between two bytecodes (Python defers it there), is never
-re-entered, and only makes non-blocking ``kill``/``waitpid`` calls on processes that no other code of the
-server waits for -- no thread is involved.  The children themselves are still started with ``vfork``: no
-Python code runs in them before ``execve``.  When a prefork worker dies, its commands and what they adopted
+left its command's session with ``setsid`` and then lost its parent -- is debris, and the service's
+:class:`~servers._process.Reaper` kills its tree and reaps it, when a command ends and on every ``SIGCHLD``.
+So when a command ends, nothing of it is left, not even a zombie; and a process that both leaves its
+command's session and loses its parent is ended as soon as a sweep sees it, even while its command still
+runs.  The children themselves are still started with ``vfork``: no Python code runs in them before
+``execve``.  When a prefork worker dies, its commands and what they adopted
 go to the nearest living subreaper above (the prefork master, if it is one), which must end those trees:
 every one of its children that is not a worker, with :func:`kill_tree`.  (A cgroup would hold a tree as
 well, but is writable only where one was delegated to the server; /proc and prctl work for any Linux user.)
@@ -49,14 +47,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Sequence
 
 from fastframe.wire.command import MAX_COMMAND_LINE, STDERR, STDOUT, exit_frame, parse_command
 from fastframe.wire.errors import error_frame, short
 
-from ._process import become_subreaper, children, kill_tree, state_and_session
+from ._process import Reaper, kill_tree
 from .auth import AuthenticatedService
 from .service import Conn, Service, Timer
 
@@ -65,12 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .settings import ServeConfig
 
-__all__ = [
-    "CommandService",
-    "build_command_service",
-    "is_loopback",
-    "resolve_allow_list",
-]
+__all__ = ["CommandService", "build_command_service", "is_loopback", "resolve_allow_list"]
 
 log = logging.getLogger("fastframe.server")
 
@@ -174,12 +166,8 @@ class CommandService(Service):
         # A longer frame could never be a command line: refuse its header before buffering it.
         self.max_request = min(max_request, MAX_COMMAND_LINE)
         self._stopping = False
-        self._setup_pid = 0
         self._pidfd_ok = hasattr(os, "pidfd_open")
-        self._procs: Dict[int, _Command] = {}  # every command child of this process not yet reaped
-        self._sweeping = False
-        self._sweep_pending = False
-        self._spawning = False
+        self._reaper = Reaper(self.name)  # every command child of this process not yet reaped, and the debris
 
     def lookup(self, argv0: str) -> Optional[str]:
         """The executable to run for argv[0], or None if it is not allowed."""
@@ -238,7 +226,8 @@ class CommandService(Service):
 
     def describe(self) -> str:
         names = ", ".join(sorted(self.allowed))
-        return f"command (allowed: {names}; timeout {self.timeout:g} s, output cap {self.output_cap} bytes, cwd {self.cwd})"
+        limits = f"timeout {self.timeout:g} s, output cap {self.output_cap} bytes"
+        return f"command (allowed: {names}; {limits}, cwd {self.cwd})"
 
     # -- running commands ---------------------------------------------------------------------------------
 
@@ -258,21 +247,6 @@ class CommandService(Service):
             conn.resume_reading()
         conn.busy = st.cmd is not None or bool(st.queue)
 
-    def _setup_process(self) -> None:
-        """Once per process (a prefork worker is a new one): become a subreaper and sweep on SIGCHLD."""
-        if self._setup_pid == os.getpid():
-            return
-        self._setup_pid = os.getpid()
-        self._procs.clear()  # inherited from a parent process: not our children
-        become_subreaper()
-        signal.signal(signal.SIGCHLD, self._on_sigchld)
-
-    def _on_sigchld(self, signum: int, frame: Any) -> None:
-        try:
-            self.sweep()
-        except Exception:  # raised here, it would surface wherever the loop happened to be
-            log.exception("%s: sweeping the trees of ended commands failed", self.name)
-
     def _start(self, conn: Conn, st: _ConnState, raw: bytes) -> Optional[bytes]:
         parsed = parse_command(raw, self.lookup)
         if isinstance(parsed, bytes):
@@ -281,21 +255,23 @@ class CommandService(Service):
         if not conn.acquire("commands", self.max_commands):  # given back by _release (or below if none starts)
             return error_frame("busy", f"{self.max_commands} commands are already running; try again later")
         started = False
-        self._setup_process()
-        self._spawning = True  # until the child is in _procs, a sweep would take it for debris
+        self._reaper.setup()
         try:
-            proc = subprocess.Popen(
-                argv,
-                executable=executable,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=self.cwd,
-                env=CHILD_ENV,
-                close_fds=True,
-                start_new_session=True,
-                bufsize=0,
-            )
+            with self._reaper.spawning():  # until the child is tracked, a sweep would take it for debris
+                proc = subprocess.Popen(
+                    argv,
+                    executable=executable,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=self.cwd,
+                    env=CHILD_ENV,
+                    close_fds=True,
+                    start_new_session=True,
+                    bufsize=0,
+                )
+                cmd = _Command(proc)
+                self._reaper.track(cmd)
             started = True
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             return error_frame("not-found", f"cannot execute {short(argv[0])}: {exc.strerror}")
@@ -309,15 +285,9 @@ class CommandService(Service):
         except (ValueError, subprocess.SubprocessError) as exc:  # pragma: no cover - NUL bytes are refused above
             log.warning("%s: cannot start %s: %s", self.name, argv[0], exc)
             return error_frame("busy", f"cannot start a process now: {exc}")
-        else:
-            cmd = _Command(proc)
-            self._procs[proc.pid] = cmd
         finally:
-            self._spawning = False
             if not started:
                 conn.release("commands")
-            if self._sweep_pending:
-                self.sweep()
         log.debug("%s: %s runs %s as pid %d", self.name, conn.peer, argv, proc.pid)
         st.cmd = cmd
         assert proc.stdout is not None and proc.stderr is not None
@@ -402,7 +372,7 @@ class CommandService(Service):
         cmd.failure = failure
         log.info("%s: pid %d of %s: %s", self.name, cmd.pid, conn.peer, failure[1:].decode(errors="replace"))
         self._end_tree(cmd)
-        self.sweep()
+        self._reaper.sweep()
         for fd in list(cmd.pipes):
             self._close_pipe(conn, cmd, fd)
         self._maybe_finish(conn, st, cmd)
@@ -429,9 +399,9 @@ class CommandService(Service):
         if cmd.proc.poll() is None:
             return  # spurious wake-up
         cmd.reaped = True
-        self._procs.pop(cmd.pid, None)
+        self._reaper.forget(cmd)
         self._release(conn, cmd)
-        self.sweep()  # its orphans are ours now: kill and reap them, so the pipes reach end-of-file
+        self._reaper.sweep()  # its orphans are ours now: kill and reap them, so the pipes reach end-of-file
         self._maybe_finish(conn, st, cmd)
 
     def _release(self, conn: Conn, cmd: _Command) -> None:
@@ -479,72 +449,9 @@ class CommandService(Service):
         self._release(conn, cmd)
         if self._stopping:
             # The engine is about to exit: reap here (SIGKILL is quick), or the trees outlive us as zombies.
-            self._reap_now(STOP_REAP_TIMEOUT)
+            self._reaper.reap_now(STOP_REAP_TIMEOUT)
         else:
-            self.sweep()  # reaps it now if it is already gone; else the SIGCHLD of its death will
-
-    # -- reaping ------------------------------------------------------------------------------------------
-
-    def sweep(self) -> None:
-        """Kill and reap every child of this process that is debris (see the module docstring), reap the
-        commands whose connection is gone, and every zombie.
-
-        Runs from the loop and from the SIGCHLD handler (which may interrupt the loop anywhere in the main
-        thread): a sweep that would nest, or that would run while a child is being started, is deferred and
-        run by the outer one."""
-        if self._sweeping or self._spawning:
-            self._sweep_pending = True
-            return
-        self._sweeping = True
-        try:
-            while True:
-                self._sweep_pending = False
-                for pid in self._leftovers():
-                    cmd = self._procs.get(pid)
-                    if cmd is None:
-                        kill_tree(pid)
-                        _reap(pid)
-                    elif cmd.proc.poll() is not None:
-                        cmd.reaped = True
-                        del self._procs[pid]
-                if not self._sweep_pending:
-                    return
-        finally:
-            self._sweeping = False
-
-    def _leftovers(self) -> List[int]:
-        """The children of this process to end and reap: abandoned commands, and the others that are not
-        (zombies aside) in the session of a command still running."""
-        running = {pid for pid, cmd in self._procs.items() if not cmd.abandoned}  # = their session IDs
-        found = []
-        for pid in children(os.getpid()):
-            cmd = self._procs.get(pid)
-            if cmd is not None:
-                if cmd.abandoned:
-                    found.append(pid)
-                continue
-            state, session = state_and_session(pid)
-            if state == b"Z" or session not in running:
-                found.append(pid)
-        return found
-
-    def _reap_now(self, timeout: float) -> None:
-        """Sweep until nothing is left to end and reap, for at most ``timeout`` s (when the server stops)."""
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            self.sweep()
-            if not self._leftovers() or time.monotonic() >= deadline:
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+            self._reaper.sweep()  # reaps it now if it is already gone; else the SIGCHLD of its death will
 
 
 def build_command_service(config: ServeConfig) -> Service:
