@@ -40,12 +40,10 @@ pipe (the timeout still runs).
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Sequence
@@ -54,15 +52,12 @@ from fastframe.wire.command import MAX_COMMAND_LINE, STDERR, STDOUT, exit_frame,
 from fastframe.wire.errors import error_frame, short
 
 from ._process import Reaper, kill_tree
-from .auth import AuthenticatedService
 from .service import Conn, Service, Timer
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
-    from .settings import ServeConfig
-
-__all__ = ["CommandService", "build_command_service", "is_loopback", "resolve_allow_list"]
+__all__ = ["CommandService", "resolve_allow_list"]
 
 log = logging.getLogger("fastframe.server")
 
@@ -87,21 +82,6 @@ def resolve_allow_list(names: Sequence[str], path: Optional[str] = None) -> Dict
             raise ValueError(f"--allow {name}: no such program on PATH")
         allowed[name] = os.path.abspath(found)
     return allowed
-
-
-def is_loopback(host: str) -> bool:
-    """True if ``host`` only ever means this machine (127.0.0.0/8, ::1, or a name resolving only to those)."""
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
 class _Command:
@@ -452,26 +432,3 @@ class CommandService(Service):
             self._reaper.reap_now(STOP_REAP_TIMEOUT)
         else:
             self._reaper.sweep()  # reaps it now if it is already gone; else the SIGCHLD of its death will
-
-
-def build_command_service(config: ServeConfig) -> Service:
-    """The factory ``fastframe serve`` uses; ValueError says why the service cannot start."""
-    if not config.allow:
-        raise ValueError("no --allow list given (nothing would be allowed to run)")
-    if config.secret is None and not is_loopback(config.host):
-        raise ValueError(f"refusing to run commands for anyone who can reach {config.host}: "
-                         "give --secret-file, or listen on 127.0.0.1")  # fmt: skip
-    cwd = os.path.abspath(config.root) if config.root else "/"
-    if not os.path.isdir(cwd):
-        raise ValueError(f"working directory {cwd} is not a directory")
-    service = CommandService(
-        config.allow,
-        cwd=cwd,
-        timeout=config.command_timeout,
-        output_cap=config.output_cap,
-        max_commands=config.max_commands,
-        max_request=config.max_request,
-    )
-    if config.secret:
-        return AuthenticatedService(service, config.secret)
-    return service

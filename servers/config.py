@@ -1,26 +1,96 @@
-"""Turning a server configuration into bound listeners and a running engine (what ``fastframe serve`` does)."""
+"""Turning a server configuration into services, bound listeners and a running engine (``fastframe serve``).
+
+The services are built here from the settings (:mod:`servers.settings`), by direct imports: a service knows
+nothing of the configuration.  The command and file services expose the machine, so they start only when
+told what to expose (an allow-list, a root), and never beyond loopback without a way to keep strangers out.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import List, Optional, Sequence, TextIO, Tuple, Union
 
-from .command import build_command_service
+from .auth import AuthenticatedService
+from .command import CommandService
 from .echo import EchoService, RawEchoService
 from .engine import Listener, SelectEngine
-from .files import build_file_service
+from .files import FileService
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
 from .prefork import PreforkEngine, _remove_pidfile, _write_pidfile
 from .service import Service
 from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
 from .timeservice import TcpTimeService, TimeService
 
-__all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_listeners", "serve"]
+__all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_command_service", "build_file_service",
+           "build_listeners", "is_loopback", "serve"]  # fmt: skip
 
 log = logging.getLogger("fastframe.server")
+
+
+# -- the services that expose the machine ----------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` only ever means this machine (127.0.0.0/8, ::1, or a name resolving only to those)."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
+def build_command_service(config: ServeConfig) -> Service:
+    """The command service (only with an allow-list; beyond loopback only with a secret); ValueError says why
+    it cannot start."""
+    if not config.allow:
+        raise ValueError("no --allow list given (nothing would be allowed to run)")
+    if config.secret is None and not is_loopback(config.host):
+        raise ValueError(f"refusing to run commands for anyone who can reach {config.host}: "
+                         "give --secret-file, or listen on 127.0.0.1")  # fmt: skip
+    cwd = os.path.abspath(config.root) if config.root else "/"
+    if not os.path.isdir(cwd):
+        raise ValueError(f"working directory {cwd} is not a directory")
+    service = CommandService(
+        config.allow,
+        cwd=cwd,
+        timeout=config.command_timeout,
+        output_cap=config.output_cap,
+        max_commands=config.max_commands,
+        max_request=config.max_request,
+    )
+    return _guarded(service, config)
+
+
+def build_file_service(config: ServeConfig) -> Service:
+    """The file service (only with a root named explicitly); ValueError says why it cannot start."""
+    if not config.root:
+        raise ValueError("no --root given (the file service serves only a directory named explicitly)")
+    service = FileService(config.root, max_request=config.max_request, allow_hidden=config.allow_hidden)
+    if not is_loopback(config.host):
+        if config.secret:
+            log.warning("files: %s is served beyond loopback (%s) without TLS: its bytes cross the network "
+                        "unencrypted (the shared secret authenticates the connection only)",
+                        service.root, config.host)  # fmt: skip
+        else:
+            log.warning("files: %s is served beyond loopback (%s) without TLS or --secret-file: anyone who can "
+                        "reach %s can download from it", service.root, config.host, config.host)  # fmt: skip
+    return _guarded(service, config)
+
+
+def _guarded(service: Service, config: ServeConfig) -> Service:
+    """``service`` behind the shared-secret handshake when the configuration has a secret."""
+    return AuthenticatedService(service, config.secret) if config.secret else service
 
 
 def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Service]]]]:

@@ -35,16 +35,12 @@ from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Tuple, Union
 from fastframe.wire.errors import WireError, error_frame, short
 from fastframe.wire.files import MAX_FILE_REQUEST, FileRequest, metadata_frame, parse_request, trailer_frame, validator
 
-from .auth import AuthenticatedService
-from .command import is_loopback
 from .service import Conn, Service
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
-    from .settings import ServeConfig
-
-__all__ = ["FileService", "build_file_service", "open_beneath"]
+__all__ = ["FileService", "open_beneath"]
 
 log = logging.getLogger("fastframe.server")
 
@@ -255,21 +251,3 @@ class FileService(Service):
     def describe(self) -> str:
         hidden = "hidden files served" if self.allow_hidden else "hidden files refused"
         return f"files (root {self.root}; symbolic links refused; {hidden})"
-
-
-def build_file_service(config: ServeConfig) -> Service:
-    """The factory ``fastframe serve`` uses; ValueError says why the service cannot start."""
-    if not config.root:
-        raise ValueError("no --root given (the file service serves only a directory named explicitly)")
-    service = FileService(config.root, max_request=config.max_request, allow_hidden=config.allow_hidden)
-    if not is_loopback(config.host):
-        if config.secret:
-            log.warning("files: %s is served beyond loopback (%s) without TLS: its bytes cross the network "
-                        "unencrypted (the shared secret authenticates the connection only)",
-                        service.root, config.host)  # fmt: skip
-        else:
-            log.warning("files: %s is served beyond loopback (%s) without TLS or --secret-file: anyone who can "
-                        "reach %s can download from it", service.root, config.host, config.host)  # fmt: skip
-    if config.secret:
-        return AuthenticatedService(service, config.secret)
-    return service

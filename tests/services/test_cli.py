@@ -163,7 +163,7 @@ def test_files_beyond_loopback_warns_once(
 ) -> None:
     # In-process: building the service logs the start-up warning; nothing is bound.
     from fastframe.servers import config as cfg
-    from fastframe.servers.files import build_file_service
+    from fastframe.servers.config import build_file_service
 
     with caplog.at_level("WARNING", logger="fastframe.server"):
         build_file_service(cfg.ServeConfig(root=str(tmp_path), host=host, secret=secret))
