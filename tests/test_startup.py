@@ -33,9 +33,10 @@ NEVER = (
     "threading",
     "ssl",
 )
-#: Needed only by the commands that use them (get: json and its metadata framing; exec: shlex; a secret: the
-#: HMAC handshake).
-ON_DEMAND = ("json", "shlex", "hashlib", "hmac", "secrets", "fastframe.wire.auth")
+#: Needed only by the commands that use them (get: json and the file protocol; exec: shlex and the command
+#: protocol; a secret: the HMAC handshake).
+ON_DEMAND = ("json", "shlex", "hashlib", "hmac", "secrets", "fastframe.wire.auth", "fastframe.wire.command",
+             "fastframe.wire.files")
 
 
 def loaded_by(code: str, cwd: Path) -> set[str]:
@@ -88,7 +89,8 @@ def test_get_loads_only_what_a_download_needs(tmp_path: Path, refused_port: int)
     modules = loaded_by(f'main(["get", "127.0.0.1:{refused_port}", "f", "-o", "out", "--timeout", "5"])', tmp_path)
     assert "fastframe.client" in modules and "json" in modules  # it got as far as the download
     # The metadata frame is read with FramedSocket: without a secret, nothing of the handshake is loaded.
-    assert not offending(modules, NEVER + ("shlex", "hashlib", "hmac", "secrets", "fastframe.wire.auth"))
+    assert not offending(modules, NEVER + ("shlex", "hashlib", "hmac", "secrets", "fastframe.wire.auth",
+                                           "fastframe.wire.command"))  # fmt: skip
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.part").exists()
 
 
@@ -101,7 +103,9 @@ def test_echo_loads_neither_json_nor_the_handshake(tmp_path: Path, refused_port:
 def test_exec_without_a_secret_loads_no_handshake(tmp_path: Path, refused_port: int) -> None:
     modules = loaded_by(f'main(["exec", "127.0.0.1:{refused_port}", "--", "true"])', tmp_path)
     assert "fastframe.client" in modules
-    assert not offending(modules, NEVER + ("json", "hashlib", "hmac", "secrets", "fastframe.wire.auth"))
+    assert "fastframe.wire.command" in modules
+    assert not offending(modules, NEVER + ("json", "hashlib", "hmac", "secrets", "fastframe.wire.auth",
+                                           "fastframe.wire.files"))  # fmt: skip
 
 
 def test_help_still_lists_every_command(tmp_path: Path) -> None:
