@@ -22,26 +22,6 @@ class CliError(Exception):
     """An error worth one line on stderr and a non-zero exit, not a traceback."""
 
 
-def _size(text: str) -> int:
-    """``1048576``, ``64k``, ``8M``, ``1GiB`` (binary multiples)."""
-    import re
-
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?\s*", text.lower())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 65536, 64k, 8M)")
-    return int(float(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)])
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
-    return value
-
-
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -52,21 +32,11 @@ def _positive(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 # -- serve ----------------------------------------------------------------------------------------------
 
 
 def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .servers.config import DEFAULT_PORTS
+    from .servers.settings import DEFAULT_PORTS, add_arguments
 
     p = sub.add_parser(
         "serve",
@@ -79,109 +49,33 @@ def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
             "socket is printed to stdout, e.g. 'echo tcp 127.0.0.1:40123'. SIGTERM stops gracefully, "
             "SIGINT (Ctrl-C) at once; with --engine prefork, SIGHUP replaces the workers and SIGTTIN/SIGTTOU add or "
             "remove one. Other signals (SIGUSR1 included) are logged and ignored. Every limit holds for the whole "
-            "server, all prefork workers together, or per connection, command or frame: none is per worker."
+            "server, all prefork workers together, or per connection, command or frame: none is per worker. "
+            "Every flag can be set in a TOML file given with --config, under its name with underscores "
+            '(max_connections = 100, allow = ["ls", "df"]); flags given on the command line win.'
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=("select", "prefork"), default="select",
-                   help="one epoll loop in one process, or a master supervising worker processes")  # fmt: skip
-    g.add_argument("--workers", type=_count, default=None, metavar="N",
-                   help="prefork worker processes (default: the number of CPUs)")  # fmt: skip
-    g.add_argument("--host", default="127.0.0.1", help="address to listen on (use with care: see --secret-file)")
-    g.add_argument("--pidfile", metavar="FILE", help="write the (master) PID to FILE")
-    g.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="logging threshold")
-
-    s = p.add_argument_group("services (ports; none given = all on their defaults)")
-    s.add_argument("--echo", type=_port, metavar="PORT", help="framed echo service (TCP)")
-    s.add_argument("--time", type=_port, metavar="PORT", help="RFC 868 time service (UDP and TCP on the same port)")
-    s.add_argument("--command", type=_port, metavar="PORT", help="remote command service (needs --allow)")
-    s.add_argument("--files", type=_port, metavar="PORT", help="file download service (needs --root)")
-
-    e = p.add_argument_group("echo and time")
-    e.add_argument("--upper", action="store_true", help="echo upper-cases what it sends back")
-    e.add_argument("--raw", action="store_true", help="echo speaks raw RFC 862 (no framing) for nc/socat")
-    e.add_argument("--time-format", choices=("unix", "rfc868"), default="unix",
-                   help="seconds since 1970 (unix) or since 1900 (rfc868, what rdate expects)")  # fmt: skip
-
-    c = p.add_argument_group("command and files")
-    c.add_argument("--allow", action="append", default=[], metavar="CMD",
-                   help="allow this program as argv[0] (repeat for more); no --allow, no command service")  # fmt: skip
-    c.add_argument("--root", metavar="DIR", default=None,
-                   help="directory served by the file service (no --root, no file service); also the commands' "
-                        "working directory (default: /)")  # fmt: skip
-    c.add_argument("--allow-hidden", action="store_true",
-                   help="let the file service serve hidden files and directories (names that start with '.')")
-    c.add_argument("--secret-file", metavar="FILE",
-                   help="require the shared secret in FILE (mutual HMAC-SHA256) for command and files")  # fmt: skip
-    c.add_argument("--command-timeout", type=_positive, default=10.0, metavar="S",
-                   help="kill a command after S seconds (per command)")  # fmt: skip
-    c.add_argument("--output-cap", type=_size, default=1 << 20, metavar="BYTES",
-                   help="kill a command after this much output, stdout and stderr together (per command)")  # fmt: skip
-    c.add_argument("--max-commands", type=_count, default=8, metavar="N",
-                   help="commands running at once in the whole server, all workers together")  # fmt: skip
-
-    lim = p.add_argument_group("limits")
-    lim.add_argument("--max-request", type=_size, default=1 << 20, metavar="BYTES",
-                     help="largest request frame (per frame)")  # fmt: skip
-    lim.add_argument("--max-connections", type=_count, default=10000, metavar="N",
-                     help="open connections in the whole server, all workers together; more are refused")  # fmt: skip
-    lim.add_argument("--idle-timeout", type=_positive, default=120.0, metavar="S",
-                     help="close a connection that reads and sends nothing, or whose client reads none of its output, "
-                          "for this long (per connection)")  # fmt: skip
-    lim.add_argument("--frame-timeout", type=_positive, default=10.0, metavar="S",
-                     help="close a connection that takes longer than this to send one frame "
-                          "(per connection)")  # fmt: skip
-    lim.add_argument("--graceful-timeout", type=_positive, default=10.0, metavar="S",
-                     help="on SIGTERM (prefork: and for workers replaced on SIGHUP), give in-flight work this long "
-                          "before closing (per process)")  # fmt: skip
+    add_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
 
 def _read_secret(path: Optional[str]) -> Optional[bytes]:
     if not path:
         return None
+    from .wire.auth import load_secret
+
     try:
-        with open(path, "rb") as f:
-            secret = f.read().strip()
-    except OSError as exc:
-        raise CliError(f"cannot read secret file {path}: {exc.strerror}") from None
-    if len(secret) < 16:
-        raise CliError(f"secret in {path} is too short ({len(secret)} bytes; use at least 16)")
-    return secret
+        return load_secret(path)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .servers.config import ConfigError, ServeConfig, serve
-    from .servers.engine import Limits
+    from .servers.config import serve
+    from .servers.settings import ConfigError, config_from
 
-    ports = {name: getattr(args, name) for name in ("echo", "time", "command", "files") if getattr(args, name) is not None}
     try:
-        limits = Limits(
-            max_connections=args.max_connections,
-            idle_timeout=args.idle_timeout,
-            frame_timeout=args.frame_timeout,
-            graceful_timeout=args.graceful_timeout,
-        )
-        config = ServeConfig(
-            engine=args.engine,
-            workers=args.workers,
-            host=args.host,
-            ports=ports,
-            upper=args.upper,
-            raw=args.raw,
-            time_format=args.time_format,
-            max_request=args.max_request,
-            limits=limits,
-            pidfile=args.pidfile,
-            allow=args.allow,
-            root=args.root,
-            allow_hidden=args.allow_hidden,
-            secret=_read_secret(args.secret_file),
-            command_timeout=args.command_timeout,
-            output_cap=args.output_cap,
-            max_commands=args.max_commands,
-        )
+        config = config_from(vars(args))
+        _setup_logging(config.log_level)
         return serve(config, out=sys.stdout)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
@@ -484,8 +378,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.subcommand is None:
         parser.print_help()
         return 2
-    if hasattr(args, "log_level"):  # the server logs; the clients print their one line themselves
-        _setup_logging(args.log_level)
     from .client import RemoteError
 
     try:

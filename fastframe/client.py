@@ -8,9 +8,10 @@ import os
 import select
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._framed import FramedSocket
+from .wire.errors import is_error, parse_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl as _ssl
@@ -132,7 +133,7 @@ def get_time(
 ) -> int:
     """Ask a time service (RFC 868, UDP by default; with ``ssl``, TCP inside TLS) and return seconds since
     1970."""
-    from fastframe.servers.timeservice import decode_time
+    from .wire.timeformat import decode_time
 
     if tcp or ssl is not None:
         with connect(host, port, timeout, ssl, server_hostname) as sock:
@@ -165,7 +166,7 @@ class RemoteError(Exception):
 
     @classmethod
     def from_frame(cls, frame: bytes) -> "RemoteError":
-        code, _, message = frame[1:].decode("utf-8", "replace").partition(" ")
+        code, message = parse_error(frame)
         if code == "auth":
             return AuthError(message or "authentication failed")
         return cls(code or "error", message)
@@ -191,7 +192,7 @@ def _open_session(
     sock = connect(host, port, timeout, ssl, server_hostname)
     try:
         if secret is not None:
-            from ._auth import HandshakeError, client_handshake
+            from .wire.auth import HandshakeError, client_handshake
 
             try:
                 client_handshake(sock, secret)
@@ -203,9 +204,15 @@ def _open_session(
     return sock
 
 
-def _check_not_challenge(frame: bytes) -> None:
-    if frame.startswith(b"FFAUTH1 "):
-        raise AuthError("the server requires a shared secret (give --secret-file)")
+def _unexpected(frame: bytes) -> RemoteError:
+    """What to raise for a reply frame the protocol does not expect here: its error, or a protocol error."""
+    if is_error(frame):
+        return RemoteError.from_frame(frame)
+    from .wire.auth import is_challenge  # (hashlib and hmac: only on this path, or with a secret)
+
+    if is_challenge(frame):
+        return AuthError("the server requires a shared secret (give --secret-file)")
+    return RemoteError("protocol", f"unexpected reply frame {frame[:16]!r}")
 
 
 Sink = Union[Callable[[bytes], Any], BinaryIO, None]
@@ -246,27 +253,24 @@ def exec_command(
     not-allowed, not-found, timeout, output-cap, bad-request, busy) or :class:`AuthError`.  ``timeout`` is how
     long to wait for each reply frame, not for the whole command.
     """
-    import shlex
+    from .wire.command import EXIT, STDERR, STDOUT, parse_exit, request_frame
 
-    line = command if isinstance(command, str) else shlex.join(list(command))
+    request = request_frame(command)
     out = _writer(stdout, sys.stdout.buffer)
     err = _writer(stderr, sys.stderr.buffer)
     with FramedSocket(_open_session(host, port, secret, timeout, ssl, server_hostname)) as fs:
-        fs.send(line.encode("utf-8"))
+        fs.send(request)
         while True:
             frame = fs.recv()
             kind = frame[:1]
-            if kind == b"O":
+            if kind == STDOUT:
                 out(frame[1:])
-            elif kind == b"E":
+            elif kind == STDERR:
                 err(frame[1:])
-            elif kind == b"X":
-                return int(frame[1:])
-            elif kind == b"!":
-                raise RemoteError.from_frame(frame)
+            elif kind == EXIT:
+                return parse_exit(frame)
             else:
-                _check_not_challenge(frame)
-                raise RemoteError("protocol", f"unexpected reply frame {frame[:16]!r}")
+                raise _unexpected(frame)
 
 
 def _recv_into_file(
@@ -439,9 +443,8 @@ def get_file(
     ``progress(done, total)`` is called as bytes arrive (``done`` counts the resumed part too).  ``timeout``
     applies to each receive.
     """
-    import json
-
-    from ._auth import recv_frame, send_frame
+    from .wire.errors import WireError
+    from .wire.files import MAX_METADATA, METADATA, TRAILER_OK, parse_metadata, request_frame
 
     tmp = part_path(out_path)
     meta_path = _meta_path(tmp)
@@ -452,42 +455,35 @@ def get_file(
     fd = os.open(tmp, flags, 0o644)
     try:
         offset = os.lseek(fd, 0, os.SEEK_END)
-        request: Dict[str, Any] = {"path": path, "offset": offset, "trailer": True}
-        if saved is not None:
-            request["validator"] = saved
         with _open_session(host, port, secret, timeout, ssl, server_hostname) as sock:
-            send_frame(sock, json.dumps(request).encode("utf-8"))
-            # Read the metadata frame exactly (header, then payload): the raw file bytes follow it.
-            meta = recv_frame(sock, _MAX_META)
-            if meta[:1] == b"!":
-                raise RemoteError.from_frame(meta)
-            if meta[:1] != b"S":
-                _check_not_challenge(meta)
-                raise RemoteError("protocol", f"unexpected reply frame {meta[:16]!r}")
-            info = json.loads(meta[1:])
-            size, length, start = int(info["size"]), int(info["length"]), int(info["offset"])
-            if start != offset:
-                if start != 0 or saved is None:
-                    raise RemoteError("protocol", f"inconsistent metadata {info!r} for offset {offset}")
+            # Frames read exactly (header, then payload), never ahead: the raw file bytes follow the metadata.
+            fs = FramedSocket(sock, max_frame=MAX_METADATA, read_ahead=False)
+            fs.send(request_frame(path, offset, saved, trailer=True))
+            meta = fs.recv()
+            if meta[:1] != METADATA:
+                raise _unexpected(meta)
+            try:
+                info = parse_metadata(meta)
+            except WireError as exc:
+                raise RemoteError(exc.code, exc.message) from None
+            size, length = info.size, info.length
+            if info.offset != offset:
+                if info.offset != 0 or saved is None:
+                    raise RemoteError("protocol", f"the bytes start at {info.offset}, not at the {offset} asked for")
                 # The file changed on the server since the partial download began: it starts over.
                 os.ftruncate(fd, 0)
                 offset = os.lseek(fd, 0, os.SEEK_SET)
-            if offset + length != size or length < 0:
-                raise RemoteError("protocol", f"inconsistent metadata {info!r} for offset {offset}")
-            found = info.get("validator")
-            if found != saved or not offset:
-                _write_validator(meta_path, found if isinstance(found, str) else None, size)
+            if info.validator != saved or not offset:
+                _write_validator(meta_path, info.validator, size)
             if progress is not None:
                 progress(offset, size)
             received = _splice_into(sock, fd, length, offset, size, progress)
             if received < length:
                 _recv_into_file(sock, fd, length - received, offset + received, size, progress)
-            if info.get("trailer"):
-                trailer = recv_frame(sock, _MAX_META)
-                if trailer[:1] == b"!":
-                    raise RemoteError.from_frame(trailer)
-                if trailer != b"T":
-                    raise RemoteError("protocol", f"unexpected trailer frame {trailer[:16]!r}")
+            if info.trailer:
+                trailer = fs.recv()
+                if trailer != TRAILER_OK:
+                    raise _unexpected(trailer)
         if os.fstat(fd).st_size != size:
             raise EOFError(f"{tmp} holds {os.fstat(fd).st_size} bytes, expected {size}")
         if fsync:

@@ -1,7 +1,7 @@
 """Shared-secret authentication in front of a service: a mutual HMAC-SHA256 challenge-response on connect.
 
 :class:`AuthenticatedService` wraps any framed TCP service.  The wire format is specified in
-``fastframe/_auth.py`` (the client side lives there too).  In short: the server sends a fresh 32-byte
+:mod:`fastframe.wire.auth` (the client side lives there too).  In short: the server sends a fresh 32-byte
 nonce, the client answers with its own nonce and an HMAC over both, the server checks it in constant time and
 answers with its own HMAC (or ``!auth ...`` and a close).
 
@@ -18,19 +18,17 @@ server hold at most one frame of that size (the command and file services take 1
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import TYPE_CHECKING, Dict, List, Optional
 
-from fastframe._auth import (
-    ACCEPTED,
-    CHALLENGE,
+from fastframe.wire.auth import (
     HANDSHAKE_MAX_FRAME,
     HANDSHAKE_TIMEOUT,
-    client_proof,
+    accept_frame,
+    challenge_frame,
+    check_response,
     new_nonce,
-    server_proof,
-    split_response,
+    refusal_frame,
 )
 
 from .service import Conn, Service, Timer
@@ -79,7 +77,7 @@ class AuthenticatedService(Service):
         pending = _Pending(nonce, None)
         self._pending[conn] = pending
         pending.timer = conn.call_later(self.timeout, lambda: self._expired(conn))
-        conn.send_frames([CHALLENGE + nonce])
+        conn.send_frames([challenge_frame(nonce)])
 
     def _expired(self, conn: Conn) -> None:
         pending = self._pending.get(conn)
@@ -91,7 +89,7 @@ class AuthenticatedService(Service):
         pending.failed = True
         if pending.timer is not None:
             pending.timer.cancel()
-        conn.send_frames([b"!auth " + reason.encode()])
+        conn.send_frames([refusal_frame(reason)])
         conn.close(flush=True)
 
     def frames_received(self, conn: Conn, frames: List[bytes]) -> Optional[List[bytes]]:
@@ -100,14 +98,8 @@ class AuthenticatedService(Service):
             return self.inner.frames_received(conn, frames)
         if pending.failed:
             return None  # refused: whatever else the client sends is dropped unread
-        try:
-            client_nonce, proof = split_response(frames[0])
-        except ValueError:
-            log.info("%s: %s sent a malformed handshake response", self.name, conn.peer)
-            self._refuse(conn, pending, "denied")
-            return None
-        expected = client_proof(self.secret, pending.nonce, client_nonce)
-        if not hmac.compare_digest(proof, expected):
+        client_nonce = check_response(self.secret, pending.nonce, frames[0])
+        if client_nonce is None:
             log.info("%s: %s failed authentication", self.name, conn.peer)
             self._refuse(conn, pending, "denied")
             return None
@@ -115,7 +107,7 @@ class AuthenticatedService(Service):
         if pending.timer is not None:
             pending.timer.cancel()
         conn.set_max_frame(self.inner.max_request)
-        conn.send_frames([ACCEPTED + server_proof(self.secret, client_nonce, pending.nonce)])
+        conn.send_frames([accept_frame(self.secret, client_nonce, pending.nonce)])
         self.inner.connection_made(conn)
         rest = frames[1:]
         if rest:  # the client did not wait for our proof: its loss if we were an impostor, not ours
@@ -129,7 +121,7 @@ class AuthenticatedService(Service):
         if pending.failed:
             return None  # the refusal is already on its way
         pending.failed = True
-        return [b"!auth bad handshake"]
+        return [refusal_frame("bad handshake")]
 
     def eof_received(self, conn: Conn) -> None:
         if conn not in self._pending:

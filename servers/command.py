@@ -1,35 +1,9 @@
 """The command service: run allow-listed programs for a client and stream their output back.
 
-Wire format
-===========
-
-Request: one frame holding a UTF-8 command line of at most ``MAX_COMMAND_LINE`` (16 KiB) bytes.  It is split
-by :func:`split_command_line` with the rules of ``shlex.split`` (POSIX mode, no comments: quotes and
-backslashes group words; ``;``, ``|``, ``#``, ``$(...)``, backquotes and globs are ordinary characters), and
-the words are passed to ``execve`` directly -- no shell ever sees them.  argv[0] must be on the allow-list
-given at start-up: a bare name (``ls``) must be one of the ``--allow`` names, a name containing ``/`` must be
-exactly the absolute path an allowed name resolved to at start-up.  argv[0] is checked before the rest of
-the line is split, and a line may hold at most ``MAX_ARGS`` (2048) words.
-
-Reply: a stream of frames, each tagged by its first byte::
-
-    b"O" + bytes                 a chunk of the command's stdout, as it arrives
-    b"E" + bytes                 a chunk of its stderr, as it arrives
-    b"X" + b"0"                  last frame: the exit status in ASCII decimal; negative -N means killed by signal N
-    b"!" + code + b" " + text    last frame instead of "X": the command was refused or stopped
-
-Error codes: ``not-allowed`` (argv[0] not on the allow-list), ``not-found`` (it could not be executed),
-``timeout`` (killed after ``timeout`` seconds), ``output-cap`` (killed after ``output_cap`` bytes of stdout
-and stderr together; the bytes up to the cap were sent), ``bad-request`` (not UTF-8, a NUL byte, unbalanced
-quotes, an empty line, more than ``MAX_ARGS`` words, arguments the kernel refuses as too long, a frame over
-the size limit -- the last one closes the connection), ``busy`` (``max_commands`` already running in the
-server, all prefork workers together, or the server is stopping: worth retrying later) and -- from
-:mod:`servers.auth` -- ``auth``.
-
-A connection runs one command at a time; request frames that arrive meanwhile queue up and run in order,
-each answered by its own stream ending in ``X`` or ``!``.  The client's end of stream (a ``shutdown``, a
-close, Ctrl-C on ``fastframe exec``) cancels: the running command's tree is killed at once, the queue is
-dropped and the connection closes -- the protocol has no use for a half-closed client.
+The protocol -- the command line and how it is split, the ``O``/``E``/``X`` reply frames, the error codes,
+one command at a time per connection, the client's end of stream as a cancel -- is specified in
+:mod:`fastframe.wire.command`, which both ends import.  This module is the server's side: running the
+commands, and containing them.
 
 Theory of operation
 ===================
@@ -48,14 +22,12 @@ tree; the server process is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so i
 rather than by init, and the server never starts a child other than a command, so every other child it has
 came out of a command's tree.  Such a child is told apart by its session: one still in the session of a
 running command belongs to it and is left alone; any other -- from a command that has ended, or one that
-left its command's session with ``setsid`` and then lost its parent -- is debris, and
-:meth:`CommandService.sweep` kills its tree and reaps it.  So when a command ends, nothing of it is left,
-not even a zombie; and a process that both leaves its command's session and loses its parent is ended as
-soon as a sweep sees it, even while its command still runs.  A sweep runs when a command ends and on every
-``SIGCHLD``; its handler runs in the main thread between two bytecodes (Python defers it there), is never
-re-entered, and only makes non-blocking ``kill``/``waitpid`` calls on processes that no other code of the
-server waits for -- no thread is involved.  The children themselves are still started with ``vfork``: no
-Python code runs in them before ``execve``.  When a prefork worker dies, its commands and what they adopted
+left its command's session with ``setsid`` and then lost its parent -- is debris, and the service's
+:class:`~servers._process.Reaper` kills its tree and reaps it, when a command ends and on every ``SIGCHLD``.
+So when a command ends, nothing of it is left, not even a zombie; and a process that both leaves its
+command's session and loses its parent is ended as soon as a sweep sees it, even while its command still
+runs.  The children themselves are still started with ``vfork``: no Python code runs in them before
+``execve``.  When a prefork worker dies, its commands and what they adopted
 go to the nearest living subreaper above (the prefork master, if it is one), which must end those trees:
 every one of its children that is not a worker, with :func:`kill_tree`.  (A cgroup would hold a tree as
 well, but is writable only where one was delegated to the server; /proc and prctl work for any Linux user.)
@@ -68,36 +40,24 @@ pipe (the timeout still runs).
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Sequence
 
-from ._process import become_subreaper, children, kill_tree, state_and_session
-from .auth import AuthenticatedService
-from .config import ServeConfig, register_factory
+from fastframe.wire.command import MAX_COMMAND_LINE, STDERR, STDOUT, exit_frame, parse_command
+from fastframe.wire.errors import error_frame, short
+
+from ._process import Reaper, kill_tree
 from .service import Conn, Service, Timer
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
-__all__ = [
-    "MAX_ARGS",
-    "MAX_COMMAND_LINE",
-    "CommandService",
-    "build_command_service",
-    "is_loopback",
-    "parse_command",
-    "resolve_allow_list",
-    "split_command_line",
-]
+__all__ = ["CommandService", "resolve_allow_list"]
 
 log = logging.getLogger("fastframe.server")
 
@@ -107,134 +67,6 @@ HIGH_WATER = 1024 * 1024  # stop reading the pipes while this much output waits 
 QUEUE_LIMIT = 32  # stop reading requests from a client with this many commands waiting
 POLL_INTERVAL = 0.05  # exit polling where there is no pidfd
 STOP_REAP_TIMEOUT = 1.0  # how long a stopping server waits for the trees it killed
-
-#: The longest command line accepted (bytes of UTF-8).  Splitting costs the loop up to about 0.2 us a byte
-#: (a line of empty quotes, '', one step per two bytes: 3 ms for 16 KiB on a loaded 2-core machine), so this
-#: bounds what one request costs to a few milliseconds.  The kernel would take longer lines, but a command
-#: line is typed, not generated.
-MAX_COMMAND_LINE = 16 * 1024
-#: The most words a command line may hold.
-MAX_ARGS = 2048
-
-
-# -- splitting a command line -------------------------------------------------------------------------------
-#
-# shlex.split appends to its token one character at a time and so takes quadratic time on one long word
-# (a 1 MiB word took over a minute).  This splitter applies the same rules a piece at a time: it searches for
-# the next character that means something (whitespace, a quote, a backslash) and copies everything before it
-# in one slice; a single-quoted string is one str.find.  Every search starts where the last one stopped, so
-# the whole line is scanned once: linear time.  (No regular expression with a repeated group is used: the re
-# module's backtracking stack makes those superlinear on long inputs.)  The Python-level work is one step per
-# quoted string, escape or word, at most one per two bytes, which MAX_COMMAND_LINE bounds.
-
-_WHITESPACE = " \t\r\n"  # shlex's, in POSIX mode: \x0b, \x0c and Unicode spaces are word characters
-_SPECIAL = re.compile(r"[ \t\r\n'\"\\]").search
-_DOUBLE_SPECIAL = re.compile(r'["\\]').search
-_WHITESPACE_RUN = re.compile(r"[ \t\r\n]+").match
-
-
-def _after_whitespace(text: str, pos: int) -> int:
-    run = _WHITESPACE_RUN(text, pos)
-    return pos if run is None else run.end()
-
-
-def _double_quoted(text: str, pos: int, word: List[str]) -> int:
-    """Append the string whose opening quote is at ``pos - 1``; return the position after its closing quote.
-
-    Inside double quotes a backslash escapes only a backslash and ``"``; before anything else it stays."""
-    end = len(text)
-    while True:
-        found = _DOUBLE_SPECIAL(text, pos)
-        if found is None:
-            raise ValueError("No closing quotation")
-        at = found.start()
-        word.append(text[pos:at])
-        if text[at] == '"':
-            return at + 1
-        if at + 1 == end:
-            raise ValueError("No escaped character")
-        escaped = text[at + 1]
-        word.append(escaped if escaped in '\\"' else "\\" + escaped)
-        pos = at + 2
-
-
-def iter_words(text: str) -> Iterator[str]:
-    """The words of ``text`` one by one, as :func:`split_command_line` splits them (lazily: stopping early
-    leaves the rest of the line unread)."""
-    end = len(text)
-    pos = _after_whitespace(text, 0)
-    word: List[str] = []
-    in_word = False
-    while pos < end:
-        found = _SPECIAL(text, pos)
-        at = end if found is None else found.start()
-        if at > pos:
-            word.append(text[pos:at])
-            in_word = True
-        if at == end:
-            break
-        char = text[at]
-        if char in _WHITESPACE:
-            if in_word:
-                yield "".join(word)
-                word = []
-                in_word = False
-            pos = _after_whitespace(text, at)
-        elif char == "'":
-            close = text.find("'", at + 1)
-            if close < 0:
-                raise ValueError("No closing quotation")
-            word.append(text[at + 1 : close])
-            in_word = True
-            pos = close + 1
-        elif char == '"':
-            pos = _double_quoted(text, at + 1, word)
-            in_word = True
-        else:  # a backslash: the next character, whatever it is, stands for itself
-            if at + 1 == end:
-                raise ValueError("No escaped character")
-            word.append(text[at + 1])
-            in_word = True
-            pos = at + 2
-    if in_word:
-        yield "".join(word)
-
-
-def split_command_line(text: str) -> List[str]:
-    """``shlex.split(text)`` in linear time: the same words, the same ``ValueError`` messages."""
-    return list(iter_words(text))
-
-
-def parse_command(raw: bytes, lookup: Callable[[str], Optional[str]]) -> Union[Tuple[str, List[str]], bytes]:
-    """``(executable, argv)`` for a request frame, or the error frame that answers it.
-
-    ``lookup(argv0)`` returns the executable of an allowed argv[0], else None; it is asked before the rest of
-    the line is split.  Any input gives one or the other: nothing else is raised."""
-    if len(raw) > MAX_COMMAND_LINE:
-        return _error("bad-request", f"the command line is {len(raw)} bytes; the limit is {MAX_COMMAND_LINE}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return _error("bad-request", "the command line is not valid UTF-8")
-    if "\x00" in text:
-        return _error("bad-request", "NUL byte in the command line")
-    words = iter_words(text)
-    try:
-        argv0 = next(words, None)
-        if argv0 is None:
-            return _error("bad-request", "empty command line")
-        executable = lookup(argv0)
-        if executable is None:
-            return _error("not-allowed", f"{_short(argv0)} is not on the allow-list")
-        argv = [argv0]
-        for word in words:
-            if len(argv) == MAX_ARGS:
-                return _error("bad-request", f"more than {MAX_ARGS} words in the command line")
-            argv.append(word)
-    except ValueError as exc:
-        return _error("bad-request", f"cannot split the command line: {exc}")
-    return executable, argv
-
 
 # -- processes --------------------------------------------------------------------------------------------
 
@@ -252,29 +84,6 @@ def resolve_allow_list(names: Sequence[str], path: Optional[str] = None) -> Dict
     return allowed
 
 
-def is_loopback(host: str) -> bool:
-    """True if ``host`` only ever means this machine (127.0.0.0/8, ::1, or a name resolving only to those)."""
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
-
-
-def _error(code: str, message: str) -> bytes:
-    return b"!" + code.encode() + b" " + message.encode("utf-8", "replace")
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
 class _Command:
     """One running child and everything the loop watches for it."""
 
@@ -284,7 +93,7 @@ class _Command:
     def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
         self.proc = proc
         self.pid = proc.pid  # a new session: the child leads its own process group too
-        self.pipes: Dict[int, bytes] = {}  # open pipe fd -> frame tag (b"O" / b"E")
+        self.pipes: Dict[int, bytes] = {}  # open pipe fd -> frame tag (STDOUT / STDERR)
         self.watching = False
         self.pidfd = -1
         self.timer: Optional[Timer] = None
@@ -337,12 +146,8 @@ class CommandService(Service):
         # A longer frame could never be a command line: refuse its header before buffering it.
         self.max_request = min(max_request, MAX_COMMAND_LINE)
         self._stopping = False
-        self._setup_pid = 0
         self._pidfd_ok = hasattr(os, "pidfd_open")
-        self._procs: Dict[int, _Command] = {}  # every command child of this process not yet reaped
-        self._sweeping = False
-        self._sweep_pending = False
-        self._spawning = False
+        self._reaper = Reaper(self.name)  # every command child of this process not yet reaped, and the debris
 
     def lookup(self, argv0: str) -> Optional[str]:
         """The executable to run for argv[0], or None if it is not allowed."""
@@ -381,7 +186,7 @@ class CommandService(Service):
         st: Optional[_ConnState] = conn.state
         if st is not None:
             self._abandon(conn, st)
-        return [_error("bad-request", str(exc))]
+        return [error_frame("bad-request", str(exc))]
 
     def output_drained(self, conn: Conn) -> None:
         st: Optional[_ConnState] = conn.state
@@ -401,7 +206,8 @@ class CommandService(Service):
 
     def describe(self) -> str:
         names = ", ".join(sorted(self.allowed))
-        return f"command (allowed: {names}; timeout {self.timeout:g} s, output cap {self.output_cap} bytes, cwd {self.cwd})"
+        limits = f"timeout {self.timeout:g} s, output cap {self.output_cap} bytes"
+        return f"command (allowed: {names}; {limits}, cwd {self.cwd})"
 
     # -- running commands ---------------------------------------------------------------------------------
 
@@ -413,7 +219,7 @@ class CommandService(Service):
                 st.admitted -= 1
                 refusal = self._start(conn, st, raw)
             else:
-                refusal = _error("busy", "the server is shutting down")
+                refusal = error_frame("busy", "the server is shutting down")
             if refusal is not None:
                 conn.send_frames([refusal])
         if st.paused and len(st.queue) < QUEUE_LIMIT // 2 and not st.closed:
@@ -421,70 +227,51 @@ class CommandService(Service):
             conn.resume_reading()
         conn.busy = st.cmd is not None or bool(st.queue)
 
-    def _setup_process(self) -> None:
-        """Once per process (a prefork worker is a new one): become a subreaper and sweep on SIGCHLD."""
-        if self._setup_pid == os.getpid():
-            return
-        self._setup_pid = os.getpid()
-        self._procs.clear()  # inherited from a parent process: not our children
-        become_subreaper()
-        signal.signal(signal.SIGCHLD, self._on_sigchld)
-
-    def _on_sigchld(self, signum: int, frame: Any) -> None:
-        try:
-            self.sweep()
-        except Exception:  # raised here, it would surface wherever the loop happened to be
-            log.exception("%s: sweeping the trees of ended commands failed", self.name)
-
     def _start(self, conn: Conn, st: _ConnState, raw: bytes) -> Optional[bytes]:
         parsed = parse_command(raw, self.lookup)
         if isinstance(parsed, bytes):
             return parsed
         executable, argv = parsed
         if not conn.acquire("commands", self.max_commands):  # given back by _release (or below if none starts)
-            return _error("busy", f"{self.max_commands} commands are already running; try again later")
+            return error_frame("busy", f"{self.max_commands} commands are already running; try again later")
         started = False
-        self._setup_process()
-        self._spawning = True  # until the child is in _procs, a sweep would take it for debris
+        self._reaper.setup()
         try:
-            proc = subprocess.Popen(
-                argv,
-                executable=executable,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=self.cwd,
-                env=CHILD_ENV,
-                close_fds=True,
-                start_new_session=True,
-                bufsize=0,
-            )
+            with self._reaper.spawning():  # until the child is tracked, a sweep would take it for debris
+                proc = subprocess.Popen(
+                    argv,
+                    executable=executable,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=self.cwd,
+                    env=CHILD_ENV,
+                    close_fds=True,
+                    start_new_session=True,
+                    bufsize=0,
+                )
+                cmd = _Command(proc)
+                self._reaper.track(cmd)
             started = True
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
-            return _error("not-found", f"cannot execute {_short(argv[0])}: {exc.strerror}")
+            return error_frame("not-found", f"cannot execute {short(argv[0])}: {exc.strerror}")
         except OSError as exc:
             if exc.errno == errno.ENOEXEC:
-                return _error("not-found", f"cannot execute {_short(argv[0])}: {exc.strerror}")
+                return error_frame("not-found", f"cannot execute {short(argv[0])}: {exc.strerror}")
             if exc.errno == errno.E2BIG:  # can never succeed: not worth a retry
-                return _error("bad-request", f"the kernel refuses arguments this long: {exc.strerror}")
+                return error_frame("bad-request", f"the kernel refuses arguments this long: {exc.strerror}")
             log.warning("%s: cannot start %s: %s", self.name, argv[0], exc)
-            return _error("busy", f"cannot start a process now: {exc.strerror or exc}")
+            return error_frame("busy", f"cannot start a process now: {exc.strerror or exc}")
         except (ValueError, subprocess.SubprocessError) as exc:  # pragma: no cover - NUL bytes are refused above
             log.warning("%s: cannot start %s: %s", self.name, argv[0], exc)
-            return _error("busy", f"cannot start a process now: {exc}")
-        else:
-            cmd = _Command(proc)
-            self._procs[proc.pid] = cmd
+            return error_frame("busy", f"cannot start a process now: {exc}")
         finally:
-            self._spawning = False
             if not started:
                 conn.release("commands")
-            if self._sweep_pending:
-                self.sweep()
         log.debug("%s: %s runs %s as pid %d", self.name, conn.peer, argv, proc.pid)
         st.cmd = cmd
         assert proc.stdout is not None and proc.stderr is not None
-        for stream, tag in ((proc.stdout, b"O"), (proc.stderr, b"E")):
+        for stream, tag in ((proc.stdout, STDOUT), (proc.stderr, STDERR)):
             fd = stream.fileno()
             os.set_blocking(fd, False)
             cmd.pipes[fd] = tag
@@ -499,7 +286,7 @@ class CommandService(Service):
         else:
             cmd.poll_timer = conn.call_later(POLL_INTERVAL, lambda: self._poll(conn, st, cmd))
         cmd.timer = conn.call_later(
-            self.timeout, lambda: self._kill(conn, st, cmd, _error("timeout", f"killed after {self.timeout:g} s"))
+            self.timeout, lambda: self._kill(conn, st, cmd, error_frame("timeout", f"killed after {self.timeout:g} s"))
         )
         return None
 
@@ -539,7 +326,7 @@ class CommandService(Service):
                 if room > 0:
                     cmd.sent += room
                     conn.send_frames([tag + data[:room]])
-                self._kill(conn, st, cmd, _error("output-cap", f"output exceeded {self.output_cap} bytes; killed"))
+                self._kill(conn, st, cmd, error_frame("output-cap", f"output exceeded {self.output_cap} bytes; killed"))
                 return
             cmd.sent += len(data)
             conn.send_frames([tag + data])
@@ -565,7 +352,7 @@ class CommandService(Service):
         cmd.failure = failure
         log.info("%s: pid %d of %s: %s", self.name, cmd.pid, conn.peer, failure[1:].decode(errors="replace"))
         self._end_tree(cmd)
-        self.sweep()
+        self._reaper.sweep()
         for fd in list(cmd.pipes):
             self._close_pipe(conn, cmd, fd)
         self._maybe_finish(conn, st, cmd)
@@ -592,9 +379,9 @@ class CommandService(Service):
         if cmd.proc.poll() is None:
             return  # spurious wake-up
         cmd.reaped = True
-        self._procs.pop(cmd.pid, None)
+        self._reaper.forget(cmd)
         self._release(conn, cmd)
-        self.sweep()  # its orphans are ours now: kill and reap them, so the pipes reach end-of-file
+        self._reaper.sweep()  # its orphans are ours now: kill and reap them, so the pipes reach end-of-file
         self._maybe_finish(conn, st, cmd)
 
     def _release(self, conn: Conn, cmd: _Command) -> None:
@@ -618,7 +405,7 @@ class CommandService(Service):
         if cmd.failure is not None:
             conn.send_frames([cmd.failure])
         else:
-            conn.send_frames([b"X" + str(cmd.proc.returncode).encode()])
+            conn.send_frames([exit_frame(cmd.proc.returncode)])
         self._next(conn, st)
 
     def _abandon(self, conn: Conn, st: _ConnState) -> None:
@@ -642,96 +429,6 @@ class CommandService(Service):
         self._release(conn, cmd)
         if self._stopping:
             # The engine is about to exit: reap here (SIGKILL is quick), or the trees outlive us as zombies.
-            self._reap_now(STOP_REAP_TIMEOUT)
+            self._reaper.reap_now(STOP_REAP_TIMEOUT)
         else:
-            self.sweep()  # reaps it now if it is already gone; else the SIGCHLD of its death will
-
-    # -- reaping ------------------------------------------------------------------------------------------
-
-    def sweep(self) -> None:
-        """Kill and reap every child of this process that is debris (see the module docstring), reap the
-        commands whose connection is gone, and every zombie.
-
-        Runs from the loop and from the SIGCHLD handler (which may interrupt the loop anywhere in the main
-        thread): a sweep that would nest, or that would run while a child is being started, is deferred and
-        run by the outer one."""
-        if self._sweeping or self._spawning:
-            self._sweep_pending = True
-            return
-        self._sweeping = True
-        try:
-            while True:
-                self._sweep_pending = False
-                for pid in self._leftovers():
-                    cmd = self._procs.get(pid)
-                    if cmd is None:
-                        kill_tree(pid)
-                        _reap(pid)
-                    elif cmd.proc.poll() is not None:
-                        cmd.reaped = True
-                        del self._procs[pid]
-                if not self._sweep_pending:
-                    return
-        finally:
-            self._sweeping = False
-
-    def _leftovers(self) -> List[int]:
-        """The children of this process to end and reap: abandoned commands, and the others that are not
-        (zombies aside) in the session of a command still running."""
-        running = {pid for pid, cmd in self._procs.items() if not cmd.abandoned}  # = their session IDs
-        found = []
-        for pid in children(os.getpid()):
-            cmd = self._procs.get(pid)
-            if cmd is not None:
-                if cmd.abandoned:
-                    found.append(pid)
-                continue
-            state, session = state_and_session(pid)
-            if state == b"Z" or session not in running:
-                found.append(pid)
-        return found
-
-    def _reap_now(self, timeout: float) -> None:
-        """Sweep until nothing is left to end and reap, for at most ``timeout`` s (when the server stops)."""
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while True:
-            self.sweep()
-            if not self._leftovers() or time.monotonic() >= deadline:
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def build_command_service(config: ServeConfig) -> Service:
-    """The factory ``fastframe serve`` uses; ValueError says why the service cannot start."""
-    if not config.allow:
-        raise ValueError("no --allow list given (nothing would be allowed to run)")
-    if config.secret is None and not is_loopback(config.host):
-        raise ValueError(
-            f"refusing to run commands for anyone who can reach {config.host}: give --secret-file, or listen on 127.0.0.1"
-        )
-    cwd = os.path.abspath(config.root) if config.root else "/"
-    if not os.path.isdir(cwd):
-        raise ValueError(f"working directory {cwd} is not a directory")
-    service = CommandService(
-        config.allow,
-        cwd=cwd,
-        timeout=config.command_timeout,
-        output_cap=config.output_cap,
-        max_commands=config.max_commands,
-        max_request=config.max_request,
-    )
-    if config.secret:
-        return AuthenticatedService(service, config.secret)
-    return service
-
-
-register_factory("command", build_command_service)
+            self._reaper.sweep()  # reaps it now if it is already gone; else the SIGCHLD of its death will

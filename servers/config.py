@@ -1,71 +1,96 @@
-"""Turning a server configuration into bound listeners and a running engine (what ``fastframe serve`` does)."""
+"""Turning a server configuration into services, bound listeners and a running engine (``fastframe serve``).
+
+The services are built here from the settings (:mod:`servers.settings`), by direct imports: a service knows
+nothing of the configuration.  The command and file services expose the machine, so they start only when
+told what to expose (an allow-list, a root), and never beyond loopback without a way to keep strangers out.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple, Union
+from typing import List, Optional, Sequence, TextIO, Tuple, Union
 
+from .auth import AuthenticatedService
+from .command import CommandService
 from .echo import EchoService, RawEchoService
-from .engine import Limits, Listener, SelectEngine
+from .engine import Listener, SelectEngine
+from .files import FileService
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
 from .prefork import PreforkEngine, _remove_pidfile, _write_pidfile
-from .service import DEFAULT_MAX_REQUEST, Service
+from .service import Service
+from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
 from .timeservice import TcpTimeService, TimeService
 
-__all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_listeners", "serve"]
+__all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_command_service", "build_file_service",
+           "build_listeners", "is_loopback", "serve"]  # fmt: skip
 
 log = logging.getLogger("fastframe.server")
 
-#: Default ports when a service is started without one.
-DEFAULT_PORTS = {"echo": 7007, "time": 3737, "command": 5140, "files": 2121}
-SERVICES = ("echo", "time", "command", "files")
+
+# -- the services that expose the machine ----------------------------------------------------------------
 
 
-class ConfigError(Exception):
-    """A configuration that cannot be served; the message is one readable line."""
+def is_loopback(host: str) -> bool:
+    """True if ``host`` only ever means this machine (127.0.0.0/8, ::1, or a name resolving only to those)."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
-class ServeConfig:
-    """Everything ``fastframe serve`` can be told.  ``ports`` maps service name -> port (0: ephemeral);
-    a service missing from it is not started, and an empty mapping means every service on its default port
-    (the command and file services only where they are configured: an allow-list, a root)."""
-
-    def __init__(self, **kwargs: object) -> None:
-        self.engine = "select"
-        self.workers: Optional[int] = None
-        self.host = "127.0.0.1"
-        self.ports: Dict[str, int] = {}
-        self.upper = False
-        self.raw = False
-        self.time_format = "unix"
-        self.max_request = DEFAULT_MAX_REQUEST
-        self.limits = Limits()
-        self.pidfile: Optional[str] = None
-        # command and file services
-        self.allow: List[str] = []
-        self.root: Optional[str] = None
-        self.allow_hidden = False
-        self.secret: Optional[bytes] = None
-        self.command_timeout = 10.0
-        self.output_cap = 1024 * 1024
-        self.max_commands = 8
-        for key, value in kwargs.items():
-            if not hasattr(self, key):
-                raise TypeError(f"unknown setting {key!r}")
-            setattr(self, key, value)
+def build_command_service(config: ServeConfig) -> Service:
+    """The command service (only with an allow-list; beyond loopback only with a secret); ValueError says why
+    it cannot start."""
+    if not config.allow:
+        raise ValueError("no --allow list given (nothing would be allowed to run)")
+    if config.secret is None and not is_loopback(config.host):
+        raise ValueError(f"refusing to run commands for anyone who can reach {config.host}: "
+                         "give --secret-file, or listen on 127.0.0.1")  # fmt: skip
+    cwd = os.path.abspath(config.root) if config.root else "/"
+    if not os.path.isdir(cwd):
+        raise ValueError(f"working directory {cwd} is not a directory")
+    service = CommandService(
+        config.allow,
+        cwd=cwd,
+        timeout=config.command_timeout,
+        output_cap=config.output_cap,
+        max_commands=config.max_commands,
+        max_request=config.max_request,
+    )
+    return _guarded(service, config)
 
 
-# Builders for the command and file services register here (servers.command / servers.files), so that
-# this module does not need to know their options.
-ServiceFactory = Callable[[ServeConfig], Optional[Service]]
-_FACTORIES: Dict[str, ServiceFactory] = {}
+def build_file_service(config: ServeConfig) -> Service:
+    """The file service (only with a root named explicitly); ValueError says why it cannot start."""
+    if not config.root:
+        raise ValueError("no --root given (the file service serves only a directory named explicitly)")
+    service = FileService(config.root, max_request=config.max_request, allow_hidden=config.allow_hidden)
+    if not is_loopback(config.host):
+        if config.secret:
+            log.warning("files: %s is served beyond loopback (%s) without TLS: its bytes cross the network "
+                        "unencrypted (the shared secret authenticates the connection only)",
+                        service.root, config.host)  # fmt: skip
+        else:
+            log.warning("files: %s is served beyond loopback (%s) without TLS or --secret-file: anyone who can "
+                        "reach %s can download from it", service.root, config.host, config.host)  # fmt: skip
+    return _guarded(service, config)
 
 
-def register_factory(name: str, factory: ServiceFactory) -> None:
-    _FACTORIES[name] = factory
+def _guarded(service: Service, config: ServeConfig) -> Service:
+    """``service`` behind the shared-secret handshake when the configuration has a secret."""
+    return AuthenticatedService(service, config.secret) if config.secret else service
 
 
 def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Service]]]]:
@@ -81,28 +106,22 @@ def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Servi
             svc: Service = RawEchoService(config.upper) if config.raw else EchoService(config.upper, config.max_request)
             out.append((name, port, [("tcp", svc)]))
         elif name == "time":
-            out.append((name, port, [("udp", TimeService(config.time_format)), ("tcp", TcpTimeService(config.time_format))]))
+            fmt = config.time_format
+            out.append((name, port, [("udp", TimeService(fmt)), ("tcp", TcpTimeService(fmt))]))
         else:
-            factory = _FACTORIES.get(name)
-            if factory is None:
-                if explicit:
-                    raise ConfigError(f"the {name} service is not available in this build")
-                continue
             try:
-                built = factory(config)
+                built = build_command_service(config) if name == "command" else build_file_service(config)
             except ValueError as exc:
                 if explicit:
                     raise ConfigError(f"{name}: {exc}") from None
                 print(f"fastframe: {name} service disabled: {exc}", file=sys.stderr, flush=True)
                 continue
-            if built is not None:
-                out.append((name, port, [("tcp", built)]))
+            out.append((name, port, [("tcp", built)]))
     return out
 
 
 def build_listeners(config: ServeConfig) -> List[Listener]:
     """Bind (or take over from systemd) one socket per service and transport."""
-    _load_optional_services()
     plan = _services(config)
     passed = systemd_sockets()
     listeners: List[Listener] = []
@@ -136,15 +155,6 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
         for listener in listeners:
             listener.sock.close()
         raise
-
-
-def _load_optional_services() -> None:
-    for module in ("command", "files"):
-        try:
-            __import__(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{module}":
-                raise
 
 
 def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional[Sequence[Listener]] = None) -> int:

@@ -1,48 +1,8 @@
 """The file service: download regular files from under one root directory, zero-copy, resumable.
 
-Wire format
-===========
-
-Request: one frame (at most ``MAX_FILE_REQUEST``, 32 KiB) holding a UTF-8 JSON object::
-
-    {"path": "dir/name.txt", "offset": 0, "validator": "9f2c...", "trailer": true}
-
-``path`` (a string, required) is relative to the served root, components separated by ``/``; ``offset``
-(a non-negative integer, optional, default 0) is where to start, for resuming; ``validator`` (a string,
-optional) is the validator of the metadata frame of the download being resumed; ``trailer`` (a boolean,
-optional, default false) asks for a trailer frame after the bytes.  Other keys are ignored.  Because the
-path is a JSON string, every byte of it is explicit: a NUL (``\\u0000``) is detected and refused, and
-nothing is percent-decoded -- ``%2e%2e/x`` names a directory literally called ``%2e%2e``.
-
-Reply: one metadata frame, then (on success) raw, unframed file bytes, then (if asked) a trailer frame::
-
-    b"S" + JSON {"size": S, "offset": O, "length": L, "validator": V}    then exactly L = S - O raw bytes
-    b"T"                                                                 trailer: the L bytes are consistent
-    b"!changed " + message                                               trailer: the file changed meanwhile
-    b"!" + code + b" " + message                                         instead of "S": nothing follows
-
-``size`` is the size of the file actually opened (its ``fstat``), taken once.  ``validator`` is an opaque
-string that changes whenever the file is replaced or rewritten (a hash of its device, inode, size, mtime and
-ctime): compare it, do not parse it.  A request carrying a ``validator`` that no longer matches is answered
-from the start of the current file whatever its ``offset`` -- the metadata frame then says ``"offset": 0``
--- so a resumed download can never splice two versions together.  When the request asked for a trailer, the
-metadata frame also carries ``"trailer": true`` (a server without the feature leaves it out and sends none).
-
-The file is checked again (``fstat``) once its bytes are sent.  If it changed meanwhile -- rewritten in
-place, truncated or grown -- the bytes sent may mix two versions and cannot be taken back, so the server
-says so: with a trailer, in the trailer frame (``!changed``); without one (clients that predate it), by
-holding back the file's last byte and closing the connection, which such a client already treats as a
-broken transfer (it keeps its partial file and never completes it).  A file that shrinks cuts the
-connection short the same way.  The check compares size and timestamps, so a rewrite that keeps the size
-within one tick of the file system's clock can go unnoticed.
-
-Error codes: ``bad-request`` (not a JSON object, no string path, a bad ``offset``, ``validator`` or
-``trailer`` type, nesting deeper than the JSON parser takes, a NUL byte, a frame over the size limit),
-``forbidden`` (an absolute path, a ``..`` component, a hidden component -- one that starts with ``.`` --
-unless the server runs with ``allow_hidden``, a symbolic link anywhere on the way, permission denied),
-``not-found``, ``not-a-file`` (a directory, FIFO, socket or device), ``bad-offset`` (offset beyond the end
-of the file), ``changed`` (trailer only) and -- from :mod:`servers.auth` -- ``auth``.  Requests on one
-connection are answered one after another, in order.
+The protocol -- the JSON request, the ``S`` metadata frame, the raw bytes, the ``T`` or ``!changed`` trailer,
+the error codes -- is specified in :mod:`fastframe.wire.files`, which both ends import.  This module is the
+server's side of it: confinement to the root, sending the bytes, and checking that the file held still.
 
 Confinement
 ===========
@@ -66,124 +26,43 @@ transfer ends, fails, or the connection goes away.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import os
 import stat
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, List, NamedTuple, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Tuple, Union
 
-from .auth import AuthenticatedService
-from .command import is_loopback
-from .config import ServeConfig, register_factory
+from fastframe.wire.errors import WireError, error_frame, short
+from fastframe.wire.files import MAX_FILE_REQUEST, FileRequest, metadata_frame, parse_request, trailer_frame, validator
+
 from .service import Conn, Service
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
-__all__ = ["MAX_FILE_REQUEST", "FileRequest", "FileService", "build_file_service", "parse_request", "validator"]
+__all__ = ["FileService", "open_beneath"]
 
 log = logging.getLogger("fastframe.server")
 
-#: The largest request frame: a JSON object holding one path (a PATH_MAX path fits even fully \u-escaped).
-MAX_FILE_REQUEST = 32 * 1024
-
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
-_MAX_DIGITS = 20  # an offset never needs more; int() of a long digit string is quadratic before Python 3.11
-_MAX_VALIDATOR = 128
 
 
-class RequestError(Exception):
-    """A request that gets an error frame: ``code`` and a one-line message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def frame(self) -> bytes:
-        return b"!" + self.code.encode() + b" " + self.message.encode("utf-8", "replace")
-
-
-class FileRequest(NamedTuple):
-    parts: List[str]  # the path's components, never empty, never "." or ".."
-    offset: int
-    validator: Optional[str]  # of the download being resumed
-    trailer: bool  # the client wants a trailer frame after the bytes
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _parse_int(digits: str) -> int:
-    if len(digits) > _MAX_DIGITS:
-        raise ValueError("number too long")
-    return int(digits)
-
-
-def parse_request(raw: bytes, allow_hidden: bool = False) -> FileRequest:
-    """The request in a frame; RequestError if it is malformed or not allowed (nothing else is raised)."""
-    if len(raw) > MAX_FILE_REQUEST:
-        raise RequestError("bad-request", f"the request is {len(raw)} bytes; the limit is {MAX_FILE_REQUEST}")
-    try:
-        request = json.loads(raw.decode("utf-8"), parse_int=_parse_int)
-    except (UnicodeDecodeError, ValueError):
-        raise RequestError("bad-request", 'expected a UTF-8 JSON object like {"path": "a/b.txt", "offset": 0}') from None
-    except RecursionError:  # the json module's own depth limit
-        raise RequestError("bad-request", "the request is nested too deeply") from None
-    if not isinstance(request, dict):
-        raise RequestError("bad-request", 'expected a JSON object like {"path": "a/b.txt", "offset": 0}')
-    path = request.get("path")
-    offset = request.get("offset", 0)
-    check = request.get("validator")
-    trailer = request.get("trailer", False)
-    if not isinstance(path, str):
-        raise RequestError("bad-request", '"path" must be a string')
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise RequestError("bad-request", '"offset" must be a non-negative integer')
-    if check is not None and (not isinstance(check, str) or len(check) > _MAX_VALIDATOR):
-        raise RequestError("bad-request", f'"validator" must be a string of at most {_MAX_VALIDATOR} characters')
-    if not isinstance(trailer, bool):
-        raise RequestError("bad-request", '"trailer" must be true or false')
-    if "\x00" in path:
-        raise RequestError("bad-request", "NUL byte in the path")
-    if path.startswith("/"):
-        raise RequestError("forbidden", f"{_short(path)} is absolute; paths are relative to the served root")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise RequestError("forbidden", f"{_short(path)} has a '..' component")
-    if not allow_hidden and any(p.startswith(".") for p in parts):
-        raise RequestError("forbidden", f"{_short(path)} has a hidden component (starting with '.')")
-    if not parts:
-        raise RequestError("not-a-file", f"{_short(path)} is the root directory")
-    return FileRequest(parts, offset, check, trailer)
-
-
-def validator(info: os.stat_result) -> str:
-    """An opaque token that changes when the file is replaced or rewritten (like an HTTP ETag)."""
-    key = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
-    # Hashed: inode numbers are not the client's business.
-    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
-
-
-def _why(exc: OSError, dir_fd: int, name: str, path: str) -> RequestError:
+def _why(exc: OSError, dir_fd: int, name: str, path: str) -> WireError:
     """Turn a failed openat into the error the client gets (refined by an lstat, for the message only)."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         st = None
     if st is not None and stat.S_ISLNK(st.st_mode):
-        return RequestError("forbidden", f"{_short(path)}: {_short(name)} is a symbolic link")
+        return WireError("forbidden", f"{short(path)}: {short(name)} is a symbolic link")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return RequestError("not-found", f"{_short(path)} does not exist")
+        return WireError("not-found", f"{short(path)} does not exist")
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return RequestError("forbidden", f"{_short(path)}: permission denied")
+        return WireError("forbidden", f"{short(path)}: permission denied")
     if exc.errno == errno.ENAMETOOLONG:
-        return RequestError("bad-request", "a path component is too long")
-    return RequestError("not-found", f"{_short(path)}: {exc.strerror or exc}")
+        return WireError("bad-request", "a path component is too long")
+    return WireError("not-found", f"{short(path)}: {exc.strerror or exc}")
 
 
 def open_beneath(root_fd: int, parts: List[str], path: str) -> Tuple[int, os.stat_result]:
@@ -205,9 +84,9 @@ def open_beneath(root_fd: int, parts: List[str], path: str) -> Tuple[int, os.sta
         except OSError as exc:
             raise _why(exc, cur, name, path) from None
         if stat.S_ISLNK(pre.st_mode):
-            raise RequestError("forbidden", f"{_short(path)}: {_short(name)} is a symbolic link")
+            raise WireError("forbidden", f"{short(path)}: {short(name)} is a symbolic link")
         if not stat.S_ISREG(pre.st_mode):
-            raise RequestError("not-a-file", f"{_short(path)} is not a regular file")
+            raise WireError("not-a-file", f"{short(path)} is not a regular file")
         try:
             fd = os.open(name, _FILE_FLAGS, dir_fd=cur)
         except OSError as exc:
@@ -222,7 +101,7 @@ def open_beneath(root_fd: int, parts: List[str], path: str) -> Tuple[int, os.sta
         raise
     if not stat.S_ISREG(st.st_mode):  # swapped between the look and the open
         os.close(fd)
-        raise RequestError("not-a-file", f"{_short(path)} is not a regular file")
+        raise WireError("not-a-file", f"{short(path)} is not a regular file")
     return fd, st
 
 
@@ -274,10 +153,7 @@ class FileService(Service):
             fd, request, info, offset = reply
             current = validator(info)
             length = info.st_size - offset
-            meta = {"size": info.st_size, "offset": offset, "length": length, "validator": current}
-            if request.trailer:
-                meta["trailer"] = True
-            conn.send_frames([b"S" + json.dumps(meta).encode()])
+            conn.send_frames([metadata_frame(info.st_size, offset, current, request.trailer)])
             st.fd = fd
             st.path = "/".join(request.parts)
             st.opened = current
@@ -294,14 +170,14 @@ class FileService(Service):
         try:
             request = parse_request(raw, self.allow_hidden)
             fd, info = open_beneath(self.root_fd, request.parts, "/".join(request.parts))
-        except RequestError as exc:
+        except WireError as exc:
             return exc.frame()
         offset = request.offset
         if request.validator is not None and request.validator != validator(info):
             offset = 0  # a different file or version now: resuming would splice two of them together
         if offset > info.st_size:
             os.close(fd)
-            return RequestError("bad-offset", f"offset {offset} is beyond the end of the file ({info.st_size} bytes)").frame()
+            return error_frame("bad-offset", f"offset {offset} is beyond the end of the file ({info.st_size} bytes)")
         return fd, request, info, offset
 
     def _on_body_sent(
@@ -324,10 +200,9 @@ class FileService(Service):
         except OSError:  # pragma: no cover
             changed = True
         if changed:
-            log.info("%s: %s changed while it was sent to %s", self.name, _short(st.path), conn.peer)
+            log.info("%s: %s changed while it was sent to %s", self.name, short(st.path), conn.peer)
         if st.trailer:
-            trailer = RequestError("changed", f"{st.path} changed during the download").frame() if changed else b"T"
-            conn.send_frames([trailer])
+            conn.send_frames([trailer_frame(changed, st.path)])
             self._release(st, fd)
         elif changed:
             self._release(st, fd)
@@ -361,7 +236,7 @@ class FileService(Service):
             st.queue.clear()
             if st.fd >= 0:
                 return None  # raw file bytes are on the wire: a frame now would be read as file data
-        return [RequestError("bad-request", str(exc)).frame()]
+        return [WireError("bad-request", str(exc)).frame()]
 
     def connection_lost(self, conn: Conn) -> None:
         st: Optional[_ConnState] = conn.state
@@ -376,24 +251,3 @@ class FileService(Service):
     def describe(self) -> str:
         hidden = "hidden files served" if self.allow_hidden else "hidden files refused"
         return f"files (root {self.root}; symbolic links refused; {hidden})"
-
-
-def build_file_service(config: ServeConfig) -> Service:
-    """The factory ``fastframe serve`` uses; ValueError says why the service cannot start."""
-    if not config.root:
-        raise ValueError("no --root given (the file service serves only a directory named explicitly)")
-    service = FileService(config.root, max_request=config.max_request, allow_hidden=config.allow_hidden)
-    if not is_loopback(config.host):
-        if config.secret:
-            log.warning("files: %s is served beyond loopback (%s) without TLS: its bytes cross the network "
-                        "unencrypted (the shared secret authenticates the connection only)",
-                        service.root, config.host)  # fmt: skip
-        else:
-            log.warning("files: %s is served beyond loopback (%s) without TLS or --secret-file: anyone who can "
-                        "reach %s can download from it", service.root, config.host, config.host)  # fmt: skip
-    if config.secret:
-        return AuthenticatedService(service, config.secret)
-    return service
-
-
-register_factory("files", build_file_service)

@@ -33,9 +33,10 @@ NEVER = (
     "threading",
     "ssl",
 )
-#: Needed only by the commands that use them (get: json and its metadata framing; exec: shlex; a secret: the
-#: HMAC handshake).
-ON_DEMAND = ("json", "shlex", "hashlib", "hmac", "secrets", "fastframe._auth")
+#: Needed only by the commands that use them (get: json and the file protocol; exec: shlex and the command
+#: protocol; a secret: the HMAC handshake).
+ON_DEMAND = ("json", "shlex", "hashlib", "hmac", "secrets", "fastframe.wire.auth", "fastframe.wire.command",
+             "fastframe.wire.files")
 
 
 def loaded_by(code: str, cwd: Path) -> set[str]:
@@ -87,7 +88,9 @@ def test_get_loads_only_what_a_download_needs(tmp_path: Path, refused_port: int)
     """Up to the connect (refused here): the client, json for the metadata frame, and no server."""
     modules = loaded_by(f'main(["get", "127.0.0.1:{refused_port}", "f", "-o", "out", "--timeout", "5"])', tmp_path)
     assert "fastframe.client" in modules and "json" in modules  # it got as far as the download
-    assert not offending(modules, NEVER + ("shlex",))
+    # The metadata frame is read with FramedSocket: without a secret, nothing of the handshake is loaded.
+    assert not offending(modules, NEVER + ("shlex", "hashlib", "hmac", "secrets", "fastframe.wire.auth",
+                                           "fastframe.wire.command"))  # fmt: skip
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.part").exists()
 
 
@@ -100,7 +103,9 @@ def test_echo_loads_neither_json_nor_the_handshake(tmp_path: Path, refused_port:
 def test_exec_without_a_secret_loads_no_handshake(tmp_path: Path, refused_port: int) -> None:
     modules = loaded_by(f'main(["exec", "127.0.0.1:{refused_port}", "--", "true"])', tmp_path)
     assert "fastframe.client" in modules
-    assert not offending(modules, NEVER + ("json", "hashlib", "hmac", "secrets", "fastframe._auth"))
+    assert "fastframe.wire.command" in modules
+    assert not offending(modules, NEVER + ("json", "hashlib", "hmac", "secrets", "fastframe.wire.auth",
+                                           "fastframe.wire.files"))  # fmt: skip
 
 
 def test_help_still_lists_every_command(tmp_path: Path) -> None:
@@ -118,3 +123,45 @@ def test_help_still_lists_every_command(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "fastframe", "get", "--help"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert run.returncode == 0 and run.stdout.startswith("usage: fastframe get "), run.stdout
+
+
+def test_no_client_path_loads_the_servers(tmp_path: Path) -> None:
+    """Clients speak the protocols of fastframe.wire and never import the server package: every client
+    function, run to success against real services (one of them with a shared secret), in one fresh
+    interpreter, leaves no fastframe.servers module behind."""
+    from harness import ServerProcess
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f.txt").write_bytes(b"file bytes")
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"0123456789abcdef0123")
+    common = ["--root", str(root), "--allow", "echo", "--command", "0", "--files", "0"]
+    plain = ServerProcess(["--echo", "0", "--time", "0", *common], expect=5, cwd=str(tmp_path))
+    with plain, ServerProcess([*common, "--secret-file", str(secret_file)], expect=2, cwd=str(tmp_path)) as guarded:
+        probe = textwrap.dedent(
+            f"""
+            import sys, time
+            from fastframe import client
+            out = bytearray()
+            assert client.echo("127.0.0.1", {plain.port("echo")}, [b"hi"]) == [b"hi"]
+            assert abs(client.get_time("127.0.0.1", {plain.port("time", "udp")}) - time.time()) < 60
+            assert abs(client.get_time("127.0.0.1", {plain.port("time")}, tcp=True) - time.time()) < 60
+            assert client.exec_command("127.0.0.1", {plain.port("command")}, ["echo", "a b"], stdout=out.extend) == 0
+            assert client.get_file("127.0.0.1", {plain.port("files")}, "f.txt", "out1") == 10
+            secret = b"0123456789abcdef0123"
+            assert client.exec_command("127.0.0.1", {guarded.port("command")}, "echo x", secret=secret,
+                                       stdout=out.extend) == 0
+            assert client.get_file("127.0.0.1", {guarded.port("files")}, "f.txt", "out2", secret=secret) == 10
+            assert out == b"a b\\nx\\n", out
+            print(repr(sorted(sys.modules)))
+            """
+        )
+        env = {k: v for k, v in os.environ.items() if k != "FASTFRAME_PURE_PYTHON"}
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    modules = set(ast.literal_eval(proc.stdout.strip().splitlines()[-1]))
+    assert {"fastframe.wire.auth", "fastframe.wire.files", "fastframe.wire.timeformat"} <= modules  # it ran them
+    assert not offending(modules, ("fastframe.servers",))
+    assert (tmp_path / "out1").read_bytes() == (tmp_path / "out2").read_bytes() == b"file bytes"

@@ -175,9 +175,9 @@ def test_serve_on_a_busy_port_one_line(console_script, workdir):
 
 
 # Every flag the design names for `fastframe serve` (engine, workers, ports, file root, allow-list, secret,
-# limits, time format), plus the echo modes and the pidfile.
+# limits, time format, a config file), plus the echo modes and the pidfile.
 SERVE_FLAGS = [
-    "--engine", "--workers", "--host", "--pidfile", "--echo", "--time", "--command", "--files", "--upper", "--raw",
+    "--config", "--engine", "--workers", "--host", "--pidfile", "--echo", "--time", "--command", "--files", "--upper", "--raw",
     "--time-format", "--allow", "--root", "--allow-hidden", "--secret-file", "--max-request", "--max-connections", "--idle-timeout",
     "--frame-timeout", "--graceful-timeout",
 ]  # fmt: skip
@@ -191,3 +191,31 @@ def test_serve_help_mentions_every_flag(console_script):
     assert not missing, f"serve --help does not document {missing}:\n{run.stdout}"
     for word in ("SIGTERM", "SIGHUP", "SIGTTIN"):
         assert word in run.stdout
+
+
+@pytest.mark.parametrize("content, pattern", [
+    ("max_conections = 100\n", r"serve\.toml: unknown setting 'max_conections' \(did you mean 'max_connections'\?\)"),
+    ('workers = "four"\n', r"serve\.toml: workers: expected an integer, got a string"),
+    ("echo = 7007\nworkers 4\n", r"serve\.toml: not valid TOML: .*line 2"),
+    (None, r"cannot read config file .*serve\.toml: No such file or directory"),
+], ids=["unknown key", "wrong type", "bad syntax", "missing file"])  # fmt: skip
+def test_config_file_errors_one_line(console_script, workdir, tmp_path, content, pattern):
+    config_file = tmp_path / "serve.toml"
+    if content is not None:
+        config_file.write_text(content)
+    run = run_cli(console_script, "serve", "--config", str(config_file), timeout=20, cwd=workdir)
+    line = assert_one_error_line(run)
+    assert run.returncode == 2 and run.stdout == ""
+    assert re.search(pattern, line), line
+
+
+def test_config_file_serves_and_flags_override_it(spawn, console_script, net, tmp_path, workdir):
+    # The file names a port the command line overrides (1: never bindable here), and a mode that stands.
+    config_file = tmp_path / "serve.toml"
+    config_file.write_text('echo = 1\nupper = true\nhost = "127.0.0.1"\nmax_request = "1k"\n')
+    server = spawn([console_script, "serve", "--config", str(config_file), "--echo", "0"], expect=1, cwd=workdir)
+    assert server.stdout_lines == [f"echo tcp 127.0.0.1:{server.port('echo')}"]  # only echo: the file named it
+    with net.connect(server.addr("echo")) as s:
+        assert net.roundtrip(s, b"from the file") == b"FROM THE FILE"
+        s.sendall(net.HEADER.pack(2048))  # over the file's max_request: refused by its header
+        assert net.wait_closed(s, 5)[0] in ("eof", "reset")

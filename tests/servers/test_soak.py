@@ -253,14 +253,14 @@ class Resets(Hostile):
             if kind == "echo":
                 s.sendall(struct.pack("!I", 100000) + b"x" * self.rng.randint(0, 50000))
             elif kind == "command":
-                from fastframe._auth import client_handshake
+                from fastframe.wire.auth import client_handshake
 
                 client_handshake(s, SECRET)
                 line = b"sleep 2"
                 s.sendall(struct.pack("!I", len(line)) + line)
                 time.sleep(self.rng.uniform(0, 0.2))
             else:
-                from fastframe._auth import client_handshake
+                from fastframe.wire.auth import client_handshake
 
                 client_handshake(s, SECRET)
                 req = b'{"path": "big"}'

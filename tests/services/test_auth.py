@@ -17,10 +17,10 @@ from typing import Any, Callable, List, Tuple
 
 import pytest
 
-from fastframe import _auth
+from fastframe.wire import auth as wire_auth
 from fastframe.client import AuthError, RemoteError, exec_command, get_file
 
-CHALLENGE_SIZE = len(_auth.CHALLENGE) + _auth.NONCE_SIZE
+CHALLENGE_SIZE = len(wire_auth.CHALLENGE) + wire_auth.NONCE_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,9 @@ def server(start_server: Callable[..., Any], root: Path, secret_file: str) -> An
 
 
 def handshake_response(secret: bytes, challenge: bytes) -> bytes:
-    server_nonce = _auth.parse_challenge(challenge)
+    server_nonce = wire_auth.parse_challenge(challenge)
     assert server_nonce is not None, challenge
-    client_nonce = _auth.new_nonce()
-    return client_nonce + _auth.client_proof(secret, server_nonce, client_nonce)
+    return wire_auth.response_frame(secret, server_nonce, wire_auth.new_nonce())
 
 
 def frame(payload: bytes) -> bytes:
@@ -123,7 +122,7 @@ def test_replayed_handshake(server: Any, svc: SimpleNamespace, tmp_path: Path) -
         challenge = svc.recv_frame(sock)
         recorded = handshake_response(svc.SECRET, challenge)
         svc.send_frame(sock, recorded)
-        assert svc.recv_frame(sock).startswith(_auth.ACCEPTED)
+        assert svc.recv_frame(sock).startswith(wire_auth.ACCEPTED)
         svc.send_frame(sock, b"echo legit")
         assert svc.recv_frame(sock) == b"Olegit\n"
     with svc.connect(server.addr("command")) as sock:  # the recording, played back
@@ -181,13 +180,13 @@ def test_requests_may_follow_the_proof_in_the_same_segment(server: Any, svc: Sim
     with svc.connect(server.addr("command")) as sock:
         challenge = svc.recv_frame(sock)
         sock.sendall(frame(handshake_response(svc.SECRET, challenge)) + frame(line) + frame(b"echo second"))
-        assert svc.recv_frame(sock).startswith(_auth.ACCEPTED)
+        assert svc.recv_frame(sock).startswith(wire_auth.ACCEPTED)
         assert [svc.recv_frame(sock) for _ in range(4)] == [b"O" + b"x" * 1000 + b"\n", b"X0", b"Osecond\n", b"X0"]
     req = json.dumps({"path": "hello.txt", "padding": "p" * 1000}).encode()
     with svc.connect(server.addr("files")) as sock:
         challenge = svc.recv_frame(sock)
         sock.sendall(frame(handshake_response(svc.SECRET, challenge)) + frame(req))
-        assert svc.recv_frame(sock).startswith(_auth.ACCEPTED)
+        assert svc.recv_frame(sock).startswith(wire_auth.ACCEPTED)
         meta = svc.recv_frame(sock)
         assert meta[:1] == b"S", meta
         assert svc.recv_exactly(sock, json.loads(meta[1:])["length"]) == b"hello, authenticated world"
@@ -226,9 +225,9 @@ def test_client_verifies_the_server(svc: SimpleNamespace) -> None:
             conn, _ = listener.accept()
             with conn:
                 conn.settimeout(10)
-                svc.send_frame(conn, _auth.CHALLENGE + _auth.new_nonce())
+                svc.send_frame(conn, wire_auth.CHALLENGE + wire_auth.new_nonce())
                 received.append(svc.recv_frame(conn))
-                svc.send_frame(conn, _auth.ACCEPTED + b"\0" * _auth.MAC_SIZE)
+                svc.send_frame(conn, wire_auth.ACCEPTED + b"\0" * wire_auth.MAC_SIZE)
                 conn.settimeout(1)
                 try:
                     while True:
@@ -246,7 +245,7 @@ def test_client_verifies_the_server(svc: SimpleNamespace) -> None:
                 exec_command("127.0.0.1", port, "echo secret stuff", secret=svc.SECRET, timeout=10)
         finally:
             thread.join(10)
-    assert len(received) == 1 and len(received[0]) == _auth.NONCE_SIZE + _auth.MAC_SIZE  # no request followed
+    assert len(received) == 1 and len(received[0]) == wire_auth.NONCE_SIZE + wire_auth.MAC_SIZE  # no request followed
 
 
 def test_remote_error_class() -> None:

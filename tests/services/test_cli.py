@@ -128,7 +128,6 @@ def test_serve_without_service_flags_plans_echo_and_time(capsys: pytest.CaptureF
     # The services that expose the machine start only when told what to expose: an allow-list, a root.
     from fastframe.servers import config as cfg
 
-    cfg._load_optional_services()
     names = [name for name, _, _ in cfg._services(cfg.ServeConfig())]
     assert names == ["echo", "time"]
     err = capsys.readouterr().err
@@ -164,7 +163,7 @@ def test_files_beyond_loopback_warns_once(
 ) -> None:
     # In-process: building the service logs the start-up warning; nothing is bound.
     from fastframe.servers import config as cfg
-    from fastframe.servers.files import build_file_service
+    from fastframe.servers.config import build_file_service
 
     with caplog.at_level("WARNING", logger="fastframe.server"):
         build_file_service(cfg.ServeConfig(root=str(tmp_path), host=host, secret=secret))

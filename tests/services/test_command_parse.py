@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fastframe.servers.command import MAX_ARGS, MAX_COMMAND_LINE, parse_command, split_command_line
+from fastframe.wire.command import MAX_ARGS, MAX_COMMAND_LINE, parse_command, split_command_line
 
 # Every character shlex treats specially (in POSIX mode without comments), '#' (a comment only when asked for),
 # whitespace shlex does not count as such (\x0b, \x0c, U+00A0), and ordinary letters.
