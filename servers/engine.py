@@ -24,15 +24,13 @@ epoll does not exist): listening sockets, UDP sockets, client connections, the f
   received is answered, each connection is closed at a frame boundary once a look at its socket finds
   nothing more (write side first, so the client reads every reply before the EOF), and the loop ends within
   ``graceful_timeout``.  SIGINT and SIGQUIT stop at once.  No catchable signal ends the process
-  silently: SIGUSR1 goes to :meth:`SelectEngine.handle_usr1`, every other one whose default action would end
-  the process (:data:`IGNORED_SIGNALS`) is logged and ignored, and the fault signals (SIGSEGV, SIGBUS, SIGFPE,
-  SIGILL, SIGABRT) end it after :mod:`faulthandler` has printed the Python stack on stderr.
+  silently: the loop hands each to ``handle_<signal>`` (SIGUSR1 to :meth:`SelectEngine.handle_usr1`), every
+  other one is logged and ignored (see :mod:`servers.signals`).
 """
 
 from __future__ import annotations
 
 import errno
-import faulthandler
 import fcntl
 import heapq
 import logging
@@ -49,12 +47,13 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tu
 import fastframe
 from fastframe.exceptions import FrameError
 
+from .counts import Counts, WorkerShare
+from .limits import Limits
+from .listen import Listener
 from .service import Address, Conn, Service, Timer
+from .signals import IGNORED_SIGNALS, SignalRelay, dispatch
 
-__all__ = [
-    "IGNORED_SIGNALS", "SHARED_COUNTS", "Connection", "Counts", "FrameTimeout", "Limits", "Listener", "SelectEngine",
-    "enable_faulthandler", "install_handlers", "signal_name",
-]  # fmt: skip
+__all__ = ["Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine"]
 
 log = logging.getLogger("fastframe.server")
 
@@ -82,87 +81,8 @@ _MIN_COMPACT = 100  # heaps smaller than this are never compacted
 _LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
 
 
-def _ignored_signals() -> Tuple[int, ...]:
-    names = (
-        "SIGUSR2", "SIGWINCH", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGSYS",
-        "SIGSTKFLT", "SIGIO", "SIGTRAP", "SIGTTIN", "SIGTTOU",
-    )  # fmt: skip
-    found = {getattr(signal, name) for name in names if hasattr(signal, name)}
-    if hasattr(signal, "SIGRTMIN"):
-        found.update(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
-    return tuple(sorted(found))
-
-
-#: Signals whose default action ends (or, SIGTTIN/SIGTTOU, stops) a process and that mean nothing to a server
-#: (and SIGWINCH, harmless by default, which gunicorn users may send): they are logged and ignored.  Handled,
-#: not set to SIG_IGN, so that the commands a server runs do not inherit them ignored.
-IGNORED_SIGNALS = _ignored_signals()
-
-
-def signal_name(signum: int) -> str:
-    """``SIGUSR1``; ``SIGRTMIN+3`` for the unnamed real-time ones."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        rtmin = getattr(signal, "SIGRTMIN", 0)
-        return f"SIGRTMIN+{signum - rtmin}" if rtmin and signum > rtmin else f"signal {signum}"
-
-
-def install_handlers(signals: Sequence[int], handler: Any) -> Dict[int, Any]:
-    """Set ``handler`` for each signal that can be caught here; return the handlers replaced.
-
-    A signal the runtime keeps for itself (valgrind takes a real-time one: setting it fails with EINVAL) is
-    skipped: it cannot reach the process as a plain signal anyway."""
-    previous: Dict[int, Any] = {}
-    for signum in signals:
-        try:
-            previous[signum] = signal.signal(signum, handler)
-        except (OSError, ValueError) as exc:
-            log.debug("cannot handle %s here: %s", signal_name(signum), exc)
-    return previous
-
-
-def enable_faulthandler() -> bool:
-    """Print the Python stack on stderr when a fault signal ends the process; True if this call enabled it."""
-    if faulthandler.is_enabled():
-        return False
-    try:
-        faulthandler.enable()
-    except (RuntimeError, ValueError, OSError, AttributeError):  # no usable stderr (closed, or replaced)
-        return False
-    return True
-
-
 class FrameTimeout(FrameError):
     """A client started a frame and did not finish it within ``frame_timeout``."""
-
-
-class Limits:
-    """Per-process limits of the engine."""
-
-    def __init__(
-        self,
-        max_connections: int = 10000,
-        idle_timeout: float = 120.0,
-        frame_timeout: float = 10.0,
-        graceful_timeout: float = 10.0,
-        high_water: int = 1024 * 1024,
-        low_water: int = 256 * 1024,
-    ) -> None:
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
-        for name, value in (("idle_timeout", idle_timeout), ("frame_timeout", frame_timeout),
-                            ("graceful_timeout", graceful_timeout)):  # fmt: skip
-            if not value > 0:
-                raise ValueError(f"{name} must be positive")
-        if not 0 <= low_water <= high_water:
-            raise ValueError("need 0 <= low_water <= high_water")
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
-        self.frame_timeout = frame_timeout
-        self.graceful_timeout = graceful_timeout
-        self.high_water = high_water
-        self.low_water = low_water
 
 
 def _nothing() -> None:
@@ -224,56 +144,6 @@ class _LogThrottle:
             self._suppressed = 0
         self._next = now + self.interval
         log.log(level, msg, *args)
-
-
-#: The counts a prefork server keeps for all its workers together (see :meth:`Counts.acquire`).
-SHARED_COUNTS = ("connections", "commands")
-
-
-class Counts:
-    """Counts with a ceiling that hold for the whole server: open connections, running commands.
-
-    This one is for a single process.  A prefork worker's engine gets the master's shared table instead
-    (:class:`servers.prefork.Balancer`), where every worker's share adds up to the same limits."""
-
-    def __init__(self) -> None:
-        self._counts: Dict[str, int] = {}
-
-    def acquire(self, name: str, limit: int) -> bool:
-        """Count one more ``name`` if fewer than ``limit`` are counted; False (nothing counted) otherwise."""
-        n = self._counts.get(name, 0)
-        if n >= limit:
-            return False
-        self._counts[name] = n + 1
-        return True
-
-    def release(self, name: str) -> None:
-        """Give back one ``name`` taken with :meth:`acquire`."""
-        n = self._counts.get(name, 0)
-        if n > 0:
-            self._counts[name] = n - 1
-
-
-class Listener:
-    """A bound socket and the service it serves (TCP: listening; UDP: bound)."""
-
-    def __init__(self, sock: socket.socket, service: Service) -> None:
-        self.sock = sock
-        self.service = service
-
-    @property
-    def address(self) -> Address:
-        return self.sock.getsockname()  # type: ignore[no-any-return]
-
-    @property
-    def transport(self) -> str:
-        return "udp" if self.sock.type == socket.SOCK_DGRAM else "tcp"
-
-    def describe(self) -> str:
-        """``echo tcp 127.0.0.1:40123``: the line printed for it at start-up."""
-        addr = self.address
-        host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-        return f"{self.service.name} {self.transport} {host}:{addr[1]}"
 
 
 def _has_input(sock: socket.socket) -> bool:
@@ -451,9 +321,10 @@ class Connection(Conn):
 class SelectEngine:
     """Serve ``listeners`` from one process until stopped.
 
-    ``balancer`` (prefork workers only) decides whether this process should accept the next connection, and
-    holds the server-wide counts (``max_connections``, the command service's ``max_commands``) that every
-    worker shares; a single process keeps its own.
+    ``balancer`` (prefork workers only: this worker's share of the master's table) decides whether this process
+    should accept the next connection, and holds the server-wide counts (``max_connections``, the command
+    service's ``max_commands``) that every worker shares; a single process keeps its own.  ``parent_pid``
+    (prefork workers): the master's PID; the worker stops gracefully once its parent changes.
     """
 
     #: The signals the engine handles while it runs (block them before, pass them to ``run(unblock_signals=)``).
@@ -463,8 +334,9 @@ class SelectEngine:
         self,
         listeners: Sequence[Listener],
         limits: Optional[Limits] = None,
-        balancer: Any = None,
+        balancer: Optional[WorkerShare] = None,
         exclusive_accept: bool = False,
+        parent_pid: int = 0,
     ) -> None:
         self.listeners = list(listeners)
         self.limits = limits or Limits()
@@ -481,9 +353,7 @@ class SelectEngine:
         self._running = False
         self._draining = False
         self._deadline = 0.0
-        self._signals: Deque[int] = deque()
-        self._wake_r = self._wake_w = -1
-        self._faulthandler = False  # enabled by this engine (and so disabled when it stops)
+        self._relay: Optional[SignalRelay] = None
         self._accept_paused = False
         self._armed: Set[int] = set()  # listening TCP sockets registered with the poller now
         self._acceptors: Dict[int, Callable[[int], bool]] = {}  # listening fd -> accept(up to n): queue empty?
@@ -498,8 +368,7 @@ class SelectEngine:
             if listener.service not in self._services:
                 self._services.append(listener.service)
         self.exit_code = 0
-        #: prefork workers: the master's PID; the worker stops when its parent changes (the master died)
-        self.parent_pid = 0
+        self.parent_pid = parent_pid
 
     # -- timers ---------------------------------------------------------------------------------------
 
@@ -1153,59 +1022,34 @@ class SelectEngine:
             if now - conn.last > limits.idle_timeout:
                 log.info("%s: closing %s: idle for %.0f s", conn.service.name, conn.peer, now - conn.last)
                 self._close(conn)
-        self.call_later(self._sweep_interval(), self._sweep)
+        self.call_later(self.limits.sweep_interval, self._sweep)
 
-    def _sweep_interval(self) -> float:
-        return max(0.05, min(1.0, self.limits.frame_timeout / 4, self.limits.idle_timeout / 4))
+    def _install_signals(self) -> SignalRelay:
+        relay = self._relay = SignalRelay(self.SIGNALS)
+        relay.install()
+        self._handlers[relay.fd] = self._on_signals
+        self._poller.register(relay.fd, READ)
+        return relay
 
-    def _install_signals(self) -> Dict[int, Any]:
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self._wake_r, self._wake_w = r, w
-        previous = install_handlers(self.SIGNALS, self._record_signal)
-        previous[-1] = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        self._faulthandler = enable_faulthandler()
-        self._handlers[r] = self._on_wakeup
-        self._poller.register(r, READ)
-        return previous
+    def _on_signals(self, events: int) -> None:
+        assert self._relay is not None
+        for signum in self._relay.take():
+            dispatch(self, signum)
 
-    def _restore_signals(self, previous: Dict[int, Any]) -> None:
-        signal.set_wakeup_fd(previous.pop(-1))
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if self._faulthandler:
-            faulthandler.disable()
-        self._handlers.pop(self._wake_r, None)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def handle_term(self) -> None:
+        log.info("SIGTERM: stopping gracefully (at most %g s)", self.limits.graceful_timeout)
+        self.stop(graceful=True)
 
-    def _record_signal(self, signum: int, frame: Any) -> None:
-        self._signals.append(signum)
+    def handle_int(self) -> None:
+        log.info("SIGINT: stopping now")
+        self.stop(graceful=False)
 
-    def _on_wakeup(self, events: int) -> None:
-        try:
-            while os.read(self._wake_r, 512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        while self._signals:
-            signum = self._signals.popleft()
-            if signum == signal.SIGTERM:
-                log.info("SIGTERM: stopping gracefully (at most %g s)", self.limits.graceful_timeout)
-                self.stop(graceful=True)
-            elif signum in (signal.SIGINT, signal.SIGQUIT):
-                log.info("%s: stopping now", signal.Signals(signum).name)
-                self.stop(graceful=False)
-            elif signum == signal.SIGHUP:
-                log.info("SIGHUP ignored: a single-process engine has no workers to replace")
-            elif signum == signal.SIGUSR1:
-                self.handle_usr1()
-            else:
-                log.warning("%s ignored", signal_name(signum))
+    def handle_quit(self) -> None:
+        log.info("SIGQUIT: stopping now")
+        self.stop(graceful=False)
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP ignored: a single-process engine has no workers to replace")
 
     def handle_usr1(self) -> None:
         """SIGUSR1, logrotate's signal: reopen the log files.  Logs go to stderr for now: nothing to reopen."""
@@ -1269,19 +1113,20 @@ class SelectEngine:
 
         ``unblock_signals`` are unblocked once the engine's handlers are installed (a prefork worker is
         forked with them blocked, so that none arrives before it can handle it)."""
-        previous = self._install_signals() if install_signals else None
+        relay = self._install_signals() if install_signals else None
         if unblock_signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
         self._running = True
         self.now = time.monotonic()
         try:
             self._start_listening()
-            self.call_later(self._sweep_interval(), self._sweep)
+            self.call_later(self.limits.sweep_interval, self._sweep)
             self._loop()
         finally:
             self._shutdown()
-            if previous is not None:
-                self._restore_signals(previous)
+            if relay is not None:
+                self._handlers.pop(relay.fd, None)
+                relay.restore()
         return self.exit_code
 
     def _loop(self) -> None:
