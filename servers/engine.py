@@ -19,7 +19,7 @@ epoll does not exist): listening sockets, UDP sockets, client connections, the f
   more than ``frame_timeout`` ago without finishing it (a client dribbling a byte a second is cut off); output
   that makes no progress for ``idle_timeout`` (a client that stopped reading: neither the loop's sends nor the
   kernel's send queue move) resets the connection, even while the service has work in flight (a download);
-* signals only record themselves and write to the wake-up pipe; the loop acts on them.  SIGTERM stops
+* signals only record themselves and write to the wake-up pipe; the engine acts on them in the loop.  SIGTERM stops
   gracefully: the connections waiting in the accept queues are taken, listeners close, every request already
   received is answered, each connection is closed at a frame boundary once a look at its socket finds
   nothing more (write side first, so the client reads every reply before the EOF), and the loop ends within
@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import heapq
 import logging
 import os
-import select
 import signal
 import socket
 import struct
 import termios
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set
 
 import fastframe
 from fastframe.exceptions import FrameError
@@ -50,17 +48,13 @@ from fastframe.exceptions import FrameError
 from .counts import Counts, WorkerShare
 from .limits import Limits
 from .listen import Listener
+from .loop import HUP_ERR, READ, WRITE, Loop, TimerHandle
 from .service import Address, Conn, Service, Timer
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch
 
 __all__ = ["Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine"]
 
 log = logging.getLogger("fastframe.server")
-
-READ = select.POLLIN
-WRITE = select.POLLOUT
-HUP_ERR = select.POLLHUP | select.POLLERR
-EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
 try:
     _IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX"), 1024))
@@ -77,51 +71,12 @@ _ACCEPT_BACKOFF_MAX = 1.0
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ABORT_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 _DRAIN_ACCEPT_ROUNDS = 64  # a graceful stop takes at most 64 x 64 connections from a listener's accept queue
-_MIN_COMPACT = 100  # heaps smaller than this are never compacted
+_BALANCE_RECHECK = 0.01  # a prefork worker out of line looks at the table again this often
 _LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
 
 
 class FrameTimeout(FrameError):
     """A client started a frame and did not finish it within ``frame_timeout``."""
-
-
-def _nothing() -> None:
-    pass
-
-
-class _Timer(Timer):
-    """A timer in the engine's heap.
-
-    ``cancel()`` lets go of the callback at once (it may hold a connection, its decoder buffer, a child process)
-    and tells the engine, which compacts the heap once cancelled entries outnumber the live ones; a cancelled
-    entry is otherwise only dropped when it reaches the top.  ``engine`` is set while the timer is in the heap
-    and not cancelled; ``conn`` while a connection lists it among its timers."""
-
-    __slots__ = ("conn", "engine")
-
-    def __init__(
-        self, when: float, callback: Callable[[], None], engine: "SelectEngine", conn: Optional["Connection"]
-    ) -> None:
-        super().__init__(when, callback)
-        self.engine: Optional[SelectEngine] = engine
-        self.conn = conn
-
-    def cancel(self) -> None:
-        if self.cancelled:
-            return
-        self.cancelled = True
-        self._detach()
-        engine = self.engine
-        if engine is not None:
-            self.engine = None
-            engine._timer_cancelled()
-
-    def _detach(self) -> None:
-        self.callback = _nothing
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.timers.discard(self)
 
 
 class _LogThrottle:
@@ -165,29 +120,6 @@ def _kernel_unsent(fd: int) -> int:
         return -1
 
 
-class _Poller:
-    """epoll where it exists, else poll; the two share their event bits and their method names."""
-
-    def __init__(self) -> None:
-        if hasattr(select, "epoll"):
-            self._p: Any = select.epoll()
-            self.poll: Callable[[float], List[Tuple[int, int]]] = self._p.poll
-            self.exclusive = EXCLUSIVE
-        else:  # pragma: no cover - non-Linux
-            self._p = select.poll()
-            ms = self._p.poll
-            self.poll = lambda timeout: ms(None if timeout < 0 else int(timeout * 1000 + 0.999))
-            self.exclusive = 0
-        self.register = self._p.register
-        self.modify = self._p.modify
-        self.unregister = self._p.unregister
-
-    def close(self) -> None:
-        close = getattr(self._p, "close", None)
-        if close is not None:
-            close()
-
-
 class Connection(Conn):
     """One TCP client: its socket, its decoder, its queued output and its deadlines."""
 
@@ -217,7 +149,7 @@ class Connection(Conn):
         self.out: Deque[Any] = deque()  # buffers not yet taken by the kernel
         self.out_size = 0
         self.events = 0  # the mask registered with the poller
-        self.dirty = False  # in engine._dirty: flush at the end of this iteration
+        self.dirty = False  # a flush is due at the end of this iteration
         self.closed = False
         self.close_after_flush = False
         self.user_paused = False
@@ -228,7 +160,7 @@ class Connection(Conn):
         self.frames_seen = 0  # decoder.completed at that moment
         self.file: Optional[List[Any]] = None  # [fd, offset, remaining, done] of a sendfile in progress
         self.watched: Set[int] = set()
-        self.timers: Set[_Timer] = set()  # scheduled for this connection: cancelled when it closes
+        self.timers: Set[TimerHandle] = set()  # scheduled for this connection: cancelled when it closes
         self._busy = False
         self.lingering = False
 
@@ -249,7 +181,7 @@ class Connection(Conn):
         self.out_size += len(data)
         if not self.dirty:
             self.dirty = True
-            self.engine._dirty.append(self)
+            self.engine.loop.call_soon(self._flush_soon)
 
     def sendfile(self, fd: int, offset: int, count: int, done: Callable[[Optional[BaseException]], None]) -> None:
         if self.file is not None:
@@ -262,7 +194,7 @@ class Connection(Conn):
         self.file = [fd, offset, count, done]
         if not self.dirty:
             self.dirty = True
-            self.engine._dirty.append(self)
+            self.engine.loop.call_soon(self._flush_soon)
 
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
         self.engine._watch(self, fd, callback)
@@ -271,9 +203,15 @@ class Connection(Conn):
         self.engine._unwatch(self, fd)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = self.engine._schedule(delay, callback, self)
-        self.timers.add(timer)
-        return timer
+        return self.engine.loop.call_later(delay, callback, self.timers)
+
+    def _flush_soon(self) -> None:
+        self.dirty = False
+        if not self.closed:
+            self.engine._flush(self)
+
+    def on_events(self, events: int) -> None:
+        self.engine._on_events(self, events)
 
     def acquire(self, name: str, limit: int) -> bool:
         return self.engine.counts.acquire(name, limit)
@@ -342,24 +280,18 @@ class SelectEngine:
         self.limits = limits or Limits()
         self.balancer = balancer
         self.counts: Counts = balancer if balancer is not None else Counts()
-        self.now = time.monotonic()
-        self._poller = _Poller()
-        self._exclusive = self._poller.exclusive if exclusive_accept else 0
+        self.loop = Loop()
+        self._exclusive = self.loop.exclusive if exclusive_accept else 0
         self._conns: Dict[int, Connection] = {}
-        self._handlers: Dict[int, Callable[[int], None]] = {}
-        self._dirty: List[Connection] = []
-        self._timers: List[_Timer] = []  # a heap, ordered by due time
-        self._cancelled_timers = 0  # cancelled entries still in the heap
-        self._running = False
         self._draining = False
         self._deadline = 0.0
         self._relay: Optional[SignalRelay] = None
         self._accept_paused = False
         self._armed: Set[int] = set()  # listening TCP sockets registered with the poller now
         self._acceptors: Dict[int, Callable[[int], bool]] = {}  # listening fd -> accept(up to n): queue empty?
-        self._drain_again = False  # a graceful stop found input on some connection: look again at once
         self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
         self._accept_blocked_until = 0.0  # no accept before this (monotonic) time
+        self._resume_timer: Optional[TimerHandle] = None
         self._accept_failures = _LogThrottle()
         self._limit_reached = _LogThrottle()
         self._listening = False
@@ -370,73 +302,19 @@ class SelectEngine:
         self.exit_code = 0
         self.parent_pid = parent_pid
 
-    # -- timers ---------------------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        return self.loop.now
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        return self._schedule(delay, callback, None)
-
-    def _schedule(self, delay: float, callback: Callable[[], None], conn: Optional[Connection]) -> _Timer:
-        timer = _Timer(time.monotonic() + max(0.0, delay), callback, self, conn)
-        heapq.heappush(self._timers, timer)
-        return timer
+        return self.loop.call_later(delay, callback)
 
     @property
     def scheduled_timers(self) -> int:
         """Entries in the timer heap (cancelled ones included until they are dropped)."""
-        return len(self._timers)
+        return self.loop.scheduled_timers
 
-    def _timer_cancelled(self) -> None:
-        self._cancelled_timers += 1
-        timers = self._timers
-        if len(timers) > _MIN_COMPACT and self._cancelled_timers * 2 > len(timers):
-            # In place: _run_timers may be iterating over this very list (a callback cancelling timers).
-            timers[:] = [t for t in timers if not t.cancelled]
-            heapq.heapify(timers)
-            self._cancelled_timers = 0
-
-    def _run_timers(self) -> None:
-        timers = self._timers
-        now = self.now
-        while timers and timers[0].when <= now:
-            timer = heapq.heappop(timers)
-            if timer.cancelled:
-                self._cancelled_timers -= 1
-                continue
-            timer.engine = None  # out of the heap: a late cancel() has nothing to tell the engine
-            callback = timer.callback
-            timer._detach()
-            try:
-                callback()
-            except Exception:
-                log.exception("timer callback failed")
-
-    def _next_timeout(self) -> float:
-        if self._drain_again:
-            self._drain_again = False
-            return 0.0
-        timers = self._timers
-        while timers and timers[0].cancelled:
-            heapq.heappop(timers)
-            self._cancelled_timers -= 1
-        timeout = 1.0
-        if timers:
-            timeout = min(timeout, max(0.0, timers[0].when - time.monotonic()))
-        if self._accept_paused:
-            if self._accept_blocked_until:
-                timeout = min(timeout, max(0.0, self._accept_blocked_until - time.monotonic()))
-            else:
-                timeout = min(timeout, 0.01)  # re-check the balancer soon: the others may have caught up
-        return timeout
-
-    def _maybe_resume_accepting(self) -> None:
-        """At the end of an iteration while accepts are paused: resume once the resource back-off is over and
-        (prefork) the balancer agrees."""
-        if self._accept_blocked_until:
-            if self.now < self._accept_blocked_until:
-                return
-            self._accept_blocked_until = 0.0
-        if self.balancer is None or self.balancer.may_accept():
-            self._resume_accepting()
+    # -- accepting --------------------------------------------------------------------------------------
 
     def _accept_exhausted(self, exc: OSError) -> None:
         """accept() ran out of descriptors or memory: the connection stays queued; try again after a back-off
@@ -447,7 +325,7 @@ class SelectEngine:
             logging.ERROR, "accept failed (%s); %d connection(s) open, retrying in %.1f s",
             exc.strerror or exc, len(self._conns), self._accept_backoff,
         )  # fmt: skip
-        self._pause_accepting()
+        self._pause_accepting(self._accept_backoff)
 
     # -- registration ---------------------------------------------------------------------------------
 
@@ -457,37 +335,53 @@ class SelectEngine:
             sock.setblocking(False)
             fd = sock.fileno()
             if sock.type == socket.SOCK_DGRAM:
-                self._handlers[fd] = self._make_datagram_handler(listener)
-                self._poller.register(fd, READ)
+                self.loop.add(fd, READ, self._make_datagram_handler(listener))
             else:
-                self._handlers[fd] = self._make_accept_handler(listener)
-                self._arm(fd)
+                self.loop.add(fd, READ | self._exclusive, self._make_accept_handler(listener))
+                self._armed.add(fd)
         self._listening = True
 
     # Which TCP listeners are registered with the poller is tracked per listener (``_armed``), because a pause
     # can come in the middle of one wake-up's events: a listener reported ready in the same batch is still
-    # served (its readiness is a wake-up the kernel gave this process and no other, with EPOLLEXCLUSIVE), and
-    # only the registration calls consult the set, so nothing unregisters twice or registers what is there.
+    # served (its readiness is a wake-up the kernel gave this process and no other, with EPOLLEXCLUSIVE: the
+    # loop keeps its handler while it is suspended), and only these two consult the set, so nothing is
+    # suspended twice or resumed while polled.
 
     def _arm(self, fd: int) -> None:
         if fd not in self._armed:
-            self._poller.register(fd, READ | self._exclusive)
+            self.loop.resume(fd, READ | self._exclusive)
             self._armed.add(fd)
 
     def _disarm(self, fd: int) -> None:
         if fd in self._armed:
             self._armed.discard(fd)
-            self._poller.unregister(fd)
+            self.loop.suspend(fd)
 
-    def _pause_accepting(self) -> None:
-        if self._accept_paused:
-            return
-        self._accept_paused = True
-        for fd in list(self._armed):
-            self._disarm(fd)
+    def _pause_accepting(self, retry_in: float) -> None:
+        if not self._accept_paused:
+            self._accept_paused = True
+            for fd in list(self._armed):
+                self._disarm(fd)
+        self._retry_accepting(retry_in)
 
-    def _resume_accepting(self) -> None:
+    def _retry_accepting(self, delay: float) -> None:
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+        self._resume_timer = self.loop.call_later(delay, self._maybe_resume_accepting)
+
+    def _maybe_resume_accepting(self) -> None:
+        """Resume once the resource back-off is over and (prefork) the balancer agrees; else look again later."""
+        self._resume_timer = None
         if not self._accept_paused or not self._listening:
+            return
+        blocked_until = self._accept_blocked_until
+        if blocked_until:
+            if self.loop.now < blocked_until:
+                self._retry_accepting(blocked_until - self.loop.now)
+                return
+            self._accept_blocked_until = 0.0
+        if self.balancer is not None and not self.balancer.may_accept():
+            self._retry_accepting(_BALANCE_RECHECK)
             return
         self._accept_paused = False
         for listener in self.listeners:
@@ -499,13 +393,9 @@ class SelectEngine:
             return
         self._listening = False
         self._acceptors.clear()
+        self._armed.clear()
         for listener in self.listeners:
-            fd = listener.sock.fileno()
-            self._handlers.pop(fd, None)
-            if listener.sock.type == socket.SOCK_DGRAM:
-                self._poller.unregister(fd)
-            else:
-                self._disarm(fd)
+            self.loop.remove(listener.sock.fileno())
             listener.sock.close()
         self._accept_paused = False
 
@@ -517,7 +407,7 @@ class SelectEngine:
         # A prefork worker takes one connection per wake-up and then steps back in line, so that accepts
         # rotate over the workers instead of going to whichever happens to be awake.
         batch = 1 if balancer is not None else 64
-        poller = self._poller
+        loop = self.loop
         mask = READ | self._exclusive
         fd = lsock.fileno()
         armed = self._armed
@@ -551,10 +441,9 @@ class SelectEngine:
             accept(batch)
             if balancer is not None and self._listening:
                 if not balancer.may_accept():
-                    self._pause_accepting()
+                    self._pause_accepting(_BALANCE_RECHECK)
                 elif self._exclusive and fd in armed:
-                    poller.unregister(fd)  # and register again: to the back of the kernel's queue of waiters
-                    poller.register(fd, mask)
+                    loop.requeue(fd, mask)  # to the back of the kernel's queue of waiters
 
         self._acceptors[fd] = accept
         return on_accept
@@ -595,7 +484,7 @@ class SelectEngine:
         conn = Connection(self, sock, addr, service)
         self._conns[conn.fd] = conn
         conn.events = READ
-        self._poller.register(conn.fd, READ)
+        self.loop.add(conn.fd, READ, conn.on_events)
         try:
             service.connection_made(conn)
         except Exception:
@@ -616,17 +505,14 @@ class SelectEngine:
             want |= READ
         if want != conn.events:
             conn.events = want
-            self._poller.modify(conn.fd, want)
+            self.loop.modify(conn.fd, want, conn.on_events)
 
     def _close(self, conn: Connection) -> None:
         if conn.closed:
             return
         conn.closed = True
         self._conns.pop(conn.fd, None)
-        try:
-            self._poller.unregister(conn.fd)
-        except (OSError, ValueError):
-            pass
+        self.loop.remove(conn.fd)
         for fd in list(conn.watched):
             self._unwatch(conn, fd)
         for timer in list(conn.timers):
@@ -640,8 +526,10 @@ class SelectEngine:
         except OSError:
             pass
         self.counts.release("connections")
-        if self._accept_blocked_until:
-            self._accept_blocked_until = self.now  # a descriptor is free: the queue may move again
+        if self._accept_paused:
+            if self._accept_blocked_until:
+                self._accept_blocked_until = self.now  # a descriptor is free: the queue may move again
+            self._retry_accepting(0.0)
         if file is not None:
             try:
                 file[3](ConnectionError("connection closed during sendfile"))
@@ -933,20 +821,9 @@ class SelectEngine:
         self._update_events(conn)
         conn.call_later(_LINGER, lambda: self._close(conn))
 
-    def _flush_dirty(self) -> None:
-        dirty = self._dirty
-        self._dirty = []
-        for conn in dirty:
-            conn.dirty = False
-            if not conn.closed:
-                self._flush(conn)
-
     # -- watched fds ----------------------------------------------------------------------------------
 
     def _watch(self, conn: Connection, fd: int, callback: Callable[[], None]) -> None:
-        if fd in self._handlers or fd in self._conns:
-            raise ValueError(f"fd {fd} is already watched")
-
         def on_ready(events: int) -> None:
             if conn.closed:
                 return
@@ -955,18 +832,13 @@ class SelectEngine:
             except Exception:
                 self._service_failed(conn, "watch callback")
 
-        self._handlers[fd] = on_ready
-        self._poller.register(fd, READ)
+        self.loop.add(fd, READ, on_ready)
         conn.watched.add(fd)
 
     def _unwatch(self, conn: Connection, fd: int) -> None:
         if fd in conn.watched:
             conn.watched.discard(fd)
-            self._handlers.pop(fd, None)
-            try:
-                self._poller.unregister(fd)
-            except (OSError, ValueError):
-                pass
+            self.loop.remove(fd)
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -983,9 +855,8 @@ class SelectEngine:
             # With EPOLLEXCLUSIVE the kernel wakes one waiting process per new connection; if that process then
             # stops accepting without taking it (a worker being replaced), nobody else is told.  Registering again
             # makes epoll look at the queue afresh, so no connection waits in it longer than one sweep.
-            for fd in list(self._armed):
-                self._disarm(fd)
-                self._arm(fd)
+            for fd in self._armed:
+                self.loop.requeue(fd, READ | self._exclusive)
         for conn in list(self._conns.values()):
             if conn.closed:
                 continue
@@ -1027,8 +898,7 @@ class SelectEngine:
     def _install_signals(self) -> SignalRelay:
         relay = self._relay = SignalRelay(self.SIGNALS)
         relay.install()
-        self._handlers[relay.fd] = self._on_signals
-        self._poller.register(relay.fd, READ)
+        self.loop.add(relay.fd, READ, self._on_signals)
         return relay
 
     def _on_signals(self, events: int) -> None:
@@ -1065,7 +935,7 @@ class SelectEngine:
         replaced by SIGHUP or SIGTTOU): then they are left to those.  The requests already in the socket buffers
         go to the services before the services are told to stop taking new work."""
         if not graceful:
-            self._running = False
+            self.loop.stop()
             return
         if self._draining:
             return
@@ -1085,15 +955,17 @@ class SelectEngine:
                 service.shutdown()
             except Exception:
                 log.exception("%s: shutdown failed", service.name)
+        self.loop.add_check(self._drain_step)
 
-    def _drain_step(self) -> None:
-        """While stopping gracefully: close every connection that reached a frame boundary with nothing in flight
-        and nothing more received."""
+    def _drain_step(self) -> bool:
+        """After every iteration of a graceful stop: close every connection that reached a frame boundary with
+        nothing in flight and nothing more received; True if one had input (look again without waiting)."""
         if time.monotonic() >= self._deadline:
             if self._conns:
                 log.warning("graceful timeout: closing %d connection(s) still busy", len(self._conns))
-            self._running = False
-            return
+            self.loop.stop()
+            return False
+        again = False
         for conn in list(self._conns.values()):
             if conn.closed or conn.lingering or conn.close_after_flush or conn.busy or conn.out:
                 continue
@@ -1102,11 +974,12 @@ class SelectEngine:
             if _has_input(conn.sock):
                 # Received, so answered first (or an EOF or error to handle); closed once a look finds nothing.
                 self._on_readable(conn)
-                self._drain_again = True
+                again = True
                 continue
             self._finish_close(conn)
         if not self._conns:
-            self._running = False
+            self.loop.stop()
+        return again
 
     def run(self, install_signals: bool = True, unblock_signals: Sequence[int] = ()) -> int:
         """Serve until stopped; return the exit status (0 for a requested stop).
@@ -1116,85 +989,47 @@ class SelectEngine:
         relay = self._install_signals() if install_signals else None
         if unblock_signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
-        self._running = True
-        self.now = time.monotonic()
         try:
             self._start_listening()
             self.call_later(self.limits.sweep_interval, self._sweep)
-            self._loop()
+            self.loop.run()
         finally:
-            self._shutdown()
+            self._stop_listening()
+            for conn in list(self._conns.values()):
+                self._close(conn)
+            self.loop.close()
             if relay is not None:
-                self._handlers.pop(relay.fd, None)
                 relay.restore()
         return self.exit_code
 
-    def _loop(self) -> None:
-        poll = self._poller.poll
-        conns = self._conns
-        handlers = self._handlers
-        monotonic = time.monotonic
-        readable = READ | HUP_ERR
-        on_readable = self._on_readable
-        while self._running:
-            try:
-                events = poll(self._next_timeout())
-            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for safety
-                continue
-            self.now = now = monotonic()
-            for fd, ev in events:
-                conn = conns.get(fd)
-                if conn is None:
-                    handler = handlers.get(fd)
-                    if handler is not None:
-                        handler(ev)
-                    continue
-                if ev & readable and conn.events & READ:
-                    relay = conn.relay
-                    if relay is not None and not conn.out:
-                        # The hot path of a mirror service (echo): one C call receives, checks the frames
-                        # and sends the whole ones back from the decoder's memory.
-                        try:
-                            rest = relay(fd)
-                        except BlockingIOError:
-                            continue
-                        except FrameError as exc:
-                            self._mirror_failed(conn, exc)
-                            continue
-                        except OSError as exc:
-                            log.debug("%s: %s: %s", conn.service.name, conn.peer, exc)
-                            self._close(conn)
-                            continue
-                        if rest is None:
-                            self._on_eof(conn)
-                        else:
-                            conn.last = now
-                            if rest:
-                                self._queue_rest(conn, rest)
-                        continue
-                    on_readable(conn)
-                    if conn.closed:
-                        continue
-                if ev & WRITE:
-                    self._flush(conn)
-                elif ev & HUP_ERR and not conn.events & READ:
+    def _on_events(self, conn: Connection, ev: int) -> None:
+        if ev & (READ | HUP_ERR) and conn.events & READ:
+            relay = conn.relay
+            if relay is not None and not conn.out:
+                # The hot path of a mirror service (echo): one C call receives, checks the frames
+                # and sends the whole ones back from the decoder's memory.
+                try:
+                    rest = relay(conn.fd)
+                except BlockingIOError:
+                    return
+                except FrameError as exc:
+                    self._mirror_failed(conn, exc)
+                    return
+                except OSError as exc:
+                    log.debug("%s: %s: %s", conn.service.name, conn.peer, exc)
                     self._close(conn)
-            if self._dirty:
-                self._flush_dirty()
-            if self._timers and self._timers[0].when <= self.now:
-                self._run_timers()
-            if self._accept_paused and self._listening:
-                self._maybe_resume_accepting()
-            if self._draining:
-                self._drain_step()
-
-    def _shutdown(self) -> None:
-        self._stop_listening()
-        for conn in list(self._conns.values()):
+                    return
+                if rest is None:
+                    self._on_eof(conn)
+                else:
+                    conn.last = self.loop.now
+                    if rest:
+                        self._queue_rest(conn, rest)
+                return
+            self._on_readable(conn)
+            if conn.closed:
+                return
+        if ev & WRITE:
+            self._flush(conn)
+        elif ev & HUP_ERR and not conn.events & READ:
             self._close(conn)
-        timers, self._timers = self._timers, []
-        for timer in timers:
-            timer.engine = None
-            timer.cancel()
-        self._cancelled_timers = 0
-        self._poller.close()
