@@ -40,7 +40,6 @@ A worker always leaves through ``os._exit``, never by returning into the master'
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -89,13 +88,11 @@ class PreforkEngine:
         listeners: Sequence[Listener],
         workers: int | None = None,
         limits: Limits | None = None,
-        pidfile: str | None = None,
         worker_timeout: float = 30.0,
     ) -> None:
         self.listeners = list(listeners)
         self.target = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or Limits()
-        self.pidfile = pidfile
         self.worker_timeout = worker_timeout
         self.balancer = Balancer()
         self.workers: dict[int, _Worker] = {}
@@ -314,8 +311,6 @@ class PreforkEngine:
         self._relay.install()
         if unblock_signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
-        if self.pidfile:
-            _write_pidfile(self.pidfile)
         try:
             log.info("prefork master %d: %d worker(s)", os.getpid(), self.target)
             become_subreaper()
@@ -354,8 +349,6 @@ class PreforkEngine:
             self._end_all_orphans()
             for listener in self.listeners:
                 listener.sock.close()
-            if self.pidfile:
-                _remove_pidfile(self.pidfile)
             self._relay.detach()
         log.info("prefork master %d: stopped", os.getpid())
         return 0
@@ -368,21 +361,3 @@ def _describe_status(status: int) -> str:
         except ValueError:
             return f"killed by signal {os.WTERMSIG(status)}"
     return f"exit status {os.WEXITSTATUS(status)}"
-
-
-def _write_pidfile(path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def _remove_pidfile(path: str) -> None:
-    try:
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            log.warning("could not remove pidfile %s: %s", path, exc)
