@@ -133,9 +133,6 @@ class PreforkEngine:
         """In a freshly forked worker (signals still blocked): serve the listeners until stopped."""
         self._relay.detach()
         install_handlers(self.SIGNALS, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
-        if os.environ.get("FASTFRAME_TEST_FAULT") == "worker-boot":
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
-            raise RuntimeError("fault injected at worker boot (FASTFRAME_TEST_FAULT=worker-boot)")
         engine = SelectEngine(
             self.listeners,
             self.limits,
