@@ -21,7 +21,8 @@ from .echo import EchoService, RawEchoService
 from .engine import Listener, SelectEngine
 from .files import FileService
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
-from .prefork import PreforkEngine, _remove_pidfile, _write_pidfile
+from .pidfile import Pidfile, PidfileBusy
+from .prefork import PreforkEngine
 from .service import Service
 from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
 from .timeservice import TcpTimeService, TimeService
@@ -165,17 +166,21 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
         raise ConfigError("no service to start")
     if config.engine not in ("select", "prefork"):
         raise ConfigError(f"unknown engine {config.engine!r} (choose select or prefork)")
-    if config.pidfile:
-        # Written before the listening lines are printed: whoever reads those may look for it at once.
+    pidfile = Pidfile(config.pidfile) if config.pidfile else None
+    if pidfile is not None:
+        # Written before the listening lines are printed: whoever reads those may look for it at once.  A live
+        # process holding it stops this server (PidfileBusy: one line, exit status 1).
         try:
-            _write_pidfile(config.pidfile)
+            pidfile.create()
+        except PidfileBusy:
+            raise
         except OSError as exc:
             raise ConfigError(f"cannot write pidfile {config.pidfile}: {exc.strerror or exc}") from None
     try:
         return _run(config, listeners, out)
     finally:
-        if config.pidfile:
-            _remove_pidfile(config.pidfile)
+        if pidfile is not None:
+            pidfile.remove()
 
 
 def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO]) -> int:

@@ -1,4 +1,5 @@
-"""Binding listening sockets, and taking them over from systemd socket activation."""
+"""Listening sockets: binding them, taking them over from systemd socket activation, and pairing each with the
+service it serves (:class:`Listener`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,36 @@ import os
 import socket
 from typing import Dict, List, Optional, Tuple
 
+from .service import Address, Service
+
 log = logging.getLogger("fastframe.server")
 
-__all__ = ["bind_tcp", "bind_udp", "bind_tcp_udp_pair", "systemd_sockets"]
+__all__ = ["Listener", "bind_tcp", "bind_udp", "bind_tcp_udp_pair", "match_systemd", "systemd_sockets"]
 
 BACKLOG = 1024
 SD_LISTEN_FDS_START = 3
+
+
+class Listener:
+    """A bound socket and the service it serves (TCP: listening; UDP: bound)."""
+
+    def __init__(self, sock: socket.socket, service: Service) -> None:
+        self.sock = sock
+        self.service = service
+
+    @property
+    def address(self) -> Address:
+        return self.sock.getsockname()  # type: ignore[no-any-return]
+
+    @property
+    def transport(self) -> str:
+        return "udp" if self.sock.type == socket.SOCK_DGRAM else "tcp"
+
+    def describe(self) -> str:
+        """``echo tcp 127.0.0.1:40123``: the line printed for it at start-up."""
+        addr = self.address
+        host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+        return f"{self.service.name} {self.transport} {host}:{addr[1]}"
 
 
 def _resolve(host: str, port: int, kind: int) -> Tuple[int, Tuple[object, ...]]:

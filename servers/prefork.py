@@ -1,4 +1,4 @@
-"""The prefork engine: a master that binds every socket and supervises N workers running the select loop.
+"""The prefork master: it holds every listening socket and supervises N workers running the select engine.
 
 Theory of operation
 ===================
@@ -6,7 +6,8 @@ Theory of operation
 The master binds (or inherits from systemd) every listening socket, then forks the workers; each worker runs
 a :class:`~servers.engine.SelectEngine` on the inherited sockets.  The master itself serves nothing: its loop
 waits on a wake-up pipe written by ``signal.set_wakeup_fd``, and its signal handlers only append the signal
-to a queue, so every decision is taken in one place, in order:
+to a queue (:mod:`servers.signals`); the loop hands each to ``handle_<signal>``, so every decision is taken in
+one place, in order:
 
 * ``SIGCHLD``: reap with ``waitpid(-1, WNOHANG)`` until nothing is left, and respawn the missing workers.
   A worker that dies within a second of its birth counts as a boot failure, and each consecutive one
@@ -28,7 +29,7 @@ Accepts are spread by the kernel and a shared table: every worker registers the 
 with ``EPOLLEXCLUSIVE`` (one idle worker is woken per connection, not all), takes one connection per
 wake-up and re-registers (moving to the back of the kernel's queue of waiters, so idle workers take turns),
 and steps out of the queue while it holds clearly more connections than the least loaded live worker.  The
-table (:class:`Balancer`) lives in an anonymous shared mapping made before the first fork: per worker its
+table (:class:`servers.counts.Balancer`) lives in an anonymous shared mapping made before the first fork: per worker its
 state, a heartbeat and its share of the server-wide counts (connections, commands), so that
 ``max_connections`` and ``max_commands`` hold for the whole server.  The heartbeat doubles as a watchdog: a
 worker that stops beating for ``worker_timeout`` is killed and replaced.  A worker whose master died (its
@@ -39,161 +40,26 @@ A worker always leaves through ``os._exit``, never by returning into the master'
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
-import mmap
 import os
-import select
 import signal
-import tempfile
 import time
-from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from ._process import become_subreaper, children, kill_tree
-from .engine import (
-    IGNORED_SIGNALS,
-    SHARED_COUNTS,
-    Counts,
-    Limits,
-    Listener,
-    SelectEngine,
-    enable_faulthandler,
-    install_handlers,
-    signal_name,
-)
+from .counts import Balancer
+from .engine import SelectEngine
+from .limits import Limits
+from .listen import Listener
+from .signals import IGNORED_SIGNALS, SignalRelay, dispatch, install_handlers
 
-__all__ = ["Balancer", "PreforkEngine"]
+__all__ = ["PreforkEngine"]
 
 log = logging.getLogger("fastframe.server")
 
-MAX_SLOTS = 256
 BOOT_WINDOW = 1.0  # a worker dying younger than this failed to boot
 MAX_BACKOFF = 10.0
 FAST_STOP_GRACE = 1.0
-
-
-FREE, ACTIVE, RETIRED = 0, 1, 2  # the state of a slot in the shared table
-
-
-class Balancer(Counts):
-    """The table the workers share: per worker (one slot per live worker process) its state, its heartbeat and
-    its share of every server-wide count.
-
-    It lives in an anonymous shared mapping made before the first fork.  Layout, 8-byte cells: one past the
-    highest slot ever used; the slots' states (free, active, retired); their heartbeats (monotonic seconds);
-    then, for each name in :data:`SHARED_COUNTS`, one count per slot.  The master allocates and frees slots
-    (a dead worker's share is reset with its slot); each worker writes only its own slot.
-
-    A limit is checked and a unit taken under a lock -- a POSIX record lock (``lockf``) on an anonymous file,
-    held by one process at a time and dropped by the kernel if its holder dies -- so two workers can never
-    both take the last place.  Giving a unit back needs no lock: a total read meanwhile can only be too high,
-    which refuses one request a moment early and never lets one too many in.
-    """
-
-    def __init__(self) -> None:
-        n = MAX_SLOTS
-        self._mm = mmap.mmap(-1, 8 * (1 + (2 + len(SHARED_COUNTS)) * n))  # anonymous: shared with later children
-        table = memoryview(self._mm)
-        self._top = table[:8].cast("q")
-        self.states = table[8 : 8 * (1 + n)].cast("q")
-        self.beats = table[8 * (1 + n) : 8 * (1 + 2 * n)].cast("d")
-        self._columns = {
-            name: table[8 * (1 + (2 + i) * n) : 8 * (1 + (3 + i) * n)].cast("q")
-            for i, name in enumerate(SHARED_COUNTS)
-        }
-        self._connections = self._columns["connections"]
-        self.slot = -1
-        self._free: List[int] = list(range(n - 1, -1, -1))
-        self._lock_fd = _anonymous_file()
-
-    # master side
-    def allocate(self) -> int:
-        if not self._free:
-            raise RuntimeError(f"more than {MAX_SLOTS} worker processes")
-        slot = self._free.pop()
-        self.beats[slot] = time.monotonic()
-        for column in self._columns.values():
-            column[slot] = 0
-        self.states[slot] = ACTIVE
-        self._top[0] = max(self._top[0], slot + 1)
-        return slot
-
-    def free(self, slot: int) -> None:
-        """The worker in ``slot`` is gone (reaped): what it counted is no longer in use anywhere."""
-        self.states[slot] = FREE
-        for column in self._columns.values():
-            column[slot] = 0
-        self._free.append(slot)
-
-    def retire(self, slot: int) -> None:
-        """A worker that is being replaced no longer competes for connections (what it holds still counts)."""
-        self.states[slot] = RETIRED
-
-    # worker side
-    def acquire(self, name: str, limit: int) -> bool:
-        column = self._column(name)
-        states = self.states
-        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            total = 0
-            for i in range(self._top[0]):
-                if states[i] != FREE:
-                    total += column[i]
-            if total >= limit:
-                return False
-            column[self.slot] += 1
-            return True
-        finally:
-            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
-
-    def release(self, name: str) -> None:
-        column = self._column(name)
-        if column[self.slot] > 0:
-            column[self.slot] -= 1
-
-    def _column(self, name: str) -> memoryview:
-        try:
-            return self._columns[name]
-        except KeyError:
-            raise ValueError(f"no server-wide count named {name!r} (known: {', '.join(SHARED_COUNTS)})") from None
-
-    def retired(self) -> bool:
-        """The master replaced this worker (SIGHUP, SIGTTOU): the others keep listening on the shared sockets."""
-        return self.states[self.slot] == RETIRED
-
-    def beat(self, now: float) -> None:
-        self.beats[self.slot] = now
-
-    def may_accept(self) -> bool:
-        """True unless this worker holds clearly more connections than the least loaded live worker (one more,
-        plus an eighth, so that bursts are not throttled by workers taking turns).
-
-        Workers that stopped beating (hung, or being killed) do not count, so one stuck worker cannot
-        stop the others from accepting."""
-        if self.states[self.slot] != ACTIVE:
-            return False
-        counts = self._connections
-        states = self.states
-        beats = self.beats
-        mine = counts[self.slot]
-        stale = time.monotonic() - 3.0
-        low = mine
-        for i in range(self._top[0]):
-            c = counts[i]
-            if c < low and states[i] == ACTIVE and beats[i] > stale:
-                low = c
-        return mine <= low + 1 + low // 8
-
-
-def _anonymous_file() -> int:
-    """A descriptor of a file nobody else can open (for the table's lock); inherited by forked workers."""
-    if hasattr(os, "memfd_create"):
-        return os.memfd_create("fastframe-counts")
-    fd, path = tempfile.mkstemp(prefix="fastframe-counts-")  # pragma: no cover - no memfd (not Linux)
-    os.unlink(path)  # pragma: no cover
-    return fd  # pragma: no cover
 
 
 class _Worker:
@@ -209,50 +75,34 @@ class _Worker:
 class PreforkEngine:
     """Run ``workers`` select-loop processes on ``listeners`` and supervise them until stopped."""
 
-    def __init__(
-        self,
-        listeners: Sequence[Listener],
-        workers: Optional[int] = None,
-        limits: Optional[Limits] = None,
-        pidfile: Optional[str] = None,
-        worker_timeout: float = 30.0,
-    ) -> None:
-        self.listeners = list(listeners)
-        self.target = max(1, workers or os.cpu_count() or 1)
-        self.limits = limits or Limits()
-        self.pidfile = pidfile
-        self.worker_timeout = worker_timeout
-        self.balancer = Balancer()
-        self.workers: Dict[int, _Worker] = {}
-        self._signals: Deque[int] = deque()
-        self._stopping = False
-        self._deadline = 0.0
-        self._next_spawn = 0.0
-        self._failures = 0
-        self._master_pid = os.getpid()
-        self._orphans_possible = False  # a child was reaped since the last look for orphans
-        self._wake_r = self._wake_w = -1
-
-    # -- signals --------------------------------------------------------------------------------------
-
     #: The signals the master handles (block them before ``run``, which unblocks them once it handles them).
-    SIGNALS = _HANDLED = tuple(
+    SIGNALS = tuple(
         dict.fromkeys((
             signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
             signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGUSR1, *IGNORED_SIGNALS,
         ))
     )  # fmt: skip
 
-    def _record(self, signum: int, frame: Any) -> None:
-        self._signals.append(signum)
-
-    def _install_signals(self) -> None:
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
-        install_handlers(self._HANDLED, self._record)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        enable_faulthandler()
+    def __init__(
+        self,
+        listeners: Sequence[Listener],
+        workers: int | None = None,
+        limits: Limits | None = None,
+        worker_timeout: float = 30.0,
+    ) -> None:
+        self.listeners = list(listeners)
+        self.target = max(1, workers or os.cpu_count() or 1)
+        self.limits = limits or Limits()
+        self.worker_timeout = worker_timeout
+        self.balancer = Balancer()
+        self.workers: dict[int, _Worker] = {}
+        self._relay = SignalRelay(self.SIGNALS)
+        self._stopping = False
+        self._deadline = 0.0
+        self._next_spawn = 0.0
+        self._failures = 0
+        self._master_pid = os.getpid()
+        self._orphans_possible = False  # a child was reaped since the last look for orphans
 
     # -- workers --------------------------------------------------------------------------------------
 
@@ -261,36 +111,36 @@ class PreforkEngine:
         # Signals stay blocked across the fork: a SIGTERM meant for the new worker must not land in the
         # master's handler (inherited, until the worker installs its own) and be lost there.  The worker
         # unblocks them once its engine's handlers are in place; pending ones are delivered then.
-        signal.pthread_sigmask(signal.SIG_BLOCK, self._HANDLED)
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
         pid = -1
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child; covered by the subprocess tests
                 code = 1
                 try:
-                    code = self._worker_main(slot)
+                    code = self.run_worker(slot)
                 except BaseException:
                     log.exception("worker crashed")
                 finally:
                     os._exit(code)
         finally:
             if pid != 0:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, self._HANDLED)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
         self.workers[pid] = _Worker(pid, slot, time.monotonic())
         log.info("worker %d started (slot %d)", pid, slot)
 
-    def _worker_main(self, slot: int) -> int:  # pragma: no cover - child process
-        signal.set_wakeup_fd(-1)
-        install_handlers(self._HANDLED, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        if os.environ.get("FASTFRAME_TEST_FAULT") == "worker-boot":
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, self._HANDLED)
-            raise RuntimeError("fault injected at worker boot (FASTFRAME_TEST_FAULT=worker-boot)")
-        self.balancer.slot = slot
-        engine = SelectEngine(self.listeners, self.limits, balancer=self.balancer, exclusive_accept=True)
-        engine.parent_pid = self._master_pid
-        return engine.run(unblock_signals=self._HANDLED)
+    def run_worker(self, slot: int) -> int:  # pragma: no cover - child process
+        """In a freshly forked worker (signals still blocked): serve the listeners until stopped."""
+        self._relay.detach()
+        install_handlers(self.SIGNALS, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
+        engine = SelectEngine(
+            self.listeners,
+            self.limits,
+            balancer=self.balancer.worker(slot),
+            exclusive_accept=True,
+            parent_pid=self._master_pid,
+        )
+        return engine.run(unblock_signals=self.SIGNALS)
 
     def _reap(self) -> None:
         while True:
@@ -347,7 +197,7 @@ class PreforkEngine:
                 return
             time.sleep(0.01)
 
-    def _active(self) -> List[_Worker]:
+    def _active(self) -> list[_Worker]:
         return [w for w in self.workers.values() if not w.retiring]
 
     def _maintain(self) -> None:
@@ -383,40 +233,45 @@ class PreforkEngine:
         for worker in list(self.workers.values()):
             if now - worker.born < self.worker_timeout:
                 continue
-            if now - self.balancer.beats[worker.slot] > self.worker_timeout:
+            if now - self.balancer.last_beat(worker.slot) > self.worker_timeout:
                 log.error("worker %d has not answered for %.0f s; killing it", worker.pid, self.worker_timeout)
                 self._kill(worker.pid, signal.SIGKILL)
 
-    # -- the master loop ------------------------------------------------------------------------------
+    # -- signals (see servers.signals: the loop dispatches them to these) --------------------------------
 
-    def _handle_signals(self) -> None:
-        while self._signals:
-            signum = self._signals.popleft()
-            if signum == signal.SIGCHLD:
-                self._reap()
-            elif signum == signal.SIGTERM:
-                self._stop(graceful=True)
-            elif signum in (signal.SIGINT, signal.SIGQUIT):
-                self._stop(graceful=False)
-            elif signum == signal.SIGHUP and not self._stopping:
-                log.info("SIGHUP: replacing all %d worker(s)", len(self._active()))
-                old = self._active()
-                self._failures = 0
-                self._next_spawn = 0.0
-                for _ in range(self.target):
-                    self._spawn()
-                for worker in old:
-                    self._retire(worker)
-            elif signum == signal.SIGTTIN and not self._stopping:
-                self.target += 1
-                log.info("SIGTTIN: %d worker(s)", self.target)
-            elif signum == signal.SIGTTOU and not self._stopping:
-                self.target = max(1, self.target - 1)
-                log.info("SIGTTOU: %d worker(s)", self.target)
-            elif signum == signal.SIGUSR1:
-                self.handle_usr1()
-            elif signum not in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                log.warning("%s ignored", signal_name(signum))
+    def handle_chld(self) -> None:
+        self._reap()
+
+    def handle_term(self) -> None:
+        self._stop(graceful=True)
+
+    def handle_int(self) -> None:
+        self._stop(graceful=False)
+
+    def handle_quit(self) -> None:
+        self._stop(graceful=False)
+
+    def handle_hup(self) -> None:
+        if self._stopping:
+            return
+        old = self._active()
+        log.info("SIGHUP: replacing all %d worker(s)", len(old))
+        self._failures = 0
+        self._next_spawn = 0.0
+        for _ in range(self.target):
+            self._spawn()
+        for worker in old:
+            self._retire(worker)
+
+    def handle_ttin(self) -> None:
+        if not self._stopping:
+            self.target += 1
+            log.info("SIGTTIN: %d worker(s)", self.target)
+
+    def handle_ttou(self) -> None:
+        if not self._stopping:
+            self.target = max(1, self.target - 1)
+            log.info("SIGTTOU: %d worker(s)", self.target)
 
     def handle_usr1(self) -> None:
         """SIGUSR1, logrotate's signal: reopen the log files here and in every worker.  Logs go to stderr for now:
@@ -445,34 +300,21 @@ class PreforkEngine:
             worker.retiring = True
             self._kill(worker.pid, signum)
 
-    def _wait(self, timeout: float) -> None:
-        try:
-            ready, _, _ = select.select([self._wake_r], [], [], max(0.0, timeout))
-        except InterruptedError:  # pragma: no cover
-            return
-        if ready:
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except (BlockingIOError, InterruptedError):
-                pass
-
     def run(self, unblock_signals: Sequence[int] = ()) -> int:
         """Supervise until stopped; return the exit status.
 
         ``unblock_signals`` are unblocked once the master's handlers are installed (block :attr:`SIGNALS` while
         announcing the server, so that a signal sent as soon as it is announced is not lost)."""
-        self._install_signals()
+        self._relay.install()
         if unblock_signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
-        if self.pidfile:
-            _write_pidfile(self.pidfile)
         try:
             log.info("prefork master %d: %d worker(s)", os.getpid(), self.target)
             become_subreaper()
             self._maintain()
             while True:
-                self._handle_signals()
+                for signum in self._relay.take():
+                    dispatch(self, signum)
                 self._reap()
                 if self._orphans_possible:
                     self._end_orphans()
@@ -484,14 +326,14 @@ class PreforkEngine:
                         for pid in list(self.workers):
                             self._kill(pid, signal.SIGKILL)
                         self._deadline = float("inf")
-                    self._wait(0.05)
+                    self._relay.wait(0.05)
                     continue
                 self._maintain()
                 self._check_heartbeats()
                 timeout = 1.0
                 if len(self._active()) < self.target:
                     timeout = max(0.0, min(timeout, self._next_spawn - time.monotonic()))
-                self._wait(timeout)
+                self._relay.wait(timeout)
         finally:
             for worker in list(self.workers.values()):
                 self._kill(worker.pid, signal.SIGKILL)
@@ -504,9 +346,7 @@ class PreforkEngine:
             self._end_all_orphans()
             for listener in self.listeners:
                 listener.sock.close()
-            if self.pidfile:
-                _remove_pidfile(self.pidfile)
-            signal.set_wakeup_fd(-1)
+            self._relay.detach()
         log.info("prefork master %d: stopped", os.getpid())
         return 0
 
@@ -518,21 +358,3 @@ def _describe_status(status: int) -> str:
         except ValueError:
             return f"killed by signal {os.WTERMSIG(status)}"
     return f"exit status {os.WEXITSTATUS(status)}"
-
-
-def _write_pidfile(path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def _remove_pidfile(path: str) -> None:
-    try:
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            log.warning("could not remove pidfile %s: %s", path, exc)

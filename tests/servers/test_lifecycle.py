@@ -1,8 +1,7 @@
-"""Stopping (SIGTERM graceful under load, SIGINT prompt), --pidfile, and systemd socket activation."""
+"""Stopping (SIGTERM graceful under load, SIGINT prompt) and systemd socket activation (--pidfile: test_pidfile)."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import socket
@@ -232,28 +231,6 @@ def test_sigint_stops_promptly_with_status_0(engine, serve, net):
     assert code == 0, server.stderr()[-3000:]
     assert took < 2.0, took
     assert not net.still_running(workers), "workers outlived their master"
-
-
-# -- --pidfile ------------------------------------------------------------------------------------------
-
-
-def test_pidfile_written_and_removed(engine, serve, net, workdir):
-    path = os.path.join(workdir, "run", "ff.pid")
-    os.makedirs(os.path.dirname(path))
-    server = serve("--echo", "0", "--pidfile", path, engine=engine)
-    # The select engine writes the file just after printing where it listens: give it a moment.
-    deadline = time.monotonic() + 5
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    with open(path) as f:
-        assert f.read().strip() == str(server.pid)
-    with net.connect(server.addr("echo")) as s:
-        assert net.roundtrip(s, b"pid") == b"pid"
-    server.signal(signal.SIGTERM)
-    code, _ = net.wait_exit(server, 10)
-    assert code == 0
-    assert not os.path.exists(path), "the pidfile outlived the server"
-    assert os.listdir(os.path.dirname(path)) == []  # no temporary file left behind either
 
 
 # -- systemd socket activation ----------------------------------------------------------------------------

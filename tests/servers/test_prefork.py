@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
+import textwrap
 import threading
 import time
 
@@ -192,6 +194,38 @@ def test_sigttin_sigttou_change_the_worker_count(serve, net):
     assert len(expect(1)) == 1
     server.signal(signal.SIGTTIN)
     expect(2)
+
+
+# Injected from outside, the way production code never sees: a sitecustomize module on PYTHONPATH, imported by
+# the server's interpreter at start-up, makes every worker fail as it starts (the master never calls it).
+FAULTY_WORKER = textwrap.dedent(
+    """
+    from fastframe.servers.prefork import PreforkEngine
+
+    def run_worker(self, slot):
+        raise RuntimeError("fault injected at worker boot")
+
+    PreforkEngine.run_worker = run_worker
+    """
+)
+
+
+def test_a_worker_that_cannot_boot_is_respawned_with_a_growing_delay(serve, net, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(FAULTY_WORKER)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    server = serve("--echo", "0", "--engine", "prefork", "--workers", "1", env={"PYTHONPATH": path})
+    died = re.compile(r"worker (\d+) died [\d.]+ s after start \(exit status 1\); next spawn in ([\d.]+) s")
+    assert net.wait_until(lambda: len(died.findall(server.stderr())) >= 4, timeout=15), server.stderr()[-3000:]
+    err = server.stderr()
+    assert "fault injected at worker boot" in err, err[-3000:]
+    delays = [float(d) for _, d in died.findall(err)]
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8], delays  # doubling: a worker that cannot start is no fork bomb
+    started = re.findall(r"worker (\d+) started", err)
+    assert len(started) <= len(delays) + 1, "a worker was spawned before the delay after the last failure"
+    assert server.proc.poll() is None, "the master died with its workers"
+    server.signal(signal.SIGTERM)
+    code, _ = net.wait_exit(server, 15)
+    assert code == 0, server.stderr()[-3000:]
 
 
 def test_worker_retired_while_booting_still_stops(serve, net):

@@ -93,7 +93,7 @@ def test_a_fault_signal_in_a_worker_is_logged_and_the_worker_replaced(serve, net
 def test_every_fatal_signal_is_covered():
     """The server's list is the one tested above, and with the signals it stops on, the faults, SIGPIPE (which
     Python ignores) and those whose default action neither ends nor stops a process, it covers every signal."""
-    from fastframe.servers.engine import IGNORED_SIGNALS
+    from fastframe.servers.signals import IGNORED_SIGNALS
 
     assert set(IGNORED_SIGNALS) | {signal.SIGUSR1} == set(IGNORED) | set(REALTIME)
     stops = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
