@@ -1,6 +1,9 @@
-"""Running `fastframe serve` as a real subprocess for tests: start, read the ports it prints, signal, clean up.
+"""Test helpers, importable by every test module (``import harness``; tests/ is on pytest's pythonpath).
 
-Everything it starts is killed by PID (the server and, for prefork, every worker it saw), never by name.
+Running `fastframe serve` as a real subprocess: start, read the ports it prints, signal, clean up -- everything
+it starts is killed by PID (the server and, for prefork, every worker it saw), never by name.  And the socket
+helpers every network test needs, written once: :func:`recv_exactly`, :func:`recv_frame`, :func:`send_frame`,
+:func:`wait_until`.
 """
 
 from __future__ import annotations
@@ -9,12 +12,61 @@ import os
 import re
 import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+_HEADER = struct.Struct("!I")
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes; EOFError (saying how many came) if the peer closes first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise EOFError(f"peer closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def send_frame(sock: socket.socket, payload: bytes) -> None:
+    """One ``!I`` frame, written the way the seeds do (the reference the codec is checked against)."""
+    sock.sendall(_HEADER.pack(len(payload)) + payload)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    """One ``!I`` frame.  EOFError("eof at boundary") on a clean close before the header; a close inside the
+    header or the payload raises EOFError("partial ...")."""
+    first = sock.recv(4)
+    if not first:
+        raise EOFError("eof at boundary")
+    try:
+        head = first + recv_exactly(sock, 4 - len(first)) if len(first) < 4 else first
+    except EOFError as exc:
+        raise EOFError(f"partial header: {exc}") from None
+    (n,) = _HEADER.unpack(head)
+    try:
+        return recv_exactly(sock, n)
+    except EOFError as exc:
+        raise EOFError(f"partial payload: {exc}") from None
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``predicate()`` until it is true (True) or ``timeout`` seconds pass (False): wait for a condition,
+    never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
 
 LINE = re.compile(r"^(\w+) (tcp|udp) (\[[0-9a-fA-F:.]+\]|[^\s:]+):(\d+)$")
 
