@@ -8,8 +8,14 @@ from typing import Iterable, List, Optional, Tuple, Union, final
 
 from fastframe._framing import Framing as Framing
 
-Buffer = Union[bytes, bytearray, memoryview]
-Prefix = Union[str, Framing]
+__all__ = [
+    "DEFAULT_MAX_FRAME", "LARGE_FRAME", "PREFIXES", "Decoder", "Framing", "encode", "encode_many", "header",
+    "write_frames",
+]
+
+# Private aliases: they exist only in the stub (stubtest ignores underscore names).
+_Buffer = Union[bytes, bytearray, memoryview]
+_Prefix = Union[str, Framing]
 
 DEFAULT_MAX_FRAME: int
 """Default ``max_frame`` of a Decoder: 8 MiB."""
@@ -24,25 +30,25 @@ PREFIXES: Tuple[str, ...]
 # ``offset``: leading payload bytes written before the length field; ``adjust``: the field holds
 # len(body) - adjust.  See the docstring of fastframe._codec_py for the layout.
 
-def header(length: int, prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
+def header(length: int, prefix: _Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
     """Return the length field announcing a body of ``length`` bytes (for scatter-gather sends).
 
     Raises ValueError for a negative length, an unknown prefix or ``offset > 0`` (header() writes no
     leading bytes), FrameTooLarge if the field cannot hold ``length - adjust``, FrameError if it is negative.
     """
 
-def encode(payload: Buffer, prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
+def encode(payload: _Buffer, prefix: _Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
     """Return the frame of ``payload`` (its first ``offset`` bytes, the length field, the rest) as one bytes.
 
     ``payload`` is any C-contiguous bytes-like object.  Raises FrameTooLarge if the field cannot express
     its value, FrameError if the payload is shorter than ``offset`` or the value would be negative.
     """
 
-def encode_many(payloads: Iterable[Buffer], prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
+def encode_many(payloads: Iterable[_Buffer], prefix: _Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
     """Return the frames of all ``payloads``, back to back, in one bytes object (one ``send``)."""
 
 def write_frames(
-    fd: int, payloads: Iterable[Buffer], prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0
+    fd: int, payloads: Iterable[_Buffer], prefix: _Prefix = "!I", *, offset: int = 0, adjust: int = 0
 ) -> Optional[memoryview]:
     """Encode ``payloads`` as frames and ``send`` them to socket ``fd`` in one call, never blocking.
 
@@ -68,7 +74,7 @@ class Decoder:
 
     def __init__(
         self,
-        prefix: Prefix = "!I",
+        prefix: _Prefix = "!I",
         max_frame: Optional[int] = None,
         *,
         offset: int = 0,
@@ -105,7 +111,7 @@ class Decoder:
     @property
     def closed(self) -> bool:
         """True once close() was called."""
-    def feed(self, data: Buffer) -> List[bytes]:
+    def feed(self, data: _Buffer) -> List[bytes]:
         """Take any bytes-like object; return the payloads of every frame it completes, in order.
 
         On a FrameError the exception's ``frames`` attribute holds the frames completed before it.
@@ -124,7 +130,7 @@ class Decoder:
         Returns the frames completed ([] if none), or None at end of stream (then call close()).  Raises
         BlockingIOError when nothing was ready, OSError on failure.
         """
-    def feed_wire(self, data: Buffer) -> memoryview:
+    def feed_wire(self, data: _Buffer) -> memoryview:
         """Like feed(), but return the frames completed so far as they were on the wire.
 
         One read-only memoryview of whole frames, headers included (whatever ``strip`` says), back to back
