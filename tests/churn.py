@@ -123,8 +123,11 @@ def run(seconds: float, procs: int, threads: int) -> int:
     acceptor.join(2.0)
     srv.close()
     took = time.monotonic() - start
-    print(f"churn: {accepted[0]} connections accepted in {took:.0f} s ({accepted[0] / max(took, 1e-9):.0f}/s) "
-          f"by {procs} processes x {threads} threads on {addr[0]}:{addr[1]}", flush=True)
+    print(
+        f"churn: {accepted[0]} connections accepted in {took:.0f} s ({accepted[0] / max(took, 1e-9):.0f}/s) "
+        f"by {procs} processes x {threads} threads on {addr[0]}:{addr[1]}",
+        flush=True,
+    )
     return 0
 
 
