@@ -382,8 +382,9 @@ def _socket_inodes(pid: int) -> set:
     return inodes
 
 
-def _established(port: int) -> Dict[str, int]:
-    """{socket inode: remote port} of the established TCP connections on local ``port``.
+def _established(port: int, states: Sequence[str] = ("01",)) -> Dict[str, int]:
+    """{socket inode: remote port} of the TCP sockets on local ``port`` in one of ``states`` (hex, as in the
+    file: "01" established, the default; "08" close-wait...).
 
     /proc/net/tcp is not an atomic snapshot: read while connections come and go, a row can show up twice (a
     busy CI machine once counted 859 of 501 connections) or not at all.  Keying by inode makes a duplicate
@@ -396,16 +397,21 @@ def _established(port: int) -> Dict[str, int]:
                 for row in f:
                     parts = row.split()
                     local, remote, state, inode = parts[1], parts[2], parts[3], parts[9]
-                    if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode != "0":
+                    if state in states and int(local.rsplit(":", 1)[1], 16) == port and inode != "0":
                         rows[inode] = int(remote.rsplit(":", 1)[1], 16)
         except FileNotFoundError:
             pass
     return rows
 
 
-def socket_count(pid: int, port: int) -> int:
-    """How many distinct established TCP connections on local ``port`` the process ``pid`` holds."""
-    return len(_socket_inodes(pid) & set(_established(port)))
+#: Every TCP state but LISTEN: a connection the process has not closed yet, whatever its peer did.
+NOT_LISTENING = ("01", "02", "03", "04", "05", "06", "07", "08", "09", "0B", "0C")
+
+
+def socket_count(pid: int, port: int, states: Sequence[str] = ("01",)) -> int:
+    """How many distinct TCP connections on local ``port`` (established ones unless told ``states``) the
+    process ``pid`` holds."""
+    return len(_socket_inodes(pid) & set(_established(port, states)))
 
 
 def port_owners(pids: Sequence[int], port: int) -> Dict[int, int]:
@@ -544,6 +550,11 @@ def descendants(pid: int) -> List[int]:
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def runs(pid: int, *argv: str) -> bool:
+    """Whether a descendant of ``pid`` runs exactly ``argv`` (a command the server started has begun)."""
+    return any(info["cmdline"] == list(argv) for info in map(proc_info, descendants(pid)) if info is not None)
 
 
 def group_members(pgid: int) -> List[Dict[str, Any]]:

@@ -366,6 +366,7 @@ def test_iteration_raises_on_incomplete_frame(framed_cls, sock_pair):
     assert got == [b"x"]
 
 
+@pytest.mark.timing
 def test_frame_too_large_raised_before_payload(framed_cls, sock_pair):
     a, b = sock_pair
     b.settimeout(3.0)

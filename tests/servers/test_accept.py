@@ -79,7 +79,9 @@ def test_out_of_descriptors_backs_off_quietly_and_recovers(engine, spawn):
             s = harness.connect(addr)
             harness.send_frame(s, b"%d" % i)
             socks.append(s)
-        time.sleep(1.0)
+        assert harness.wait_until(lambda: "accept failed" in server.stderr()), (
+            "running out of descriptors was never logged"
+        )
         pids = [server.pid, *server.workers()]
         lines0, cpu0, t0 = server.stderr().count("accept failed"), harness.cpu_seconds(pids), time.monotonic()
         time.sleep(4.0)

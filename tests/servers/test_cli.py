@@ -72,10 +72,16 @@ def read_more_lines(server, seconds: float) -> list[str]:
 def test_serve_with_no_arguments_starts_everything_on_loopback(spawn, console_script):
     busy = [f"{port}/{t}" for name, t, port in DEFAULTS + OTHER_DEFAULTS
             if port_in_use(port, socket.SOCK_DGRAM if t == "udp" else socket.SOCK_STREAM)]  # fmt: skip
+    # Another program (or a suite running beside this one) may hold them: that is the machine, not a defect.
     if busy:
-        pytest.fail(f"default port(s) {', '.join(busy)} already in use on this machine: "
-                    "`fastframe serve` with no arguments cannot be tested here", pytrace=False)  # fmt: skip
-    server = spawn([console_script, "serve"], expect=3, timeout=15)
+        pytest.skip(f"default port(s) {', '.join(busy)} already in use on this machine: "
+                    "`fastframe serve` with no arguments cannot be tested here")  # fmt: skip
+    try:
+        server = spawn([console_script, "serve"], expect=3, timeout=15)
+    except RuntimeError as exc:  # taken between the check and the server's bind
+        if "in use" not in str(exc):
+            raise
+        pytest.skip(f"a default port was taken while the server started: {str(exc)[-300:]}")
     for name, transport, port in DEFAULTS:
         assert server.addr(name, transport) == ("127.0.0.1", port), server.stdout_lines
     # the command service has no allow-list and the file service no root: both disabled, and they say so

@@ -89,6 +89,7 @@ class PipelinedClient(threading.Thread):
             self.violations.append(f"{how}: not a frame boundary")
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("round_", range(3))
 def test_sigterm_under_load_answers_everything_received(engine, serve, round_):
     server = serve("--echo", "0", "--graceful-timeout", str(GRACEFUL), engine=engine)
@@ -97,7 +98,7 @@ def test_sigterm_under_load_answers_everything_received(engine, serve, round_):
         c.start()
     for c in clients:
         assert c.warm.wait(15), f"client {c.idx} never got going"
-    time.sleep(0.3 + 0.4 * random.random())
+    time.sleep(0.3 + 0.4 * random.random())  # the signal lands at a random point of the traffic (the sleep is the test)
     workers = {pid: harness.proc_start(pid) for pid in server.workers()}
     signalled_at = time.monotonic()
     for c in clients:
@@ -169,7 +170,7 @@ def run_pipelined_commands_across(serve, engine: str, sig: int) -> None:
     server = serve("--command", "0", "--allow", "sleep", "--graceful-timeout", str(GRACEFUL), engine=engine)
     with harness.connect(server.addr("command")) as s:
         s.sendall(b"".join(harness.HEADER.pack(9) + b"sleep 0.3" for _ in range(3)))
-        time.sleep(0.1)
+        assert harness.wait_until(lambda: harness.runs(server.pid, "sleep", "0.3")), "the first command never started"
         server.signal(sig)
         replies = [harness.recv_frame(s) for _ in range(3)]
         assert replies == [b"X0"] * 3, f"{replies}\nstderr:\n{server.stderr()[-3000:]}"
@@ -202,7 +203,7 @@ def test_sigterm_finishes_a_frame_the_client_is_still_sending(engine, serve):
         payload = random.Random(3).randbytes(200000)
         frame = harness.HEADER.pack(len(payload)) + payload
         s.sendall(frame[:100000])
-        time.sleep(0.3)
+        time.sleep(0.3)  # a client slow to finish its frame, before and after the signal (the sleeps are the test)
         server.signal(signal.SIGTERM)
         time.sleep(0.5)
         s.sendall(frame[100000:])
@@ -213,6 +214,7 @@ def test_sigterm_finishes_a_frame_the_client_is_still_sending(engine, serve):
     assert code == 0
 
 
+@pytest.mark.timing
 def test_sigint_stops_promptly_with_status_0(engine, serve):
     server = serve("--echo", "0", "--time", "0", expect=3, engine=engine)
     idle = harness.connect(server.addr("echo"))

@@ -33,7 +33,12 @@ def test_max_connections_counts_every_worker(engine, serve, workers):
         # closing some frees as many places, whichever worker held them
         for s in ok[:3]:
             s.close()
-        time.sleep(0.2)
+        pids = server.workers() if engine == "prefork" else [server.pid]
+
+        def held() -> int:
+            return sum(harness.socket_count(pid, addr[1], harness.NOT_LISTENING) for pid in pids)
+
+        assert harness.wait_until(lambda: held() == 5), f"the server still holds {held()} connections, not 5"
         more = [harness.connect(addr) for _ in range(5)]
         socks += more
         assert sum(served(s, b"more") for s in more) == 3
@@ -71,7 +76,7 @@ def test_a_dead_workers_share_is_freed(serve):
     echo, command = server.addr("echo"), server.addr("command")
     held = harness.connect(command)
     harness.send_frame(held, b"sleep 100")
-    time.sleep(0.3)
+    assert harness.wait_until(lambda: harness.runs(server.pid, "sleep", "100")), "the command never started"
     clients = [harness.connect(echo) for _ in range(5)]  # with the command's connection: 6 of 6
     try:
         assert all(served(s, b"x") for s in clients)

@@ -99,6 +99,7 @@ def start_clients(addr, n, **kw) -> list[LoopClient]:
     return clients
 
 
+@pytest.mark.timing
 def test_kill_9_worker_under_load(serve):
     server = serve("--echo", "0", engine="prefork", workers=3)
     addr = server.addr("echo")
@@ -120,7 +121,8 @@ def test_kill_9_worker_under_load(serve):
         except TimeoutError as exc:
             pytest.fail(f"no replacement worker within 2 s: {exc}\nstderr:\n{server.stderr()[-3000:]}")
         replaced_in = time.monotonic() - killed_at
-        time.sleep(1.0)  # the survivors keep going while the replacement starts
+        # the survivors keep going while the replacement starts
+        harness.wait_until(lambda: all(c.replies[-1] > killed_at + 0.5 for c in survivors if c.replies), 10)
         # the replacement accepts new connections (the others hold ~8 each, it holds none)
         (fresh,) = set(new) - set(workers)
         extra = [harness.connect(addr) for _ in range(6)]
@@ -148,7 +150,6 @@ def test_sighup_replaces_every_worker_while_a_client_keeps_getting_answers(serve
     old = server.workers()
     clients = start_clients(addr, 3, reconnect=True, pause=0.005)
     try:
-        time.sleep(0.5)
         hup_at = time.monotonic()
         server.signal(signal.SIGHUP)
         try:
@@ -156,7 +157,12 @@ def test_sighup_replaces_every_worker_while_a_client_keeps_getting_answers(serve
         except TimeoutError as exc:
             pytest.fail(f"{exc}\nstderr:\n{server.stderr()[-3000:]}")
         changed_at = time.monotonic()
-        time.sleep(1.0)
+
+        def moved() -> bool:
+            owners = harness.port_owners(new, addr[1])
+            return all(c.errors or (c.replies[-1] > changed_at and owners.get(c.local_port) in new) for c in clients)
+
+        harness.wait_until(moved, 10)
         owners = harness.port_owners(new, addr[1])
     finally:
         for c in clients:
@@ -190,7 +196,7 @@ def test_sigttin_sigttou_change_the_worker_count(serve):
         server.signal(sig)
         expect(count)
     server.signal(signal.SIGTTOU)  # never fewer than one worker
-    time.sleep(1.5)
+    time.sleep(1.5)  # a window for a wrong removal to show (nothing to wait for)
     assert len(expect(1)) == 1
     server.signal(signal.SIGTTIN)
     expect(2)
@@ -275,6 +281,7 @@ def test_connections_spread_evenly_over_4_workers(serve):
             s.close()
 
 
+@pytest.mark.timing
 def test_sighup_answers_every_request_in_flight(serve):
     """SIGHUP replaces the workers gracefully: the old ones stop accepting and finish what they received (commands
     that take 0.5 s, 1 MiB echoes read slowly, requests on connections still in the accept queue), the new ones
@@ -311,7 +318,10 @@ def test_sighup_answers_every_request_in_flight(serve):
             s = harness.connect(echo if i % 2 else command)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             socks.append(s)
-        time.sleep(0.3)  # accepted, spread over the old workers
+        # accepted, spread over the old workers
+        assert harness.wait_until(
+            lambda: len(harness.port_owners(old, echo[1])) + len(harness.port_owners(old, command[1])) == 60
+        ), "the old workers did not accept all 60 connections"
         for i, s in enumerate(socks):
             if i % 2:
                 harness.send_frame(s, big)
@@ -321,7 +331,7 @@ def test_sighup_answers_every_request_in_flight(serve):
                 threads.append(threading.Thread(target=command_reply, args=(i, s)))
         for t in threads:
             t.start()
-        time.sleep(0.05)
+        time.sleep(0.05)  # the HUP lands while those requests are in flight (the sleep is the test)
         hup_at = time.monotonic()
         server.signal(signal.SIGHUP)
         late = []  # connected and sent around the HUP: old or new workers, every one answered

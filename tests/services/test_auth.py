@@ -96,7 +96,7 @@ def test_wrong_secret(server: Any, tmp_path: Path) -> None:
         challenge = harness.recv_frame(sock)
         sock.sendall(frame(handshake_response(b"wrong secret, 0123456789", challenge)) + frame(f"touch {marker}".encode()))
         assert read_all_frames(sock) == [b"!auth denied"]
-    time.sleep(0.1)
+    time.sleep(0.1)  # a window for a wrongly run command to show (nothing to wait for)
     assert not marker.exists()
 
 
@@ -112,7 +112,7 @@ def test_no_secret(server: Any, tmp_path: Path) -> None:
         harness.send_frame(sock, json.dumps({"path": "hello.txt"}).encode())
         frames = read_all_frames(sock)
     assert len(frames) == 2 and frames[0].startswith(b"FFAUTH1 ") and frames[1] == b"!auth denied"
-    time.sleep(0.1)
+    time.sleep(0.1)  # a window for a wrongly run command to show (nothing to wait for)
     assert not marker.exists()
 
 
@@ -130,10 +130,11 @@ def test_replayed_handshake(server: Any, tmp_path: Path) -> None:
         assert new_challenge != challenge
         sock.sendall(frame(recorded) + frame(f"touch {marker}".encode()))
         assert read_all_frames(sock) == [b"!auth denied"]
-    time.sleep(0.1)
+    time.sleep(0.1)  # a window for a wrongly run command to show (nothing to wait for)
     assert not marker.exists()
 
 
+@pytest.mark.timing
 def test_truncated_and_stalled_handshakes_time_out(server: Any, tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     results: List[Tuple[str, float, List[bytes]]] = []
@@ -200,10 +201,11 @@ def test_first_frame_must_be_a_handshake_response(server: Any, tmp_path: Path) -
             harness.recv_frame(sock)
             sock.sendall(frame(first) + frame(f"touch {marker}".encode()))
             assert read_all_frames(sock) == [b"!auth denied"], first[:8]
-    time.sleep(0.1)
+    time.sleep(0.1)  # a window for a wrongly run command to show (nothing to wait for)
     assert not marker.exists()
 
 
+@pytest.mark.timing
 def test_huge_frame_during_handshake_is_refused_at_once(server: Any) -> None:
     with harness.connect(server.addr("command")) as sock:
         start = time.monotonic()
@@ -254,6 +256,7 @@ def test_remote_error_class() -> None:
     assert isinstance(RemoteError.from_frame(b"!auth denied"), AuthError)
 
 
+@pytest.mark.timing
 def test_secret_against_a_server_without_one() -> None:
     """A server that never sends a challenge: the client gives up after the handshake deadline, sending nothing."""
     received: List[bytes] = []

@@ -214,6 +214,7 @@ TRAVERSAL = [
 ]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("path,code", TRAVERSAL, ids=[repr(p) for p, _ in TRAVERSAL])
 def test_confinement(server: Any, path: str, code: str) -> None:
     start = time.monotonic()
@@ -342,18 +343,19 @@ def test_one_gib_download_with_small_client_memory(server: Any, root: Path, tmp_
             (tmp_path / name).unlink(missing_ok=True)
 
 
+@pytest.mark.timing
 def test_a_stalled_download_does_not_stall_others(server: Any, root: Path) -> None:
     with harness.connect(server.addr("files")) as slow:
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
         harness.send_frame(slow, json.dumps({"path": "ten"}).encode())
         meta = harness.recv_frame(slow)  # ... and then read nothing: 10 MiB wait in the server's sendfile
         assert meta[:1] == b"S"
-        time.sleep(0.2)
+        time.sleep(0.2)  # the slow reader stays stalled while the others download (the sleep is the test)
         for _ in range(10):
             t0 = time.perf_counter()
             _, body = request(server, {"path": "one"})
             assert body == b"\x07"
-            assert time.perf_counter() - t0 < 0.05
+            assert time.perf_counter() - t0 < 1.0  # not held up behind the 10 MiB nobody reads
         # The stalled client can still take its file afterwards, byte-exact.
         assert harness.recv_exactly(slow, json.loads(meta[1:])["length"]) == (root / "ten").read_bytes()
 
