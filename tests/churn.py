@@ -27,7 +27,7 @@ import struct
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -58,7 +58,7 @@ def _serve(srv: socket.socket, stop: threading.Event, counts: List[int]) -> None
         counts[0] += 1
 
 
-def _client(addr: tuple, deadline: float, parent: int, rst: bool, counts: List[int], index: int) -> None:
+def _client(addr: Tuple[str, int], deadline: float, parent: int, rst: bool, counts: List[int], index: int) -> None:
     while time.monotonic() < deadline and os.getppid() == parent:
         try:
             with socket.create_connection(addr, timeout=2.0) as sock:
@@ -71,7 +71,7 @@ def _client(addr: tuple, deadline: float, parent: int, rst: bool, counts: List[i
             time.sleep(0.01)
 
 
-def _worker(addr: tuple, deadline: float, threads: int) -> None:
+def _worker(addr: Tuple[str, int], deadline: float, threads: int) -> None:
     """A child process: ``threads`` connect/close loops until the deadline or the master's death."""
     parent = os.getppid()
     counts = [0] * (2 * threads)

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import pytest
 import reference
@@ -190,7 +190,7 @@ def encode(payloads: Sequence[bytes], prefix: str = "!I") -> bytes:
 
 
 def max_payload(prefix: str) -> int:
-    return reference.MAX_OF[prefix]  # type: ignore[no-any-return]
+    return reference.MAX_OF[prefix]
 
 
 def feed_via_buffer(decoder: Any, chunk: bytes, sizehint: int = -1) -> List[bytes]:
@@ -267,7 +267,7 @@ class ServerProcess:
         self.pid = self.proc.pid
         self.listeners: Dict[Tuple[str, str], Tuple[str, int]] = {}
         self.stdout_lines: List[str] = []
-        self._seen_children: set = set()
+        self._seen_children: Set[int] = set()
         try:
             self._read_listeners(expect, timeout)
         except BaseException:
@@ -365,9 +365,9 @@ class ServerProcess:
         self.stop()
 
 
-def _socket_inodes(pid: int) -> set:
+def _socket_inodes(pid: int) -> Set[str]:
     """The inodes of the sockets ``pid`` has open (its /proc/PID/fd links)."""
-    inodes = set()
+    inodes: Set[str] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except (FileNotFoundError, ProcessLookupError):
