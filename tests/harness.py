@@ -387,10 +387,11 @@ def _established(port: int, states: Sequence[str] = ("01",)) -> Dict[str, int]:
     file: "01" established, the default; "08" close-wait...).
 
     /proc/net/tcp is not an atomic snapshot: read while connections come and go, a row can show up twice (a
-    busy CI machine once counted 859 of 501 connections) or not at all.  Keying by inode makes a duplicate
-    harmless; a missed row only under-counts, which callers absorb by waiting (:func:`wait_until`)."""
+    busy CI machine once counted 859 of 501 connections) or not at all (a run under connection churn missed
+    the one connection it looked for).  Keying by inode makes a duplicate harmless, and the union of three
+    reads makes a miss unlikely; callers that expect a count still wait for it (:func:`wait_until`)."""
     rows: Dict[str, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in ("/proc/net/tcp", "/proc/net/tcp6") * 3:
         try:
             with open(table) as f:
                 next(f)
