@@ -6,9 +6,10 @@ import asyncio
 import hashlib
 import socket
 import struct
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any, List, Optional
 
+import harness
 import pytest
 
 from fastframe import aio
@@ -33,8 +34,8 @@ def sizes() -> List[int]:
     return [0, 1, 100, 65535, 65536, 70000, 2 * 1024 * 1024 + 3]
 
 
-def test_protocol_round_trip(ref: SimpleNamespace) -> None:
-    payloads = [ref.pseudo_random(n, n) for n in sizes()]
+def test_protocol_round_trip() -> None:
+    payloads = [harness.pseudo_random(n, n) for n in sizes()]
 
     class Echo(aio.FrameProtocol):
         def frame_received(self, frame: bytes) -> None:
@@ -67,7 +68,7 @@ def test_protocol_round_trip(ref: SimpleNamespace) -> None:
     assert run(main()) == [p[::-1] for p in payloads]
 
 
-def test_protocol_frame_error_aborts(ref: SimpleNamespace) -> None:
+def test_protocol_frame_error_aborts() -> None:
     errors: List[BaseException] = []
 
     class Strict(aio.FrameProtocol):
@@ -83,20 +84,20 @@ def test_protocol_frame_error_aborts(ref: SimpleNamespace) -> None:
         server = await loop.create_server(lambda: Strict(max_frame=1000), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(ref.encode([b"first"]) + struct.pack("!I", 5000))
+        writer.write(harness.encode([b"first"]) + struct.pack("!I", 5000))
         data = await reader.read()  # until the server aborts the connection
         writer.close()
         server.close()
         await server.wait_closed()
         return data
 
-    assert run(main()) == ref.encode([b"ok:first"])
+    assert run(main()) == harness.encode([b"ok:first"])
     assert len(errors) == 1 and isinstance(errors[0], FrameTooLarge)
     assert (errors[0].size, errors[0].limit) == (5000, 1000)
 
 
-def test_streams_echo(ref: SimpleNamespace) -> None:
-    payloads = [ref.pseudo_random(n, n + 1) for n in sizes()]
+def test_streams_echo() -> None:
+    payloads = [harness.pseudo_random(n, n + 1) for n in sizes()]
 
     async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
         async for frame in reader:
@@ -126,7 +127,7 @@ def test_streams_echo(ref: SimpleNamespace) -> None:
     assert run(main()) == payloads
 
 
-def test_streams_incomplete_frame(ref: SimpleNamespace) -> None:
+def test_streams_incomplete_frame() -> None:
     async def main() -> List[Any]:
         outcome: List[Any] = []
         done = asyncio.get_running_loop().create_future()
@@ -143,7 +144,7 @@ def test_streams_incomplete_frame(ref: SimpleNamespace) -> None:
         server = await aio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(ref.encode([b"whole"]) + struct.pack("!I", 10) + b"cut")
+        w.write(harness.encode([b"whole"]) + struct.pack("!I", 10) + b"cut")
         await w.drain()
         w.close()
         await done
@@ -157,7 +158,7 @@ def test_streams_incomplete_frame(ref: SimpleNamespace) -> None:
     assert (outcome[1].received, outcome[1].expected) == (7, 14)
 
 
-def test_streams_backpressure_loses_nothing(ref: SimpleNamespace) -> None:
+def test_streams_backpressure_loses_nothing() -> None:
     """A reader that stops reading pauses the transport; the writer's drain() waits; nothing is lost."""
     count, size = 400, 50000  # 20 MB, well past every high-water mark on both sides
 
@@ -179,7 +180,7 @@ def test_streams_backpressure_loses_nothing(ref: SimpleNamespace) -> None:
         sent = hashlib.sha256()
         blocked = False
         for i in range(count):
-            payload = ref.pseudo_random(size, i)
+            payload = harness.pseudo_random(size, i)
             sent.update(payload)
             writer.write_frame(payload)
             try:
@@ -200,8 +201,8 @@ def test_streams_backpressure_loses_nothing(ref: SimpleNamespace) -> None:
     assert run(main()) == "ok"
 
 
-def test_streams_interoperate_with_framed_socket(ref: SimpleNamespace, framed_cls: Any) -> None:
-    payloads = [ref.pseudo_random(n, 7) for n in (0, 5, 100000)]
+def test_streams_interoperate_with_framed_socket(framed_cls: Any) -> None:
+    payloads = [harness.pseudo_random(n, 7) for n in (0, 5, 100000)]
 
     def blocking_client(port: int) -> List[bytes]:
         with framed_cls(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)) as fs:
@@ -314,17 +315,17 @@ class Upper(aio.FrameProtocol):
         self.send_frame(frame.upper())
 
 
-def test_protocol_writes_one_reads_replies_in_one_write(ref: SimpleNamespace) -> None:
+def test_protocol_writes_one_reads_replies_in_one_write() -> None:
     proto, transport = Upper(), FakeTransport()
     proto.connection_made(transport)
     requests = [b"a", b"bc", b"", b"def"] * 4
-    deliver(proto, ref.encode(requests))
-    assert transport.calls == [("write", ref.encode([r.upper() for r in requests]))]
-    deliver(proto, ref.encode([b"x"]))
-    assert transport.calls[1:] == [("write", ref.encode([b"X"]))]
+    deliver(proto, harness.encode(requests))
+    assert transport.calls == [("write", harness.encode([r.upper() for r in requests]))]
+    deliver(proto, harness.encode([b"x"]))
+    assert transport.calls[1:] == [("write", harness.encode([b"X"]))]
 
 
-def test_protocol_frames_received_gets_each_reads_frames(ref: SimpleNamespace) -> None:
+def test_protocol_frames_received_gets_each_reads_frames() -> None:
     got: List[List[bytes]] = []
 
     class Batch(aio.FrameProtocol):
@@ -334,14 +335,14 @@ def test_protocol_frames_received_gets_each_reads_frames(ref: SimpleNamespace) -
 
     proto, transport = Batch(), FakeTransport()
     proto.connection_made(transport)
-    wire = ref.encode([b"one", b"two", b"three"])
+    wire = harness.encode([b"one", b"two", b"three"])
     deliver(proto, wire[:9])  # "one" complete, "two" cut inside its payload
     deliver(proto, wire[9:])
     assert got == [[b"one"], [b"two", b"three"]]
-    assert transport.calls == [("write", ref.encode([b"eno"])), ("write", ref.encode([b"owt", b"eerht"]))]
+    assert transport.calls == [("write", harness.encode([b"eno"])), ("write", harness.encode([b"owt", b"eerht"]))]
 
 
-def test_protocol_default_frames_received_calls_frame_received(ref: SimpleNamespace) -> None:
+def test_protocol_default_frames_received_calls_frame_received() -> None:
     seen: List[bytes] = []
 
     class Both(aio.FrameProtocol):
@@ -351,11 +352,11 @@ def test_protocol_default_frames_received_calls_frame_received(ref: SimpleNamesp
     proto = Both()
     proto.connection_made(FakeTransport())
     aio.FrameProtocol.frames_received(proto, [b"p", b"q"])  # the documented default, called as a subclass would
-    deliver(proto, ref.encode([b"r", b"s"]))
+    deliver(proto, harness.encode([b"r", b"s"]))
     assert seen == [b"p", b"q", b"r", b"s"]
 
 
-def test_protocol_transport_use_comes_after_the_frames_sent_before(ref: SimpleNamespace) -> None:
+def test_protocol_transport_use_comes_after_the_frames_sent_before() -> None:
     class Mixed(aio.FrameProtocol):
         def frame_received(self, frame: bytes) -> None:
             self.send_frame(b"before")
@@ -368,18 +369,18 @@ def test_protocol_transport_use_comes_after_the_frames_sent_before(ref: SimpleNa
 
     proto, transport = Mixed(), FakeTransport()
     proto.connection_made(transport)
-    deliver(proto, ref.encode([b"hi", b"bye"]))
+    deliver(proto, harness.encode([b"hi", b"bye"]))
     assert transport.calls == [
-        ("write", ref.encode([b"before"])),
+        ("write", harness.encode([b"before"])),
         ("write", b"raw"),
-        ("write", ref.encode([b"after", b"before"])),
+        ("write", harness.encode([b"after", b"before"])),
         ("write", b"raw"),
-        ("write", ref.encode([b"after", b"last"])),
+        ("write", harness.encode([b"after", b"last"])),
         ("close",),
     ]
 
 
-def test_protocol_subclass_that_sets_transport_itself(ref: SimpleNamespace) -> None:
+def test_protocol_subclass_that_sets_transport_itself() -> None:
     class Own(aio.FrameProtocol):
         def connection_made(self, transport: Any) -> None:  # no super(): an older subclass's habit
             self.transport = transport
@@ -390,11 +391,11 @@ def test_protocol_subclass_that_sets_transport_itself(ref: SimpleNamespace) -> N
     proto, transport = Own(), FakeTransport()
     proto.connection_made(transport)
     assert proto.transport is transport
-    deliver(proto, ref.encode([b"a", b"b"]))
-    assert transport.wire() == ref.encode([b"a", b"b"])
+    deliver(proto, harness.encode([b"a", b"b"]))
+    assert transport.wire() == harness.encode([b"a", b"b"])
 
 
-def test_protocol_non_bytes_payload_is_copied_when_sent(ref: SimpleNamespace) -> None:
+def test_protocol_non_bytes_payload_is_copied_when_sent() -> None:
     class Reuse(aio.FrameProtocol):
         def __init__(self) -> None:
             super().__init__()
@@ -407,12 +408,12 @@ def test_protocol_non_bytes_payload_is_copied_when_sent(ref: SimpleNamespace) ->
 
     proto, transport = Reuse(), FakeTransport()
     proto.connection_made(transport)
-    deliver(proto, ref.encode([b"abc", b"xyz"]))
-    assert transport.wire() == ref.encode([b"abc", b"bc", b"xyz", b"yz"])
+    deliver(proto, harness.encode([b"abc", b"xyz"]))
+    assert transport.wire() == harness.encode([b"abc", b"bc", b"xyz", b"yz"])
 
 
-def test_protocol_large_frame_keeps_its_place_uncopied(ref: SimpleNamespace) -> None:
-    big = ref.pseudo_random(aio.SCATTER_THRESHOLD, 3)
+def test_protocol_large_frame_keeps_its_place_uncopied() -> None:
+    big = harness.pseudo_random(aio.SCATTER_THRESHOLD, 3)
 
     class Mixed(aio.FrameProtocol):
         def frame_received(self, frame: bytes) -> None:
@@ -420,21 +421,21 @@ def test_protocol_large_frame_keeps_its_place_uncopied(ref: SimpleNamespace) -> 
 
     proto, transport = Mixed(), FakeTransport()
     proto.connection_made(transport)
-    deliver(proto, ref.encode([b"go"]))
+    deliver(proto, harness.encode([b"go"]))
     assert [c[0] for c in transport.calls] == ["write", "writelines", "write"]
     assert transport.calls[1][1][1] is big  # next to its header, not copied behind it
-    assert transport.wire() == ref.encode([b"s1", big, b"s2"])
+    assert transport.wire() == harness.encode([b"s1", big, b"s2"])
 
 
-def test_protocol_sends_outside_callbacks_at_once(ref: SimpleNamespace) -> None:
+def test_protocol_sends_outside_callbacks_at_once() -> None:
     proto, transport = Upper(), FakeTransport()
     proto.connection_made(transport)
     proto.send_frame(b"one")
     proto.send_frames([b"two", bytearray(b"three")])
-    assert transport.calls == [("write", ref.encode([b"one"])), ("write", ref.encode([b"two", b"three"]))]
+    assert transport.calls == [("write", harness.encode([b"one"])), ("write", harness.encode([b"two", b"three"]))]
 
 
-def test_protocol_callback_error_writes_what_was_sent_and_recovers(ref: SimpleNamespace) -> None:
+def test_protocol_callback_error_writes_what_was_sent_and_recovers() -> None:
     class Flaky(aio.FrameProtocol):
         def frame_received(self, frame: bytes) -> None:
             if frame == b"boom":
@@ -444,13 +445,13 @@ def test_protocol_callback_error_writes_what_was_sent_and_recovers(ref: SimpleNa
     proto, transport = Flaky(), FakeTransport()
     proto.connection_made(transport)
     with pytest.raises(RuntimeError):
-        deliver(proto, ref.encode([b"a", b"boom", b"b"]))
-    assert transport.calls == [("write", ref.encode([b"a"]))]
+        deliver(proto, harness.encode([b"a", b"boom", b"b"]))
+    assert transport.calls == [("write", harness.encode([b"a"]))]
     proto.send_frame(b"later")  # no batch is left open: written at once
-    assert transport.calls[-1] == ("write", ref.encode([b"later"]))
+    assert transport.calls[-1] == ("write", harness.encode([b"later"]))
 
 
-def test_protocol_overridden_get_buffer_is_used(ref: SimpleNamespace) -> None:
+def test_protocol_overridden_get_buffer_is_used() -> None:
     hints: List[int] = []
 
     class Counting(Upper):
@@ -460,11 +461,11 @@ def test_protocol_overridden_get_buffer_is_used(ref: SimpleNamespace) -> None:
 
     proto, transport = Counting(), FakeTransport()
     proto.connection_made(transport)
-    deliver(proto, ref.encode([b"q"]))
-    assert hints and transport.wire() == ref.encode([b"Q"])
+    deliver(proto, harness.encode([b"q"]))
+    assert hints and transport.wire() == harness.encode([b"Q"])
 
 
-def test_protocol_eof_inside_a_frame_is_a_frame_error(ref: SimpleNamespace) -> None:
+def test_protocol_eof_inside_a_frame_is_a_frame_error() -> None:
     errors: List[BaseException] = []
 
     class Strict(Upper):
@@ -474,13 +475,13 @@ def test_protocol_eof_inside_a_frame_is_a_frame_error(ref: SimpleNamespace) -> N
 
     proto, transport = Strict(), FakeTransport()
     proto.connection_made(transport)
-    deliver(proto, ref.encode([b"whole"]) + struct.pack("!I", 10) + b"cut")
+    deliver(proto, harness.encode([b"whole"]) + struct.pack("!I", 10) + b"cut")
     proto.eof_received()
-    assert transport.calls == [("write", ref.encode([b"WHOLE"])), ("abort",)]
+    assert transport.calls == [("write", harness.encode([b"WHOLE"])), ("abort",)]
     assert len(errors) == 1 and isinstance(errors[0], IncompleteFrame)
 
 
-def test_protocol_frames_before_a_bad_header_are_answered_in_one_write(ref: SimpleNamespace) -> None:
+def test_protocol_frames_before_a_bad_header_are_answered_in_one_write() -> None:
     class Strict(Upper):
         def frame_error(self, exc: Any) -> None:
             self.send_frame(b"error")
@@ -488,8 +489,12 @@ def test_protocol_frames_before_a_bad_header_are_answered_in_one_write(ref: Simp
 
     proto, transport = Strict(max_frame=100), FakeTransport()
     proto.connection_made(transport)
-    deliver(proto, ref.encode([b"a", b"b"]) + struct.pack("!I", 101))
-    assert transport.calls == [("write", ref.encode([b"A", b"B"])), ("write", ref.encode([b"error"])), ("abort",)]
+    deliver(proto, harness.encode([b"a", b"b"]) + struct.pack("!I", 101))
+    assert transport.calls == [
+        ("write", harness.encode([b"A", b"B"])),
+        ("write", harness.encode([b"error"])),
+        ("abort",),
+    ]
 
 
 # -- the stream writer: frames written in one task step go out together ------------------------------
@@ -504,46 +509,46 @@ async def stream_pair(high_water: int = aio.DEFAULT_HIGH_WATER) -> Any:
     return proto, reader, proto.writer, transport
 
 
-def test_writer_answers_a_reads_frames_in_one_write(ref: SimpleNamespace) -> None:
+def test_writer_answers_a_reads_frames_in_one_write() -> None:
     async def main() -> None:
         proto, reader, writer, transport = await stream_pair()
-        deliver(proto, ref.encode([b"r1", b"r2", b"r3"]))
+        deliver(proto, harness.encode([b"r1", b"r2", b"r3"]))
         for _ in range(3):
             frame = await reader.read_frame()
             writer.write_frame(frame.upper())
             await writer.drain()
             if reader._frames:
                 assert transport.calls == []  # collected while requests are still waiting
-        assert transport.calls == [("write", ref.encode([b"R1", b"R2", b"R3"]))]
+        assert transport.calls == [("write", harness.encode([b"R1", b"R2", b"R3"]))]
 
     run(main())
 
 
-def test_writer_collected_frames_go_out_when_the_loop_gets_control(ref: SimpleNamespace) -> None:
+def test_writer_collected_frames_go_out_when_the_loop_gets_control() -> None:
     async def main() -> None:
         proto, reader, writer, transport = await stream_pair()
-        deliver(proto, ref.encode([b"r1", b"r2", b"r3"]))
+        deliver(proto, harness.encode([b"r1", b"r2", b"r3"]))
         writer.write_frame(await reader.read_frame())  # two requests still wait: collected
         writer.write_frames([b"x", memoryview(b"yz")])
         assert transport.calls == []
         await asyncio.sleep(0)  # e.g. the handler awaits something else before reading on
-        assert transport.calls == [("write", ref.encode([b"r1", b"x", b"yz"]))]
+        assert transport.calls == [("write", harness.encode([b"r1", b"x", b"yz"]))]
 
     run(main())
 
 
-def test_writer_writes_at_once_when_nothing_else_waits(ref: SimpleNamespace) -> None:
+def test_writer_writes_at_once_when_nothing_else_waits() -> None:
     async def main() -> None:
         proto, reader, writer, transport = await stream_pair()
-        deliver(proto, ref.encode([b"only"]))
+        deliver(proto, harness.encode([b"only"]))
         frame = await reader.read_frame()
         writer.write_frame(frame)
-        assert transport.calls == [("write", ref.encode([b"only"]))]
+        assert transport.calls == [("write", harness.encode([b"only"]))]
 
     run(main())
 
 
-def test_writer_close_write_eof_and_transport_come_after_collected_frames(ref: SimpleNamespace) -> None:
+def test_writer_close_write_eof_and_transport_come_after_collected_frames() -> None:
     async def main() -> None:
         proto, reader, writer, transport = await stream_pair()
         writer.write_frame(b"first")  # written at once
@@ -555,43 +560,43 @@ def test_writer_close_write_eof_and_transport_come_after_collected_frames(ref: S
         writer.close()
         await asyncio.sleep(0)
         assert transport.calls == [
-            ("write", ref.encode([b"first"])),
-            ("write", ref.encode([b"a", b"b"])),
+            ("write", harness.encode([b"first"])),
+            ("write", harness.encode([b"a", b"b"])),
             ("write", b"raw"),
-            ("write", ref.encode([b"c"])),
+            ("write", harness.encode([b"c"])),
             ("write_eof",),
-            ("write", ref.encode([b"d"])),
+            ("write", harness.encode([b"d"])),
             ("close",),
         ]
 
     run(main())
 
 
-def test_writer_hands_over_at_the_batch_limit_and_sends_large_frames_uncopied(ref: SimpleNamespace) -> None:
+def test_writer_hands_over_at_the_batch_limit_and_sends_large_frames_uncopied() -> None:
     async def main() -> None:
         proto, reader, writer, transport = await stream_pair()
         writer.write_frame(b"x")  # nothing waits to be read: at once
-        deliver(proto, ref.encode([b"waiting"]))  # from now on frames are collected
+        deliver(proto, harness.encode([b"waiting"]))  # from now on frames are collected
         chunk = b"y" * 1000
         n = aio.WRITE_BATCH_LIMIT // len(chunk) + 1
         for _ in range(n):
             writer.write_frame(chunk)
         assert [c[0] for c in transport.calls] == ["write", "write"]  # the limit flushed, no await needed
-        big = ref.pseudo_random(aio.SCATTER_THRESHOLD, 5)
+        big = harness.pseudo_random(aio.SCATTER_THRESHOLD, 5)
         writer.write_frame(b"z")
         writer.write_frame(big)
-        assert transport.calls[-2] == ("write", ref.encode([b"z"]))
+        assert transport.calls[-2] == ("write", harness.encode([b"z"]))
         assert transport.calls[-1][0] == "writelines" and transport.calls[-1][1][1] is big
-        assert transport.wire() == ref.encode([b"x"] + [chunk] * n + [b"z", big])
+        assert transport.wire() == harness.encode([b"x"] + [chunk] * n + [b"z", big])
         assert await reader.read_frame() == b"waiting"
 
     run(main())
 
 
-def test_writer_after_connection_lost_drops_quietly(ref: SimpleNamespace) -> None:
+def test_writer_after_connection_lost_drops_quietly() -> None:
     async def main() -> None:
         proto, reader, writer, transport = await stream_pair()
-        deliver(proto, ref.encode([b"a", b"b"]))
+        deliver(proto, harness.encode([b"a", b"b"]))
         writer.write_frame(b"queued")
         proto.connection_lost(None)
         await asyncio.sleep(0)
@@ -602,17 +607,17 @@ def test_writer_after_connection_lost_drops_quietly(ref: SimpleNamespace) -> Non
     run(main())
 
 
-def test_reader_pauses_on_a_batch_over_high_water_and_read_frames(ref: SimpleNamespace) -> None:
+def test_reader_pauses_on_a_batch_over_high_water_and_read_frames() -> None:
     async def main() -> None:
         proto, reader, writer, transport = await stream_pair(high_water=1000)
         frames = [bytes([i]) * 300 for i in range(5)]  # 1500 bytes in one read: over the mark
-        deliver(proto, ref.encode(frames))
+        deliver(proto, harness.encode(frames))
         assert transport.calls == [("pause_reading",)]
         assert await reader.read_frame() == frames[0]  # 1200 left: still above half the mark
         assert transport.calls == [("pause_reading",)]
         assert await reader.read_frames() == frames[1:]
         assert transport.calls == [("pause_reading",), ("resume_reading",)]
-        deliver(proto, ref.encode([b"more"]))
+        deliver(proto, harness.encode([b"more"]))
         proto.eof_received()
         assert await reader.read_frames() == [b"more"]
         with pytest.raises(EOFError):
@@ -641,10 +646,10 @@ def run_on(factory: Any, coro: Any) -> Any:
 
 
 @pytest.mark.parametrize("kind", ["frame_received", "frames_received", "streams"])
-def test_pipelined_frames_come_back_in_order(ref: SimpleNamespace, loop_factory: Any, kind: str) -> None:
+def test_pipelined_frames_come_back_in_order(loop_factory: Any, kind: str) -> None:
     """Many frames per read (small, 16 KiB and large ones mixed): every reply, in order, on both loops."""
-    payloads = [ref.pseudo_random(n, i) for i, n in enumerate([5, 0, 64, 70000, 3, 16384, 1, 200000, 9] * 30)]
-    wire = ref.encode(payloads)
+    payloads = [harness.pseudo_random(n, i) for i, n in enumerate([5, 0, 64, 70000, 3, 16384, 1, 200000, 9] * 30)]
+    wire = harness.encode(payloads)
 
     class PerFrame(aio.FrameProtocol):
         def __init__(self) -> None:
@@ -679,12 +684,12 @@ def test_pipelined_frames_come_back_in_order(ref: SimpleNamespace, loop_factory:
         await server.wait_closed()
         return got
 
-    assert run_on(loop_factory, main()) == ref.encode([p[::-1] for p in payloads])
+    assert run_on(loop_factory, main()) == harness.encode([p[::-1] for p in payloads])
 
 
-def test_protocol_pause_reading_holds_the_peer_back_and_loses_nothing(ref: SimpleNamespace, loop_factory: Any) -> None:
+def test_protocol_pause_reading_holds_the_peer_back_and_loses_nothing(loop_factory: Any) -> None:
     """A FrameProtocol that pauses reading mid-batch: nothing arrives while paused, nothing is lost, order kept."""
-    payloads = [ref.pseudo_random(1000 + i % 7, i) for i in range(3000)]  # ~3 MB, past the socket buffers
+    payloads = [harness.pseudo_random(1000 + i % 7, i) for i in range(3000)]  # ~3 MB, past the socket buffers
 
     async def main() -> List[bytes]:
         loop = asyncio.get_running_loop()
@@ -711,7 +716,7 @@ def test_protocol_pause_reading_holds_the_peer_back_and_loses_nothing(ref: Simpl
         server = await loop.create_server(factory, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(ref.encode(payloads))
+        writer.write(harness.encode(payloads))
         await paused.wait()
         seen = len(got)  # the rest of the read that paused is still delivered, then nothing
         await asyncio.sleep(0.3)
@@ -722,7 +727,7 @@ def test_protocol_pause_reading_holds_the_peer_back_and_loses_nothing(ref: Simpl
         await writer.drain()
         await done
         replies = await reader.readexactly(5 * len(payloads))
-        assert replies == ref.encode([p[:1] for p in payloads])
+        assert replies == harness.encode([p[:1] for p in payloads])
         writer.close()
         server.close()
         await server.wait_closed()
@@ -742,12 +747,12 @@ def pg_wire(message: bytes) -> bytes:
     return message[:1] + struct.pack("!I", len(message) - 1 + 4) + message[1:]
 
 
-def test_protocol_options_wire_bytes_small_and_large(ref: SimpleNamespace) -> None:
+def test_protocol_options_wire_bytes_small_and_large() -> None:
     """The frames a FrameProtocol sends with offset/adjust (batched, at once, and large ones next to their
     header with the leading byte in front), and what it receives with strip=0: the frame as on the wire."""
     from fastframe import Framing
 
-    big = b"D" + ref.pseudo_random(aio.SCATTER_THRESHOLD + 10, 9)
+    big = b"D" + harness.pseudo_random(aio.SCATTER_THRESHOLD + 10, 9)
     got: List[bytes] = []
 
     class Pg(aio.FrameProtocol):
@@ -787,14 +792,14 @@ def test_protocol_options_are_checked_like_the_codec() -> None:
     ],
     ids=["postgres", "mysql", "varint", "offset2"],
 )
-def test_streams_with_options_round_trip(ref: SimpleNamespace, layout: Any) -> None:
+def test_streams_with_options_round_trip(layout: Any) -> None:
     """Both stream ends configured with the same options, an echo between them: what comes back is what the
     layout makes of a frame sent twice (with ``strip`` the server echoes the frame as it received it)."""
     from fastframe import Framing
 
     framing = Framing(**layout)
     limit = 60000 if framing.prefix == "!H" else 200_000
-    payloads = [b"\x01" * framing.offset + ref.pseudo_random(n, n) for n in (1, 2, 300, limit)]
+    payloads = [b"\x01" * framing.offset + harness.pseudo_random(n, n) for n in (1, 2, 300, limit)]
 
     async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
         async for frame in reader:
@@ -835,9 +840,9 @@ def test_bad_options_fail_before_connecting() -> None:
 # -- Unix domain sockets --------------------------------------------------------------------------------------
 
 
-def test_unix_streams_round_trip(ref: SimpleNamespace, loop_factory: Any, tmp_path: Any) -> None:
+def test_unix_streams_round_trip(loop_factory: Any, tmp_path: Any) -> None:
     path = str(tmp_path / "echo.sock")
-    payloads = [ref.pseudo_random(n, n) for n in (0, 5, 70000, 3)]
+    payloads = [harness.pseudo_random(n, n) for n in (0, 5, 70000, 3)]
 
     async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
         async for frame in reader:
@@ -861,7 +866,7 @@ def test_unix_streams_round_trip(ref: SimpleNamespace, loop_factory: Any, tmp_pa
     assert run_on(loop_factory, main()) == [p[::-1] for p in payloads]
 
 
-def test_unix_streams_with_options(ref: SimpleNamespace, tmp_path: Any) -> None:
+def test_unix_streams_with_options(tmp_path: Any) -> None:
     path = str(tmp_path / "pg.sock")
 
     async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:

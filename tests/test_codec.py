@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 
+import harness
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -1012,15 +1013,15 @@ def test_buffer_updated_after_feed_is_refused(codec):
     assert dec.feed(b"\x00\x00\x00\x01y") == [b"y"]
 
 
-def test_reference_helpers_match_known_vectors(ref):
-    """The shared reference encoders (conftest ``ref``) are themselves checked against fixed vectors."""
-    assert set(ref.PREFIXES) == set(SPEC_PREFIXES)
-    assert ref.header(300, "varint") == b"\xac\x02" == leb128(300)
-    assert ref.header(2**64 - 1, "varint") == b"\xff" * 9 + b"\x01"
-    assert ref.header(1, "!I") == b"\x00\x00\x00\x01"
-    assert ref.header(1, "<Q") == b"\x01" + b"\x00" * 7
-    assert ref.header(258, ">H") == b"\x01\x02"
-    assert ref.encode([b"ab", b""], "!B") == b"\x02ab\x00"
+def test_reference_helpers_match_known_vectors():
+    """The shared reference encoders (``harness.encode``, ``harness.header``) are themselves checked against fixed vectors."""
+    assert set(harness.PREFIXES) == set(SPEC_PREFIXES)
+    assert harness.header(300, "varint") == b"\xac\x02" == leb128(300)
+    assert harness.header(2**64 - 1, "varint") == b"\xff" * 9 + b"\x01"
+    assert harness.header(1, "!I") == b"\x00\x00\x00\x01"
+    assert harness.header(1, "<Q") == b"\x01" + b"\x00" * 7
+    assert harness.header(258, ">H") == b"\x01\x02"
+    assert harness.encode([b"ab", b""], "!B") == b"\x02ab\x00"
     for p in SPEC_PREFIXES:
-        assert ref.max_payload(p) == MAX_OF[p]
-        assert ref.header(77, p) == hdr(77, p)
+        assert harness.max_payload(p) == MAX_OF[p]
+        assert harness.header(77, p) == hdr(77, p)

@@ -6,9 +6,10 @@ import select
 import socket
 import struct
 import threading
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Iterator, List, Tuple
 
+import harness
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,9 +18,9 @@ from fastframe.exceptions import FrameTooLarge, IncompleteFrame
 
 
 @pytest.fixture
-def nb_pair(ref: SimpleNamespace) -> Iterator[Tuple[socket.socket, socket.socket]]:
+def nb_pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
     """A connected non-blocking TCP pair on 127.0.0.1 (what an event loop holds)."""
-    a, b = ref.tcp_pair()
+    a, b = harness.tcp_pair()
     a.setblocking(False)
     b.setblocking(False)
     try:
@@ -45,25 +46,25 @@ def drain(decoder: object, sock: socket.socket, want: int, rounds: int = 100000)
     raise AssertionError(f"only {len(got)} of {want} frames arrived")
 
 
-def test_write_frames_wire_bytes(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+def test_write_frames_wire_bytes(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
-    payloads = [b"", b"x", ref.pseudo_random(300), ref.pseudo_random(70000, 1)]
+    payloads = [b"", b"x", harness.pseudo_random(300), harness.pseudo_random(70000, 1)]
     for prefix in ("!I", "<H", "varint"):
         small = [p for p in payloads if len(p) <= 65535]
         assert codec.write_frames(a.fileno(), small, prefix) is None
-        expected = ref.encode(small, prefix)
+        expected = harness.encode(small, prefix)
         b.setblocking(True)
-        b.settimeout(ref.SOCKET_TIMEOUT)
-        assert ref.recv_exactly(b, len(expected)) == expected
+        b.settimeout(harness.TIMEOUT)
+        assert harness.recv_exactly(b, len(expected)) == expected
         b.setblocking(False)
 
 
-def test_write_frames_empty_and_types(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+def test_write_frames_empty_and_types(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     assert codec.write_frames(a.fileno(), []) is None
     assert codec.write_frames(a.fileno(), iter([bytearray(b"ab"), memoryview(b"cd")])) is None
-    b.settimeout(ref.SOCKET_TIMEOUT)
-    assert ref.recv_exactly(b, 12) == ref.encode([b"ab", b"cd"])
+    b.settimeout(harness.TIMEOUT)
+    assert harness.recv_exactly(b, 12) == harness.encode([b"ab", b"cd"])
     with pytest.raises(ValueError):
         codec.write_frames(a.fileno(), [b"x"], "?Z")
     with pytest.raises(FrameTooLarge):
@@ -71,19 +72,19 @@ def test_write_frames_empty_and_types(codec: ModuleType, nb_pair: Tuple[socket.s
 
 
 def test_write_frames_returns_what_the_kernel_did_not_take(
-    codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace
+    codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]
 ) -> None:
     a, b = nb_pair
-    payloads = [ref.pseudo_random(50000, i) for i in range(200)]  # ~10 MB: more than loopback buffers hold
+    payloads = [harness.pseudo_random(50000, i) for i in range(200)]  # ~10 MB: more than loopback buffers hold
     rest = codec.write_frames(a.fileno(), payloads)
     assert isinstance(rest, memoryview)
-    expected = ref.encode(payloads)
+    expected = harness.encode(payloads)
     assert 0 < len(rest) < len(expected)
     assert bytes(rest) == expected[len(expected) - len(rest) :]
     # While the socket stays full, further calls hand back what the kernel did not take (a suffix of the
     # frame), and whatever was taken is in the stream in order.
     taken = []
-    tail = ref.encode([b"tail"])
+    tail = harness.encode([b"tail"])
     for _ in range(100000):
         again = codec.write_frames(a.fileno(), [b"tail"])
         if again is not None:
@@ -94,12 +95,12 @@ def test_write_frames_returns_what_the_kernel_did_not_take(
     else:
         pytest.fail("the socket never filled up")
     b.setblocking(True)
-    b.settimeout(ref.SOCKET_TIMEOUT)
+    b.settimeout(harness.TIMEOUT)
     stream = expected[: len(expected) - len(rest)] + b"".join(taken)
-    assert ref.recv_exactly(b, len(stream)) == stream
+    assert harness.recv_exactly(b, len(stream)) == stream
 
 
-def test_write_frames_errors(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_write_frames_errors(codec: ModuleType) -> None:
     a, b = socket.socketpair()
     b.close()
     try:
@@ -112,14 +113,14 @@ def test_write_frames_errors(codec: ModuleType, ref: SimpleNamespace) -> None:
         codec.write_frames(-1, [b"x"])
 
 
-def test_read_from(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+def test_read_from(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     decoder = codec.Decoder()
     with pytest.raises(BlockingIOError):
         decoder.read_from(b.fileno())
-    payloads = [b"", b"hello", ref.pseudo_random(200000, 3), b"after-large", ref.pseudo_random(70000, 4)]
+    payloads = [b"", b"hello", harness.pseudo_random(200000, 3), b"after-large", harness.pseudo_random(70000, 4)]
     a.setblocking(True)
-    a.sendall(ref.encode(payloads))
+    a.sendall(harness.encode(payloads))
     assert drain(decoder, b, len(payloads)) == payloads
     assert decoder.pending == 0
     a.shutdown(socket.SHUT_WR)
@@ -135,20 +136,20 @@ def test_read_from(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socke
     decoder.close()
 
 
-def test_read_from_agrees_with_feed(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+def test_read_from_agrees_with_feed(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
-    payloads = [ref.pseudo_random(n, n) for n in (0, 1, 3, 4, 5, 1000, 65535, 65536, 65537, 300000)]
-    wire = ref.encode(payloads, "varint")
+    payloads = [harness.pseudo_random(n, n) for n in (0, 1, 3, 4, 5, 1000, 65535, 65536, 65537, 300000)]
+    wire = harness.encode(payloads, "varint")
     a.setblocking(True)
     a.sendall(wire)
     via_socket = drain(codec.Decoder("varint"), b, len(payloads))
     assert via_socket == codec.Decoder("varint").feed(wire) == payloads
 
 
-def test_read_from_frame_errors(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+def test_read_from_frame_errors(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     a.setblocking(True)
-    a.sendall(ref.encode([b"ok"]) + b"\xff\xff\xff\xff")
+    a.sendall(harness.encode([b"ok"]) + b"\xff\xff\xff\xff")
     decoder = codec.Decoder(max_frame=1024)
     for _ in range(1000):
         try:
@@ -174,16 +175,16 @@ def test_read_from_bad_fd(codec: ModuleType) -> None:
         decoder.buffer_updated(1)
 
 
-def test_max_frame_can_be_changed(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_max_frame_can_be_changed(codec: ModuleType) -> None:
     """Servers start a connection with a small limit (an auth handshake) and raise it afterwards."""
     decoder = codec.Decoder(max_frame=16)
-    assert decoder.feed(ref.encode([b"x" * 16])) == [b"x" * 16]
+    assert decoder.feed(harness.encode([b"x" * 16])) == [b"x" * 16]
     decoder.max_frame = 1000
     assert decoder.max_frame == 1000
-    assert decoder.feed(ref.encode([b"y" * 1000])) == [b"y" * 1000]
+    assert decoder.feed(harness.encode([b"y" * 1000])) == [b"y" * 1000]
     decoder.max_frame = 10
     with pytest.raises(FrameTooLarge) as info:
-        decoder.feed(ref.encode([b"z" * 11]))
+        decoder.feed(harness.encode([b"z" * 11]))
     assert (info.value.size, info.value.limit) == (11, 10)
     other = codec.Decoder()
     with pytest.raises(ValueError):
@@ -198,14 +199,14 @@ def test_max_frame_can_be_changed(codec: ModuleType, ref: SimpleNamespace) -> No
 WIRE_PAYLOADS = [b"", b"a", b"bc" * 50, bytes(range(256)) * 300, b"z" * 65536, b"tail"]
 
 
-def test_feed_wire_every_split(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_feed_wire_every_split(codec: ModuleType) -> None:
     for prefix in ("!I", "<H", "varint"):
         payloads = [p for p in WIRE_PAYLOADS if len(p) <= 65535 or prefix != "<H"]
-        wire = ref.encode(payloads, prefix)
+        wire = harness.encode(payloads, prefix)
         bounds = []  # end offsets of the frames: a wire result must always stop on one of them
         pos = 0
         for p in payloads:
-            pos += len(ref.header(len(p), prefix)) + len(p)
+            pos += len(harness.header(len(p), prefix)) + len(p)
             bounds.append(pos)
         for split in list(range(0, 40)) + list(range(40, len(wire), 997)) + [len(wire)]:
             decoder = codec.Decoder(prefix, max_frame=1 << 20)
@@ -219,48 +220,48 @@ def test_feed_wire_every_split(codec: ModuleType, ref: SimpleNamespace) -> None:
             decoder.close()
 
 
-def test_feed_wire_byte_at_a_time(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_feed_wire_byte_at_a_time(codec: ModuleType) -> None:
     payloads = [b"", b"x", b"hello world"]
-    wire = ref.encode(payloads, "varint")
+    wire = harness.encode(payloads, "varint")
     decoder = codec.Decoder("varint")
     out = b"".join(bytes(decoder.feed_wire(wire[i : i + 1])) for i in range(len(wire)))
     assert out == wire
 
 
-def test_feed_wire_limits_and_errors(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_feed_wire_limits_and_errors(codec: ModuleType) -> None:
     decoder = codec.Decoder(max_frame=100)
     with pytest.raises(FrameTooLarge) as info:
-        decoder.feed_wire(ref.encode([b"one", b"two"]) + struct.pack("!I", 101))
+        decoder.feed_wire(harness.encode([b"one", b"two"]) + struct.pack("!I", 101))
     assert info.value.frames == [b"one", b"two"]  # the whole frames before the bad header are not lost
     with pytest.raises(ValueError):  # FrameError: refused from now on
-        decoder.feed_wire(ref.encode([b"x"]))
+        decoder.feed_wire(harness.encode([b"x"]))
     bad_varint = codec.Decoder("varint")
     with pytest.raises(ValueError):
         bad_varint.feed_wire(b"\x80\x00")
     cut = codec.Decoder()
-    assert bytes(cut.feed_wire(ref.encode([b"whole"]) + b"\x00\x00\x00\x09part")) == ref.encode([b"whole"])
+    assert bytes(cut.feed_wire(harness.encode([b"whole"]) + b"\x00\x00\x00\x09part")) == harness.encode([b"whole"])
     with pytest.raises(IncompleteFrame):
         cut.close()
 
 
-def test_feed_wire_views_are_read_only_and_stable(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_feed_wire_views_are_read_only_and_stable(codec: ModuleType) -> None:
     decoder = codec.Decoder()
     held = []
     for i in range(300):  # enough traffic to wrap, compact and grow the read buffer many times
-        payload = ref.pseudo_random((i * 7919) % 5000, i)
-        held.append((decoder.feed_wire(ref.encode([payload])), payload))
+        payload = harness.pseudo_random((i * 7919) % 5000, i)
+        held.append((decoder.feed_wire(harness.encode([payload])), payload))
     for view, payload in held:
-        assert bytes(view) == ref.encode([payload])
+        assert bytes(view) == harness.encode([payload])
         with pytest.raises(TypeError):
             view[0] = 0
 
 
-def test_switching_between_feed_and_feed_wire(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_switching_between_feed_and_feed_wire(codec: ModuleType) -> None:
     decoder = codec.Decoder()
-    assert decoder.feed(ref.encode([b"list"])) == [b"list"]
-    assert bytes(decoder.feed_wire(ref.encode([b"wire"]))) == ref.encode([b"wire"])
-    big = ref.pseudo_random(200000, 9)
-    wire = ref.encode([big])
+    assert decoder.feed(harness.encode([b"list"])) == [b"list"]
+    assert bytes(decoder.feed_wire(harness.encode([b"wire"]))) == harness.encode([b"wire"])
+    big = harness.pseudo_random(200000, 9)
+    wire = harness.encode([big])
     assert decoder.feed(wire[:1000]) == []  # a large frame begun by feed() ...
     with pytest.raises(ValueError):
         decoder.feed_wire(wire[1000:])  # ... must be finished by feed()
@@ -268,11 +269,11 @@ def test_switching_between_feed_and_feed_wire(codec: ModuleType, ref: SimpleName
     assert bytes(decoder.feed_wire(wire)) == wire  # between frames, either is fine
 
 
-def test_read_wire_from_zero_copy_relay(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+def test_read_wire_from_zero_copy_relay(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
     """Views returned by read_wire_from stay intact while held, even as more data arrives."""
     a, b = nb_pair
-    payloads = [ref.pseudo_random((i * 104729) % 70000, i) for i in range(60)]
-    wire = ref.encode(payloads)
+    payloads = [harness.pseudo_random((i * 104729) % 70000, i) for i in range(60)]
+    wire = harness.encode(payloads)
     sender = threading.Thread(target=lambda: (a.setblocking(True), a.sendall(wire), a.shutdown(socket.SHUT_WR)))
     sender.start()
     decoder = codec.Decoder()
@@ -313,18 +314,18 @@ def test_feed_wire_property(payloads: List[bytes], cuts: List[int], prefix: str)
         assert decoder.pending == 0
 
 
-def test_relay_echoes_whole_frames(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+def test_relay_echoes_whole_frames(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
     """relay(fd) sends the whole frames of each read back to fd, keeps partial ones, and reports EOF."""
     a, b = nb_pair
-    payloads = [ref.pseudo_random((i * 7901) % 3000, i) for i in range(40)]
-    wire = ref.encode(payloads)
+    payloads = [harness.pseudo_random((i * 7901) % 3000, i) for i in range(40)]
+    wire = harness.encode(payloads)
     decoder = codec.Decoder()
     a.setblocking(True)
-    a.settimeout(ref.SOCKET_TIMEOUT)
+    a.settimeout(harness.TIMEOUT)
     a.sendall(wire[:-3])  # the last frame is cut short: it must not come back yet
     echoed = b""
     for _ in range(100000):
-        if len(echoed) == len(wire) - len(ref.encode(payloads[-1:])):
+        if len(echoed) == len(wire) - len(harness.encode(payloads[-1:])):
             break
         try:
             rest = decoder.relay(b.fileno())
@@ -338,9 +339,9 @@ def test_relay_echoes_whole_frames(codec: ModuleType, nb_pair: Tuple[socket.sock
             a.setblocking(True)
             continue
         assert rest == b""  # loopback buffers take these small batches whole
-    expected = wire[: len(wire) - len(ref.encode(payloads[-1:]))]
+    expected = wire[: len(wire) - len(harness.encode(payloads[-1:]))]
     assert echoed == expected
-    assert decoder.pending == len(ref.encode(payloads[-1:])) - 3
+    assert decoder.pending == len(harness.encode(payloads[-1:])) - 3
     assert decoder.completed == len(payloads) - 1
     a.sendall(wire[-3:])
     a.shutdown(socket.SHUT_WR)
@@ -354,20 +355,20 @@ def test_relay_echoes_whole_frames(codec: ModuleType, nb_pair: Tuple[socket.sock
         if result is None:
             break
     assert result is None
-    assert ref.recv_exactly(a, len(ref.encode(payloads[-1:]))) == ref.encode(payloads[-1:])
+    assert harness.recv_exactly(a, len(harness.encode(payloads[-1:]))) == harness.encode(payloads[-1:])
     assert decoder.completed == len(payloads)
     decoder.close()
 
 
-def test_relay_to_another_socket_and_backpressure(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_relay_to_another_socket_and_backpressure(codec: ModuleType) -> None:
     """relay(fd, out_fd) forwards to a different socket and hands back what a full socket did not take."""
     src_a, src_b = socket.socketpair()
     dst_a, dst_b = socket.socketpair()
     for s in (src_b, dst_a, dst_b):
         s.setblocking(False)
     try:
-        payload = ref.pseudo_random(200000, 5)
-        frames = ref.encode([payload] * 40)  # 8 MB: more than a socketpair holds
+        payload = harness.pseudo_random(200000, 5)
+        frames = harness.encode([payload] * 40)  # 8 MB: more than a socketpair holds
         decoder = codec.Decoder()
         sender = threading.Thread(target=lambda: (src_a.sendall(frames), src_a.shutdown(socket.SHUT_WR)))
         sender.start()
@@ -404,10 +405,10 @@ def test_relay_to_another_socket_and_backpressure(codec: ModuleType, ref: Simple
             s.close()
 
 
-def test_relay_frame_error(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket], ref: SimpleNamespace) -> None:
+def test_relay_frame_error(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     a.setblocking(True)
-    a.sendall(ref.encode([b"good"]) + struct.pack("!I", 1 << 30))
+    a.sendall(harness.encode([b"good"]) + struct.pack("!I", 1 << 30))
     decoder = codec.Decoder()
     for _ in range(100000):
         try:
@@ -425,33 +426,33 @@ def test_relay_frame_error(codec: ModuleType, nb_pair: Tuple[socket.socket, sock
         a.recv(10)  # nothing of that read was echoed
 
 
-def test_completed_counts_frames(codec: ModuleType, ref: SimpleNamespace) -> None:
+def test_completed_counts_frames(codec: ModuleType) -> None:
     decoder = codec.Decoder()
     assert decoder.completed == 0
-    big = ref.pseudo_random(100000, 1)
-    wire = ref.encode([b"a", b"", big, b"b"])
+    big = harness.pseudo_random(100000, 1)
+    wire = harness.encode([b"a", b"", big, b"b"])
     decoder.feed(wire[:10])
     assert decoder.completed == 2
-    ref.feed_via_buffer(decoder, wire[10:])
+    harness.feed_via_buffer(decoder, wire[10:])
     assert decoder.completed == 4
-    decoder.feed_wire(ref.encode([b"c"] * 3))
+    decoder.feed_wire(harness.encode([b"c"] * 3))
     assert decoder.completed == 7
     with pytest.raises(FrameTooLarge):
-        decoder.feed_wire(ref.encode([b"d"]) + struct.pack("!I", 1 << 30))
+        decoder.feed_wire(harness.encode([b"d"]) + struct.pack("!I", 1 << 30))
     assert decoder.completed == 8  # the whole frame before the error counts once
 
 
 @pytest.mark.parametrize("method", ["read_from", "relay"])
-def test_decoders_reading_in_turn_keep_their_own_data(codec: ModuleType, method: str, ref: SimpleNamespace) -> None:
+def test_decoders_reading_in_turn_keep_their_own_data(codec: ModuleType, method: str) -> None:
     """The extension reads into one area shared by every decoder when a decoder holds nothing; the tails it
     keeps must stay with their own decoder however reads interleave."""
-    pairs = [ref.tcp_pair() for _ in range(3)]
+    pairs = [harness.tcp_pair() for _ in range(3)]
     try:
         streams = []
         for i, (a, b) in enumerate(pairs):
             b.setblocking(False)
-            payloads = [ref.pseudo_random(((i + 1) * 7919 * k) % 9000, i * 1000 + k) for k in range(30)]
-            streams.append((a, b, codec.Decoder(), payloads, ref.encode(payloads), bytearray(), []))
+            payloads = [harness.pseudo_random(((i + 1) * 7919 * k) % 9000, i * 1000 + k) for k in range(30)]
+            streams.append((a, b, codec.Decoder(), payloads, harness.encode(payloads), bytearray(), []))
         offsets = [0] * len(streams)
         for step in range(10000):
             progressed = False
@@ -472,7 +473,7 @@ def test_decoders_reading_in_turn_keep_their_own_data(codec: ModuleType, method:
                 else:
                     assert result == b""
                     a.settimeout(5)
-                    while len(echoed) < sum(len(ref.encode([p])) for p in payloads[: decoder.completed]):
+                    while len(echoed) < sum(len(harness.encode([p])) for p in payloads[: decoder.completed]):
                         echoed.extend(a.recv(1 << 20))
             if not progressed and all(s[2].pending == 0 and s[2].completed == len(s[3]) for s in streams):
                 break

@@ -353,6 +353,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("mode", ["feed", "buffer"])
 def test_huge_header_costs_only_what_arrives(codec, mode):
     """A header announcing 1 GiB (accepted: max_frame 2 GiB), then 2 MiB of it: resident memory grows by

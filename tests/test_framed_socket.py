@@ -13,7 +13,7 @@ import struct
 import time
 
 import pytest
-from harness import Background
+from harness import Background, recv_exactly
 from reference import leb128 as _leb128
 
 from fastframe import FrameError, FrameTooLarge, IncompleteFrame
@@ -125,7 +125,7 @@ def test_send_wire_bytes(framed_cls, sock_pair, size):
     rec = RecordingSocket(a)
     fs = framed_cls(rec)
     data = payloads_of([size], size)[0]
-    reader = Background(lambda: _read_exactly(b, 4 + size))
+    reader = Background(lambda: recv_exactly(b, 4 + size))
     fs.send(data)
     wire = reader.join()
     assert wire == struct.pack("!I", size) + data
@@ -144,7 +144,7 @@ def test_send_many_wire_bytes(framed_cls, sock_pair):
     fs = framed_cls(rec)
     data = payloads_of([0, 10, 70000, 3, 5, 3 * MiB, 1, 65536])
     expected = b"".join(frame(p) for p in data)
-    reader = Background(lambda: _read_exactly(b, len(expected)))
+    reader = Background(lambda: recv_exactly(b, len(expected)))
     fs.send_many(data)
     assert reader.join() == expected
     assert all(kind == "sendmsg" for kind, _ in rec.calls)
@@ -159,7 +159,7 @@ def test_send_many_small_is_one_write(framed_cls, sock_pair):
     fs = framed_cls(rec)
     data = payloads_of([0, 1, 2, 300, 60000])
     expected = b"".join(frame(p) for p in data)
-    reader = Background(lambda: _read_exactly(b, len(expected)))
+    reader = Background(lambda: recv_exactly(b, len(expected)))
     fs.send_many(iter(data))
     assert reader.join() == expected
     assert rec.calls == [("sendall", [len(expected)])]
@@ -175,7 +175,7 @@ def test_send_many_more_buffers_than_iov_max(framed_cls, sock_pair):
     for i in range(700):  # 700 small batches + 700 headers + 700 payloads = 2100 buffers
         data += [bytes([i % 256]), big]
     expected_len = sum(4 + len(p) for p in data)
-    reader = Background(lambda: _read_exactly(b, expected_len))
+    reader = Background(lambda: recv_exactly(b, expected_len))
     fs.send_many(data)
     wire = reader.join(60)
     assert len(rec.calls) > 1 and all(kind == "sendmsg" for kind, _ in rec.calls)
@@ -222,7 +222,7 @@ def test_other_prefixes(framed_cls, sock_pair, prefix, header):
     data = payloads_of(sizes)
     tx = framed_cls(a, prefix=prefix)
     expected = b"".join(header(len(p)) + p for p in data)
-    reader = Background(lambda: _read_exactly(b, len(expected)))
+    reader = Background(lambda: recv_exactly(b, len(expected)))
     for p in data:
         tx.send(p)
     assert reader.join() == expected
@@ -366,6 +366,7 @@ def test_iteration_raises_on_incomplete_frame(framed_cls, sock_pair):
     assert got == [b"x"]
 
 
+@pytest.mark.timing
 def test_frame_too_large_raised_before_payload(framed_cls, sock_pair):
     a, b = sock_pair
     b.settimeout(3.0)
@@ -441,15 +442,6 @@ def test_large_payloads_both_ends(framed_cls, sock_pair):
 # helpers
 # ======================================================================================================
 
-
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(1 << 20, n - len(buf)))
-        if not chunk:
-            raise EOFError(f"got {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 def _wait_until_queued(sock: socket.socket, n: int, timeout: float = 5.0) -> None:

@@ -33,21 +33,6 @@ from fastframe.exceptions import FrameError
 HIGH_WATER = 1 << 20
 
 
-def require_tool(name: str) -> str:
-    """The path of a peer tool; skips without it, fails under FASTFRAME_REQUIRE_TOOLS=1 (CI)."""
-    import shutil
-
-    import pytest
-
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed"
-        if os.environ.get("FASTFRAME_REQUIRE_TOOLS") == "1":
-            pytest.fail(message + " and FASTFRAME_REQUIRE_TOOLS=1", pytrace=False)
-        pytest.skip(message)
-    return path
-
-
 class TestConn(Conn):
     def __init__(self, server: "TLSTestServer", layer: TLSLayer, peer: Any, service: Service) -> None:
         self.server, self.layer, self.peer, self.service = server, layer, peer, service

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import harness
 import pytest
 from haproxy import Backend, HAProxy, require_haproxy
 
@@ -91,35 +92,19 @@ def request(ha: HAProxy, payload: bytes) -> tuple[str, bytes]:
     """One connection through the balancer, one frame: (the client's own 'ip:port', the reply)."""
     with socket.create_connection(ha.frontend, timeout=TIMEOUT) as c:
         c.sendall(struct.pack("!I", len(payload)) + payload)
-        head = recv_exactly(c, 4)
-        reply = recv_exactly(c, struct.unpack("!I", head)[0])
+        head = harness.recv_exactly(c, 4)
+        reply = harness.recv_exactly(c, struct.unpack("!I", head)[0])
         me = c.getsockname()
     return f"{me[0]}:{me[1]}", reply
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def wait_until(predicate, timeout: float = TIMEOUT, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout} s")
-        time.sleep(0.02)
 
 
 def test_traffic_and_real_client_addresses(balancer: HAProxy, backends: list[EchoBackend]) -> None:
     me = [request(balancer, b"hello %d" % i) for i in range(10)]
     assert [reply for _, reply in me] == [b"hello %d" % i for i in range(10)]
     clients = {addr for addr, _ in me}
-    wait_until(lambda: clients <= set(backends[0].clients() + backends[1].clients()), what="every client logged")
+    assert harness.wait_until(lambda: clients <= set(backends[0].clients() + backends[1].clients())), (
+        "every client logged"
+    )
     assert backends[0].clients() and backends[1].clients(), "round robin used both backends"
     assert all(c.startswith("127.0.0.1:") for c in clients)  # the client's address, not haproxy's 127.0.0.x
     backends[0].wait_line("conn LOCAL")  # the echo health checks carry a LOCAL header
@@ -133,9 +118,9 @@ def test_drain_through_the_runtime_api(balancer: HAProxy, backends: list[EchoBac
     for _ in range(4):
         sock = socket.create_connection(balancer.frontend, timeout=TIMEOUT)
         sock.sendall(struct.pack("!I", 1) + b"x")
-        recv_exactly(sock, 5)
+        harness.recv_exactly(sock, 5)
         mine = "{}:{}".format(*sock.getsockname()[:2])
-        wait_until(lambda: mine in b1.clients() + b2.clients(), what="the connection logged")  # noqa: B023
+        assert harness.wait_until(lambda: mine in b1.clients() + b2.clients()), "the connection logged"  # noqa: B023
         if mine in b1.clients():
             established = sock
             break
@@ -149,12 +134,12 @@ def test_drain_through_the_runtime_api(balancer: HAProxy, backends: list[EchoBac
             assert request(balancer, b"%d" % i)[1] == b"%d" % i
         assert len(b1.clients()) == before, "a drained server got new connections"
         established.sendall(struct.pack("!I", 5) + b"still")
-        assert recv_exactly(established, 9)[4:] == b"still"
+        assert harness.recv_exactly(established, 9)[4:] == b"still"
     balancer.set_state("b1", "ready")
     balancer.wait_state("b1", "UP")
     for i in range(4):
         request(balancer, b"%d" % i)
-    wait_until(lambda: len(b1.clients()) > before, what="b1 serving again after ready")
+    assert harness.wait_until(lambda: len(b1.clients()) > before), "b1 serving again after ready"
 
 
 def test_maintenance_state(balancer: HAProxy) -> None:
@@ -174,7 +159,7 @@ def test_killed_backend_is_marked_down(balancer: HAProxy, backends: list[EchoBac
     served = len(b2.clients())
     for i in range(10):
         assert request(balancer, b"d%d" % i)[1] == b"d%d" % i
-    wait_until(lambda: len(b2.clients()) >= served + 10, what="b2 serving everything")
+    assert harness.wait_until(lambda: len(b2.clients()) >= served + 10), "b2 serving everything"
 
 
 @pytest.mark.parametrize(("check", "state"), [("echo", "DOWN"), ("connect", "UP")])

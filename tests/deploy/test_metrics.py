@@ -405,6 +405,7 @@ def test_malformed_requests_get_an_answer(served: Served, request_bytes: bytes, 
     assert b"Connection: close" in reply
 
 
+@pytest.mark.timing
 def test_a_silent_or_slow_client_is_dropped_and_hurts_nobody(served: Served) -> None:
     silent = [socket.create_connection(served.addr, timeout=TIMEOUT) for _ in range(10)]  # > max_clients (4)
     try:

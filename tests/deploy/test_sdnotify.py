@@ -171,6 +171,7 @@ def test_a_missing_socket_warns_and_goes_on(caplog: pytest.LogCaptureFixture) ->
     notifier.close()
 
 
+@pytest.mark.timing
 def test_a_manager_that_does_not_read_never_blocks(receiver: Receiver) -> None:
     notifier = Notifier(receiver.address)
     start = time.monotonic()

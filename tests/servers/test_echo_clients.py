@@ -19,6 +19,8 @@ import time
 from collections import deque
 from multiprocessing.connection import Client
 
+import harness
+
 MiB = 1024 * 1024
 MAX_REQUEST = MiB  # the server's default --max-request: frames of exactly this size must pass
 HEADER = struct.Struct("!I")
@@ -193,7 +195,7 @@ def run_load(addr: tuple[str, int], n_clients: int, seed: int) -> list[LoadClien
     return clients
 
 
-def test_200_concurrent_clients_every_byte_back(engine, serve, net):
+def test_200_concurrent_clients_every_byte_back(engine, serve):
     server = serve("--echo", "0", engine=engine)
     started = time.monotonic()
     clients = run_load(server.addr("echo"), N_CLIENTS, seed=7)
@@ -378,8 +380,8 @@ def _raw_data() -> bytes:
     return random.Random(5).randbytes(1 * MiB) + b"\n".join(b"line %d" % i for i in range(1000)) + b"\n"
 
 
-def test_raw_mode_with_socat(engine, serve, net):
-    socat = net.require_tool("socat")
+def test_raw_mode_with_socat(engine, serve):
+    socat = harness.require_tool("socat")
     server = serve("--echo", "0", "--raw", engine=engine)
     host, port = server.addr("echo")
     data = _raw_data()
@@ -395,8 +397,8 @@ def test_raw_mode_with_socat(engine, serve, net):
     assert hashlib.sha256(run.stdout).digest() == hashlib.sha256(data).digest()
 
 
-def test_raw_mode_with_nc(engine, serve, net):
-    nc = net.require_tool("nc")
+def test_raw_mode_with_nc(engine, serve):
+    nc = harness.require_tool("nc")
     server = serve("--echo", "0", "--raw", engine=engine)
     host, port = server.addr("echo")
     data = _raw_data()
@@ -409,10 +411,10 @@ def test_raw_mode_with_nc(engine, serve, net):
     assert hashlib.sha256(run.stdout).digest() == hashlib.sha256(data).digest()
 
 
-def test_raw_mode_is_not_framed(engine, serve, net):
+def test_raw_mode_is_not_framed(engine, serve):
     """The raw echo sends back exactly the bytes in, no length prefix, in small pieces too."""
     server = serve("--echo", "0", "--raw", engine=engine)
-    with net.connect(server.addr("echo")) as sock:
+    with harness.connect(server.addr("echo")) as sock:
         for piece in (b"a", b"hello\r\n", bytes(range(256)), b"\x00\x00\x00\x05"):
             sock.sendall(piece)
-            assert net.recv_exactly(sock, len(piece)) == piece
+            assert harness.recv_exactly(sock, len(piece)) == piece

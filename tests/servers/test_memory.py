@@ -6,15 +6,15 @@ from __future__ import annotations
 import threading
 import time
 
+import harness
 import pytest
 
 
 class CommandLoop(threading.Thread):
     """Runs ``echo 1`` on one connection again and again, checking every reply."""
 
-    def __init__(self, net, addr) -> None:
+    def __init__(self, addr) -> None:
         super().__init__(daemon=True)
-        self.net = net
         self.addr = addr
         self.done = 0
         self.errors: list[str] = []
@@ -22,12 +22,12 @@ class CommandLoop(threading.Thread):
 
     def run(self) -> None:
         try:
-            with self.net.connect(self.addr) as s:
+            with harness.connect(self.addr) as s:
                 while not self.stop_flag.is_set():
-                    self.net.send_frame(s, b"echo 1")
-                    frames = [self.net.recv_frame(s)]
+                    harness.send_frame(s, b"echo 1")
+                    frames = [harness.recv_frame(s)]
                     while frames[-1][:1] not in (b"X", b"!"):
-                        frames.append(self.net.recv_frame(s))
+                        frames.append(harness.recv_frame(s))
                     if frames != [b"O1\n", b"X0"]:
                         self.errors.append(repr(frames))
                         return
@@ -36,22 +36,22 @@ class CommandLoop(threading.Thread):
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def run_command_load(net, server, engine: str, seconds: float, warm: int, sample_every: float = 1.0):
+def run_command_load(server, engine: str, seconds: float, warm: int, sample_every: float = 1.0):
     """Three clients loop on ``echo 1``; return [(commands done, RSS KiB of the server's processes)] samples,
     taken after ``warm`` commands, every ``sample_every`` s until ``seconds`` have passed.  The server's processes
     are the master and its workers (prefork) or the one process (select), never the commands themselves."""
-    clients = [CommandLoop(net, server.addr("command")) for _ in range(3)]
+    clients = [CommandLoop(server.addr("command")) for _ in range(3)]
     for c in clients:
         c.start()
     samples = []
     try:
-        assert net.wait_until(lambda: sum(c.done for c in clients) >= warm, 60), "the warm-up never finished"
+        assert harness.wait_until(lambda: sum(c.done for c in clients) >= warm, 60), "the warm-up never finished"
         pids = [server.pid, *(server.workers() if engine == "prefork" else [])]
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            samples.append((sum(c.done for c in clients), net.rss_kib(pids)))
+            samples.append((sum(c.done for c in clients), harness.rss_kib(pids)))
             time.sleep(sample_every)
-        samples.append((sum(c.done for c in clients), net.rss_kib(pids)))
+        samples.append((sum(c.done for c in clients), harness.rss_kib(pids)))
     finally:
         for c in clients:
             c.stop_flag.set()
@@ -62,9 +62,9 @@ def run_command_load(net, server, engine: str, seconds: float, warm: int, sample
     return samples
 
 
-def test_rss_flat_while_commands_run(engine, serve, net):
+def test_rss_flat_while_commands_run(engine, serve):
     server = serve("--command", "0", "--allow", "echo", "--command-timeout", "30", engine=engine)
-    samples = run_command_load(net, server, engine, seconds=8.0, warm=500)
+    samples = run_command_load(server, engine, seconds=8.0, warm=500)
     (n0, rss0), (n1, rss1) = samples[0], samples[-1]
     print(f"{engine}: {n1 - n0} commands, RSS {rss0} -> {rss1} KiB")
     assert n1 - n0 >= 1000, f"only {n1 - n0} commands ran in 8 s"
@@ -73,11 +73,11 @@ def test_rss_flat_while_commands_run(engine, serve, net):
 
 
 @pytest.mark.soak
-def test_rss_flat_while_commands_run_soak(engine, serve, net):
+def test_rss_flat_while_commands_run_soak(engine, serve):
     """The long version: a fifth of FASTFRAME_SOAK_SECONDS per engine; RSS over the second half within 10%."""
-    seconds = net.soak_seconds() / 5
+    seconds = harness.soak_seconds() / 5
     server = serve("--command", "0", "--allow", "echo", "--command-timeout", "30", engine=engine)
-    samples = run_command_load(net, server, engine, seconds=seconds, warm=2000, sample_every=2.0)
+    samples = run_command_load(server, engine, seconds=seconds, warm=2000, sample_every=2.0)
     late = [rss for _, rss in samples[len(samples) // 2 :]]
     print(f"{engine}: {samples[-1][0] - samples[0][0]} commands in {seconds:.0f} s, RSS KiB samples {samples}")
     assert max(late) <= 1.10 * min(late), f"RSS not flat over the second half: {late}"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import harness
 import pytest
 from fastframe.servers import pidfile as pidfile_module
 from fastframe.servers.pidfile import Pidfile, PidfileBusy
@@ -30,13 +31,13 @@ def read(path: str) -> str:
         return f.read().strip()
 
 
-def test_a_live_holder_is_refused_with_one_line_and_status_1(engine, net, workdir):
+def test_a_live_holder_is_refused_with_one_line_and_status_1(engine, workdir):
     path = os.path.join(workdir, "ff.pid")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         write(path, f"{holder.pid}\n")
         run = subprocess.run(
-            [sys.executable, "-m", "fastframe", "serve", "--echo", "0", "--pidfile", path, *net.engine_args(engine)],
+            [sys.executable, "-m", "fastframe", "serve", "--echo", "0", "--pidfile", path, *harness.engine_args(engine)],
             capture_output=True, text=True, timeout=30, cwd=workdir,
         )  # fmt: skip
         assert run.returncode == 1, (run.returncode, run.stderr)
@@ -51,30 +52,30 @@ def test_a_live_holder_is_refused_with_one_line_and_status_1(engine, net, workdi
 
 
 @pytest.mark.parametrize("before", ["absent", "stale"])
-def test_the_pidfile_is_written_and_removed_on_exit(engine, serve, net, workdir, before):
+def test_the_pidfile_is_written_and_removed_on_exit(engine, serve, workdir, before):
     path = os.path.join(workdir, "run", "ff.pid")
     os.makedirs(os.path.dirname(path))
     if before == "stale":
         write(path, f"{dead_pid()}\n")
     server = serve("--echo", "0", "--pidfile", path, engine=engine)
     assert read(path) == str(server.pid), "not written before the listening lines"
-    with net.connect(server.addr("echo")) as s:
-        assert net.roundtrip(s, b"pid") == b"pid"
+    with harness.connect(server.addr("echo")) as s:
+        assert harness.roundtrip(s, b"pid") == b"pid"
     server.signal(signal.SIGTERM)
-    code, _ = net.wait_exit(server, 10)
+    code, _ = harness.wait_exit(server, 10)
     assert code == 0
     assert not os.path.exists(path), "the pidfile outlived the server"
     assert os.listdir(os.path.dirname(path)) == [], "a temporary file was left behind"
 
 
-def test_a_pidfile_naming_someone_else_is_not_removed_on_exit(engine, serve, net, workdir):
+def test_a_pidfile_naming_someone_else_is_not_removed_on_exit(engine, serve, workdir):
     path = os.path.join(workdir, "ff.pid")
     server = serve("--echo", "0", "--pidfile", path, engine=engine)
-    assert net.wait_until(lambda: os.path.exists(path) and read(path) == str(server.pid), timeout=5)
+    assert harness.wait_until(lambda: os.path.exists(path) and read(path) == str(server.pid), timeout=5)
     other = str(os.getpid())  # another server took the file over meanwhile
     write(path, other + "\n")
     server.signal(signal.SIGTERM)
-    code, _ = net.wait_exit(server, 10)
+    code, _ = harness.wait_exit(server, 10)
     assert code == 0
     assert read(path) == other, "the server removed (or rewrote) a pidfile that was no longer its own"
 

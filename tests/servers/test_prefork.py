@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 
+import harness
 import pytest
 
 
@@ -22,9 +23,8 @@ class LoopClient(threading.Thread):
     Everything else (a wrong reply, a partial frame, a reset, a refused connection) is an error.
     """
 
-    def __init__(self, net, addr, idx: int, reconnect: bool = False, pause: float = 0.0) -> None:
+    def __init__(self, addr, idx: int, reconnect: bool = False, pause: float = 0.0) -> None:
         super().__init__(daemon=True)
-        self.net = net
         self.addr = addr
         self.idx = idx
         self.reconnect = reconnect
@@ -41,7 +41,7 @@ class LoopClient(threading.Thread):
     def _connect(self) -> None:
         if self.sock is not None:
             self.sock.close()
-        self.sock = self.net.connect(self.addr)
+        self.sock = harness.connect(self.addr)
         self.local_port = self.sock.getsockname()[1]
 
     def run(self) -> None:
@@ -56,7 +56,7 @@ class LoopClient(threading.Thread):
         while not self.stop_flag.is_set() and time.monotonic() < deadline:
             payload = b"%d:%d:" % (self.idx, n) + self.rng.randbytes(self.rng.randint(0, 3000))
             try:
-                reply = self.net.roundtrip(self.sock, payload)
+                reply = harness.roundtrip(self.sock, payload)
             except EOFError as exc:
                 if self.reconnect and str(exc) == "eof at boundary":
                     self.reconnects += 1
@@ -89,8 +89,8 @@ class LoopClient(threading.Thread):
         assert not self.is_alive(), f"client {self.idx} did not stop"
 
 
-def start_clients(net, addr, n, **kw) -> list[LoopClient]:
-    clients = [LoopClient(net, addr, i, **kw) for i in range(n)]
+def start_clients(addr, n, **kw) -> list[LoopClient]:
+    clients = [LoopClient(addr, i, **kw) for i in range(n)]
     for c in clients:
         c.start()
     for c in clients:
@@ -99,14 +99,15 @@ def start_clients(net, addr, n, **kw) -> list[LoopClient]:
     return clients
 
 
-def test_kill_9_worker_under_load(serve, net):
+@pytest.mark.timing
+def test_kill_9_worker_under_load(serve):
     server = serve("--echo", "0", engine="prefork", workers=3)
     addr = server.addr("echo")
-    clients = start_clients(net, addr, 24, pause=0.002)
+    clients = start_clients(addr, 24, pause=0.002)
     try:
         workers = server.workers()
         time.sleep(1.2)  # older than the master's boot window, so the replacement is not backed off
-        owners = net.port_owners(workers, addr[1])
+        owners = harness.port_owners(workers, addr[1])
         by_worker = {pid: [c for c in clients if owners.get(c.local_port) == pid] for pid in workers}
         assert sum(len(v) for v in by_worker.values()) == len(clients), (owners, [c.local_port for c in clients])
         victim = max(workers, key=lambda pid: len(by_worker[pid]))
@@ -120,14 +121,15 @@ def test_kill_9_worker_under_load(serve, net):
         except TimeoutError as exc:
             pytest.fail(f"no replacement worker within 2 s: {exc}\nstderr:\n{server.stderr()[-3000:]}")
         replaced_in = time.monotonic() - killed_at
-        time.sleep(1.0)  # the survivors keep going while the replacement starts
+        # the survivors keep going while the replacement starts
+        harness.wait_until(lambda: all(c.replies[-1] > killed_at + 0.5 for c in survivors if c.replies), 10)
         # the replacement accepts new connections (the others hold ~8 each, it holds none)
         (fresh,) = set(new) - set(workers)
-        extra = [net.connect(addr) for _ in range(6)]
+        extra = [harness.connect(addr) for _ in range(6)]
         try:
             for i, s in enumerate(extra):
-                assert net.roundtrip(s, b"new %d" % i) == b"new %d" % i
-            owners_after = net.port_owners(new, addr[1])
+                assert harness.roundtrip(s, b"new %d" % i) == b"new %d" % i
+            owners_after = harness.port_owners(new, addr[1])
             assert fresh in {owners_after.get(s.getsockname()[1]) for s in extra}, owners_after
         finally:
             for s in extra:
@@ -142,13 +144,12 @@ def test_kill_9_worker_under_load(serve, net):
     assert replaced_in < 2.0
 
 
-def test_sighup_replaces_every_worker_while_a_client_keeps_getting_answers(serve, net):
+def test_sighup_replaces_every_worker_while_a_client_keeps_getting_answers(serve):
     server = serve("--echo", "0", engine="prefork", workers=2)
     addr = server.addr("echo")
     old = server.workers()
-    clients = start_clients(net, addr, 3, reconnect=True, pause=0.005)
+    clients = start_clients(addr, 3, reconnect=True, pause=0.005)
     try:
-        time.sleep(0.5)
         hup_at = time.monotonic()
         server.signal(signal.SIGHUP)
         try:
@@ -156,8 +157,13 @@ def test_sighup_replaces_every_worker_while_a_client_keeps_getting_answers(serve
         except TimeoutError as exc:
             pytest.fail(f"{exc}\nstderr:\n{server.stderr()[-3000:]}")
         changed_at = time.monotonic()
-        time.sleep(1.0)
-        owners = net.port_owners(new, addr[1])
+
+        def moved() -> bool:
+            owners = harness.port_owners(new, addr[1])
+            return all(c.errors or (c.replies[-1] > changed_at and owners.get(c.local_port) in new) for c in clients)
+
+        harness.wait_until(moved, 10)
+        owners = harness.port_owners(new, addr[1])
     finally:
         for c in clients:
             c.finish()
@@ -171,17 +177,17 @@ def test_sighup_replaces_every_worker_while_a_client_keeps_getting_answers(serve
     assert hup_at < changed_at
 
 
-def test_sigttin_sigttou_change_the_worker_count(serve, net):
+def test_sigttin_sigttou_change_the_worker_count(serve):
     server = serve("--echo", "0", engine="prefork", workers=2)
     addr = server.addr("echo")
 
     def expect(count: int) -> list[int]:
         try:
-            pids = net.wait_booted(server.wait_workers(count, timeout=10))
+            pids = harness.wait_booted(server.wait_workers(count, timeout=10))
         except TimeoutError as exc:
             pytest.fail(f"{exc}\nstderr:\n{server.stderr()[-3000:]}")
-        with net.connect(addr) as s:
-            assert net.roundtrip(s, b"still serving") == b"still serving"
+        with harness.connect(addr) as s:
+            assert harness.roundtrip(s, b"still serving") == b"still serving"
         return pids
 
     # one signal at a time: two of the same standard signal sent back to back may coalesce into one
@@ -190,7 +196,7 @@ def test_sigttin_sigttou_change_the_worker_count(serve, net):
         server.signal(sig)
         expect(count)
     server.signal(signal.SIGTTOU)  # never fewer than one worker
-    time.sleep(1.5)
+    time.sleep(1.5)  # a window for a wrong removal to show (nothing to wait for)
     assert len(expect(1)) == 1
     server.signal(signal.SIGTTIN)
     expect(2)
@@ -210,12 +216,12 @@ FAULTY_WORKER = textwrap.dedent(
 )
 
 
-def test_a_worker_that_cannot_boot_is_respawned_with_a_growing_delay(serve, net, tmp_path):
+def test_a_worker_that_cannot_boot_is_respawned_with_a_growing_delay(serve, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(FAULTY_WORKER)
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
     server = serve("--echo", "0", "--engine", "prefork", "--workers", "1", env={"PYTHONPATH": path})
     died = re.compile(r"worker (\d+) died [\d.]+ s after start \(exit status 1\); next spawn in ([\d.]+) s")
-    assert net.wait_until(lambda: len(died.findall(server.stderr())) >= 4, timeout=15), server.stderr()[-3000:]
+    assert harness.wait_until(lambda: len(died.findall(server.stderr())) >= 4, timeout=15), server.stderr()[-3000:]
     err = server.stderr()
     assert "fault injected at worker boot" in err, err[-3000:]
     delays = [float(d) for _, d in died.findall(err)]
@@ -224,11 +230,11 @@ def test_a_worker_that_cannot_boot_is_respawned_with_a_growing_delay(serve, net,
     assert len(started) <= len(delays) + 1, "a worker was spawned before the delay after the last failure"
     assert server.proc.poll() is None, "the master died with its workers"
     server.signal(signal.SIGTERM)
-    code, _ = net.wait_exit(server, 15)
+    code, _ = harness.wait_exit(server, 15)
     assert code == 0, server.stderr()[-3000:]
 
 
-def test_worker_retired_while_booting_still_stops(serve, net):
+def test_worker_retired_while_booting_still_stops(serve):
     """SIGTTOU right after SIGTTIN: the master retires the worker it has just forked (the newest) with SIGTERM,
     possibly before that worker has replaced the signal handlers it inherited from the master.  The worker must
     still stop, whenever the SIGTERM lands.  The window is a millisecond or so, hence several attempts; each
@@ -236,7 +242,7 @@ def test_worker_retired_while_booting_still_stops(serve, net):
     server = serve("--echo", "0", engine="prefork", workers=2)
     addr = server.addr("echo")
     for attempt in range(8):
-        before = set(net.wait_booted(server.wait_workers(2, timeout=10)))
+        before = set(harness.wait_booted(server.wait_workers(2, timeout=10)))
         server.signal(signal.SIGTTIN)
         deadline = time.monotonic() + 5
         while not set(server.workers()) - before:  # no sleep: signal as soon as the fork is visible
@@ -245,27 +251,27 @@ def test_worker_retired_while_booting_still_stops(serve, net):
         try:
             server.wait_workers(2, timeout=5)
         except TimeoutError as exc:
-            booting = {pid: net.booted(pid) for pid in server.workers()}
+            booting = {pid: harness.booted(pid) for pid in server.workers()}
             pytest.fail(
                 f"attempt {attempt}: a worker retired by SIGTTOU right after its fork never stopped: {exc} "
                 f"(booted: {booting})\nstderr:\n{server.stderr()[-2500:]}"
             )
-        with net.connect(addr) as s:
-            assert net.roundtrip(s, b"ok") == b"ok"
+        with harness.connect(addr) as s:
+            assert harness.roundtrip(s, b"ok") == b"ok"
 
 
-def test_connections_spread_evenly_over_4_workers(serve, net):
-    net.raise_nofile(2048)
+def test_connections_spread_evenly_over_4_workers(serve):
+    harness.raise_nofile(2048)
     server = serve("--echo", "0", engine="prefork", workers=4)
     addr = server.addr("echo")
     workers = server.workers()
     socks = []
     try:
         for _ in range(200):  # a burst: connect everything first, talk afterwards
-            socks.append(net.connect(addr))
+            socks.append(harness.connect(addr))
         for i, s in enumerate(socks):
-            assert net.roundtrip(s, b"%d" % i) == b"%d" % i
-        counts = {pid: net.socket_count(pid, addr[1]) for pid in workers}
+            assert harness.roundtrip(s, b"%d" % i) == b"%d" % i
+        counts = {pid: harness.socket_count(pid, addr[1]) for pid in workers}
         assert sum(counts.values()) == 200, counts
         print("spread:", sorted(counts.values()))
         fair = 200 / 4
@@ -275,7 +281,8 @@ def test_connections_spread_evenly_over_4_workers(serve, net):
             s.close()
 
 
-def test_sighup_answers_every_request_in_flight(serve, net):
+@pytest.mark.timing
+def test_sighup_answers_every_request_in_flight(serve):
     """SIGHUP replaces the workers gracefully: the old ones stop accepting and finish what they received (commands
     that take 0.5 s, 1 MiB echoes read slowly, requests on connections still in the accept queue), the new ones
     take every connection made from then on, and the old ones exit."""
@@ -295,42 +302,45 @@ def test_sighup_answers_every_request_in_flight(serve, net):
                     break
                 got += chunk
                 time.sleep(0.01)  # ~1.5 s for the whole reply
-            results[f"echo {i}"] = "ok" if bytes(got) == net.HEADER.pack(len(big)) + big else f"{len(got)} bytes"
+            results[f"echo {i}"] = "ok" if bytes(got) == harness.HEADER.pack(len(big)) + big else f"{len(got)} bytes"
         except OSError as exc:
             results[f"echo {i}"] = repr(exc)
 
     def command_reply(i: int, sock: socket.socket) -> None:
         try:
-            results[f"command {i}"] = "ok" if net.recv_frame(sock) == b"X0" else "wrong reply"
+            results[f"command {i}"] = "ok" if harness.recv_frame(sock) == b"X0" else "wrong reply"
         except (OSError, EOFError) as exc:
             results[f"command {i}"] = repr(exc)
 
     socks, threads = [], []
     try:
         for i in range(60):
-            s = net.connect(echo if i % 2 else command)
+            s = harness.connect(echo if i % 2 else command)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             socks.append(s)
-        time.sleep(0.3)  # accepted, spread over the old workers
+        # accepted, spread over the old workers
+        assert harness.wait_until(
+            lambda: len(harness.port_owners(old, echo[1])) + len(harness.port_owners(old, command[1])) == 60
+        ), "the old workers did not accept all 60 connections"
         for i, s in enumerate(socks):
             if i % 2:
-                net.send_frame(s, big)
+                harness.send_frame(s, big)
                 threads.append(threading.Thread(target=slow_echo, args=(i, s)))
             else:
-                net.send_frame(s, b"sleep 0.5")
+                harness.send_frame(s, b"sleep 0.5")
                 threads.append(threading.Thread(target=command_reply, args=(i, s)))
         for t in threads:
             t.start()
-        time.sleep(0.05)
+        time.sleep(0.05)  # the HUP lands while those requests are in flight (the sleep is the test)
         hup_at = time.monotonic()
         server.signal(signal.SIGHUP)
         late = []  # connected and sent around the HUP: old or new workers, every one answered
         for i in range(30):
-            s = net.connect(echo)
-            net.send_frame(s, b"late %d" % i)
+            s = harness.connect(echo)
+            harness.send_frame(s, b"late %d" % i)
             late.append(s)
         for i, s in enumerate(late):
-            results[f"late {i}"] = "ok" if net.recv_frame(s) == b"late %d" % i else "wrong reply"
+            results[f"late {i}"] = "ok" if harness.recv_frame(s) == b"late %d" % i else "wrong reply"
             s.close()
         for t in threads:
             t.join(20)
@@ -338,11 +348,11 @@ def test_sighup_answers_every_request_in_flight(serve, net):
             new = server.wait_workers(2, timeout=15, exclude=old)
         except TimeoutError as exc:
             pytest.fail(f"{exc}\nstderr:\n{server.stderr()[-3000:]}")
-        after = [net.connect(echo) for _ in range(6)]
+        after = [harness.connect(echo) for _ in range(6)]
         try:
             for i, s in enumerate(after):
-                assert net.roundtrip(s, b"after %d" % i) == b"after %d" % i
-            owners = net.port_owners(new, echo[1])
+                assert harness.roundtrip(s, b"after %d" % i) == b"after %d" % i
+            owners = harness.port_owners(new, echo[1])
             assert {owners.get(s.getsockname()[1]) for s in after} <= set(new), owners
         finally:
             for s in after:
@@ -356,27 +366,32 @@ def test_sighup_answers_every_request_in_flight(serve, net):
     assert server.proc.poll() is None
 
 
-def test_commands_of_a_killed_worker_are_ended(serve, net):
+def test_commands_of_a_killed_worker_are_ended(serve):
     """A command runs in its own session, so a worker killed with SIGKILL used to leave it (and whatever it
     started) running with nobody to stop it.  The master is their subreaper: it ends them and reaps them."""
     server = serve("--command", "0", "--allow", "sh", engine="prefork", workers=2)
     tree: dict[int, str | None] = {}
     try:
-        with net.connect(server.addr("command")) as s:
-            net.send_frame(s, b"sh -c 'echo $$; sleep 100 & setsid sleep 101 & sleep 102'")
-            first = net.recv_frame(s)
+        with harness.connect(server.addr("command")) as s:
+            harness.send_frame(s, b"sh -c 'echo $$; sleep 100 & setsid sleep 101 & sleep 102'")
+            first = harness.recv_frame(s)
             assert first[:1] == b"O", first
             sh = int(first[1:])
-            assert net.wait_until(lambda: len(net.descendants(sh)) == 3, 5), net.descendants(sh)
-            tree = {pid: net.proc_start(pid) for pid in [sh, *net.descendants(sh)]}
-            owner = next(pid for pid in server.workers() if sh in net.descendants(pid))
+            assert harness.wait_until(lambda: len(harness.descendants(sh)) == 3, 5), harness.descendants(sh)
+            tree = {pid: harness.proc_start(pid) for pid in [sh, *harness.descendants(sh)]}
+            owner = next(pid for pid in server.workers() if sh in harness.descendants(pid))
             time.sleep(1.1)  # an ordinary replacement, not a boot failure
             os.kill(owner, signal.SIGKILL)
-            gone = net.wait_until(lambda: not net.still_running(tree), 5)
-            assert gone, f"still running 5 s after their worker died: {net.still_running(tree)}"
-        assert not [p for p in net.descendants(server.pid) if p not in server.workers()], "not reaped"
+            gone = harness.wait_until(lambda: not harness.still_running(tree), 5)
+            assert gone, f"still running 5 s after their worker died: {harness.still_running(tree)}"
+
+        # still_running() counts a zombie as ended, but the master reaps it on SIGCHLD, in its own time
+        def unreaped() -> list[int]:
+            return [p for p in harness.descendants(server.pid) if p not in server.workers()]
+
+        assert harness.wait_until(lambda: not unreaped(), 5), f"not reaped: {unreaped()}"
         server.wait_workers(2, exclude=[owner])
         assert "Traceback" not in server.stderr()
     finally:
-        for pid in net.still_running(tree):
+        for pid in harness.still_running(tree):
             os.kill(pid, signal.SIGKILL)

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 
+import harness
 import pytest
 
 # Default action "terminate" (or "core"), catchable, and meaning nothing to a server: logged, then ignored.
@@ -45,38 +46,40 @@ def expect_logged(server, pid: int, signum: int, seen: int) -> int:
 
 
 @pytest.mark.parametrize("group", ["named", "realtime"])
-def test_catchable_signals_are_logged_and_ignored(engine, serve, net, group):
+def test_catchable_signals_are_logged_and_ignored(engine, serve, group):
     server = serve("--echo", "0", engine=engine)
     addr = server.addr("echo")
     workers = server.workers() if engine == "prefork" else []
     targets = [server.pid, *workers[:1]]  # the master (or the one process) and one worker
     signals = IGNORED if group == "named" else REALTIME
-    with net.connect(addr) as s:
+    with harness.connect(addr) as s:
         for signum in signals:
             for pid in targets:
                 expect_logged(server, pid, signum, server.stderr().count(f"[{pid}] {name_of(signum)}"))
-                assert net.roundtrip(s, b"after " + name_of(signum).encode()) == b"after " + name_of(signum).encode()
+                assert (
+                    harness.roundtrip(s, b"after " + name_of(signum).encode()) == b"after " + name_of(signum).encode()
+                )
     if engine == "prefork":
         assert server.workers() == workers, f"a worker was replaced:\n{server.stderr()[-3000:]}"
     assert "SIGUSR1" not in {name_of(s) for s in signals} or "nothing to reopen" in server.stderr()
     server.signal(signal.SIGTERM)
-    code, _ = net.wait_exit(server, 10)
+    code, _ = harness.wait_exit(server, 10)
     assert code == 0, server.stderr()[-3000:]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGSEGV, signal.SIGABRT], ids=name_of)
-def test_a_fault_signal_ends_the_server_with_a_traceback(engine, serve, net, signum):
+def test_a_fault_signal_ends_the_server_with_a_traceback(engine, serve, signum):
     server = serve("--echo", "0", engine=engine)
-    with net.connect(server.addr("echo")) as s:
-        assert net.roundtrip(s, b"x") == b"x"
+    with harness.connect(server.addr("echo")) as s:
+        assert harness.roundtrip(s, b"x") == b"x"
     server.signal(signum)
-    code, _ = net.wait_exit(server, 10)
+    code, _ = harness.wait_exit(server, 10)
     assert code == -signum
     err = server.stderr()
     assert "Fatal Python error" in err and "File " in err, err[-3000:]
 
 
-def test_a_fault_signal_in_a_worker_is_logged_and_the_worker_replaced(serve, net):
+def test_a_fault_signal_in_a_worker_is_logged_and_the_worker_replaced(serve):
     server = serve("--echo", "0", engine="prefork")
     victim = server.workers()[0]
     time.sleep(1.1)  # past the boot window: an ordinary replacement, no back-off
@@ -86,8 +89,8 @@ def test_a_fault_signal_in_a_worker_is_logged_and_the_worker_replaced(serve, net
     assert "Fatal Python error: Segmentation fault" in err, err[-3000:]
     assert f"worker {victim} died (killed by SIGSEGV)" in err, err[-3000:]
     assert len(new) == 2
-    with net.connect(server.addr("echo")) as s:
-        assert net.roundtrip(s, b"y") == b"y"
+    with harness.connect(server.addr("echo")) as s:
+        assert harness.roundtrip(s, b"y") == b"y"
 
 
 def test_every_fatal_signal_is_covered():

@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 
+import harness
 import pytest
 
 from fastframe.client import exec_command, get_file
@@ -60,22 +61,6 @@ class Loop(threading.Thread):
         self.stop_flag.wait(self.rng.uniform(low, high))
 
 
-def connect(addr, timeout: float = 30.0) -> socket.socket:
-    s = socket.create_connection(addr, timeout=timeout)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise EOFError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
 def reset(sock: socket.socket) -> None:
     """Close with a RST instead of a FIN."""
     try:
@@ -99,14 +84,14 @@ class Echo(Loop):
             if self.sock is not None:
                 self.sock.close()
             self.sock = None
-            self.sock = connect(self.addr)
+            self.sock = harness.connect(self.addr, timeout=30.0)
             self.left = self.rng.randint(1, 500)  # requests before reconnecting
         window = [self.rng.randbytes(self.rng.choice([0, 10, 1000, 20000, self.rng.randint(0, 200000)]))
                   for _ in range(self.rng.randint(1, 4))]  # fmt: skip
         self.sock.sendall(b"".join(struct.pack("!I", len(p)) + p for p in window))
         for p in window:
-            (n,) = struct.unpack("!I", recv_exactly(self.sock, 4))
-            if recv_exactly(self.sock, n) != p:
+            (n,) = struct.unpack("!I", harness.recv_exactly(self.sock, 4))
+            if harness.recv_exactly(self.sock, n) != p:
                 raise AssertionError(f"echo reply of {n} bytes differs")
         self.left -= 1
         self.pause(0.0, 0.01)
@@ -145,8 +130,8 @@ class TimeTcp(Loop):
         self.addr = addr
 
     def step(self) -> None:
-        with connect(self.addr) as s:
-            data = recv_exactly(s, 4)
+        with harness.connect(self.addr, timeout=30.0) as s:
+            data = harness.recv_exactly(s, 4)
             if s.recv(1) != b"" or abs(struct.unpack("!I", data)[0] - time.time()) > 5:
                 raise AssertionError("bad TCP time reply")
         self.pause(0.01, 0.05)
@@ -198,7 +183,7 @@ class Hostile(Loop):
 
 class OversizedHeaders(Hostile):
     def step(self) -> None:
-        with connect(self.rng.choice(self.tcp), timeout=5) as s:
+        with harness.connect(self.rng.choice(self.tcp), timeout=5) as s:
             s.sendall(struct.pack("!I", self.rng.choice([0xFFFFFFFF, (1 << 20) + 1, 1 << 30])) + b"xx")
             s.recv(1 << 16)
         self.pause(0.01, 0.05)
@@ -211,7 +196,7 @@ class Slowloris(Hostile):
         socks = []
         try:
             for _ in range(40):
-                s = connect(self.rng.choice(self.tcp), timeout=5)
+                s = harness.connect(self.rng.choice(self.tcp), timeout=5)
                 s.setblocking(False)
                 socks.append(s)
             for _ in range(20):
@@ -231,7 +216,7 @@ class Slowloris(Hostile):
 class Garbage(Hostile):
     def step(self) -> None:
         junk = self.rng.randbytes(self.rng.randint(1, 5000))
-        with connect(self.rng.choice(self.tcp), timeout=5) as s:
+        with harness.connect(self.rng.choice(self.tcp), timeout=5) as s:
             s.sendall(junk)
             s.settimeout(0.5)
             try:
@@ -248,7 +233,7 @@ class Resets(Hostile):
 
     def step(self) -> None:
         kind = self.rng.choice(["echo", "command", "files"])
-        s = connect(self.addrs[kind], timeout=5)
+        s = harness.connect(self.addrs[kind], timeout=5)
         try:
             if kind == "echo":
                 s.sendall(struct.pack("!I", 100000) + b"x" * self.rng.randint(0, 50000))
@@ -277,7 +262,7 @@ class Floods(Hostile):
         try:
             for _ in range(150):
                 try:
-                    socks.append(connect(self.rng.choice(self.tcp), timeout=5))
+                    socks.append(harness.connect(self.rng.choice(self.tcp), timeout=5))
                 except OSError:
                     break
         finally:
@@ -293,9 +278,9 @@ class Floods(Hostile):
 
 
 @pytest.mark.soak
-def test_mixed_soak(serve, net, tmp_path):
-    seconds = net.soak_seconds()
-    net.raise_nofile(8192)
+def test_mixed_soak(serve, tmp_path):
+    seconds = harness.soak_seconds()
+    harness.raise_nofile(8192)
     root = tmp_path / "root"
     root.mkdir()
     rng = random.Random(12)
@@ -336,11 +321,11 @@ def test_mixed_soak(serve, net, tmp_path):
     try:
         interval = max(1.0, seconds / 60)
         while time.monotonic() - start < seconds:
-            samples.append((round(time.monotonic() - start, 1), net.rss_kib(pids)))
+            samples.append((round(time.monotonic() - start, 1), harness.rss_kib(pids)))
             if server.proc.poll() is not None:
                 break
             time.sleep(interval)
-        samples.append((round(time.monotonic() - start, 1), net.rss_kib(pids)))
+        samples.append((round(time.monotonic() - start, 1), harness.rss_kib(pids)))
     finally:
         stop.set()
         for loop in good + bad:
@@ -363,8 +348,8 @@ def test_mixed_soak(serve, net, tmp_path):
     assert not failures, f"{failures[:10]}\n{summary}"
     assert all(loop.ok > 0 for loop in good), counts
     assert max(late) <= 1.2 * min(late), f"RSS not flat over the second half\n{summary}"
-    with net.connect(addrs["echo"]) as s:
-        assert net.roundtrip(s, b"still serving") == b"still serving"
+    with harness.connect(addrs["echo"]) as s:
+        assert harness.roundtrip(s, b"still serving") == b"still serving"
     server.signal(signal.SIGTERM)
-    code, _ = net.wait_exit(server, 20)
+    code, _ = harness.wait_exit(server, 20)
     assert code == 0, err[-3000:]

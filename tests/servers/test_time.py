@@ -10,6 +10,7 @@ import struct
 import subprocess
 import time
 
+import harness
 import pytest
 
 from fastframe.client import get_time
@@ -26,9 +27,9 @@ def raw_udp(addr, payload=b"", timeout=5.0) -> bytes:
         return data
 
 
-def raw_tcp(addr, net) -> bytes:
-    with net.connect(addr) as s:
-        return net.read_to_eof(s)
+def raw_tcp(addr) -> bytes:
+    with harness.connect(addr) as s:
+        return harness.read_to_eof(s)
 
 
 def to_unix(reply: bytes, fmt: str) -> int:
@@ -38,7 +39,7 @@ def to_unix(reply: bytes, fmt: str) -> int:
 
 
 @pytest.mark.parametrize("fmt", ["unix", "rfc868"])
-def test_time_udp_and_tcp_both_formats(engine, serve, net, fmt):
+def test_time_udp_and_tcp_both_formats(engine, serve, fmt):
     server = serve("--time", "0", "--time-format", fmt, expect=2, engine=engine)
     udp, tcp = server.addr("time", "udp"), server.addr("time", "tcp")
     assert udp[1] == tcp[1], "RFC 868 uses one port number for UDP and TCP"
@@ -46,7 +47,7 @@ def test_time_udp_and_tcp_both_formats(engine, serve, net, fmt):
     # the raw wire, decoded here with struct
     assert abs(to_unix(raw_udp(udp), fmt) - now) <= SLACK
     assert abs(to_unix(raw_udp(udp, b"any content is ignored"), fmt) - now) <= SLACK
-    assert abs(to_unix(raw_tcp(tcp, net), fmt) - now) <= SLACK  # 4 bytes, then the server closes
+    assert abs(to_unix(raw_tcp(tcp), fmt) - now) <= SLACK  # 4 bytes, then the server closes
     # the Python client
     assert abs(get_time(*udp, fmt=fmt, timeout=5) - now) <= SLACK
     assert abs(get_time(*tcp, fmt=fmt, tcp=True, timeout=5) - now) <= SLACK
@@ -78,8 +79,8 @@ MONTHS = {
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_debian_rdate(engine, serve, net, transport):
-    rdate = net.require_tool("rdate")
+def test_debian_rdate(engine, serve, transport):
+    rdate = harness.require_tool("rdate")
     server = serve("--time", "0", "--time-format", "rfc868", expect=2, engine=engine)
     port = server.port("time", transport)
     args = [rdate, "-p"] + (["-u"] if transport == "udp" else []) + ["-o", str(port), "127.0.0.1"]
@@ -95,9 +96,9 @@ def test_debian_rdate(engine, serve, net, transport):
     assert abs((shown - today).days) <= 1, (run.stdout, today)
 
 
-def test_rdate_rejects_the_unix_format(net, serve):
+def test_rdate_rejects_the_unix_format(serve):
     """rdate speaks real RFC 868: a unix-format server reads as 1900+56 years (shows the formats are not mixed up)."""
-    rdate = net.require_tool("rdate")
+    rdate = harness.require_tool("rdate")
     server = serve("--time", "0", "--time-format", "unix", expect=2)
     run = subprocess.run([rdate, "-p", "-u", "-o", str(server.port("time", "udp")), "127.0.0.1"],
                          check=False, capture_output=True, text=True, timeout=30, env={"TZ": "UTC", "PATH": "/usr/bin:/bin"})  # fmt: skip

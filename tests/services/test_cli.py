@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
+import harness
 import pytest
 
 
@@ -35,52 +35,52 @@ def one_line(stderr: bytes) -> str:
     return text
 
 
-def test_exec_streams_and_exits_with_the_status(server: Any, svc: SimpleNamespace) -> None:
-    run = svc.fastframe_cli("exec", addr(server, "command"), "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+def test_exec_streams_and_exits_with_the_status(server: Any) -> None:
+    run = harness.fastframe_cli("exec", addr(server, "command"), "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (run.returncode, run.stdout, run.stderr) == (3, b"out\n", b"err\n")
-    run = svc.fastframe_cli("exec", addr(server, "command"), "--", "echo", "a  b", "$(id)")
+    run = harness.fastframe_cli("exec", addr(server, "command"), "--", "echo", "a  b", "$(id)")
     assert (run.returncode, run.stdout) == (0, b"a  b $(id)\n")
 
 
-def test_exec_exit_codes(server: Any, svc: SimpleNamespace) -> None:
-    run = svc.fastframe_cli("exec", addr(server, "command"), "--", "sh", "-c", "kill -TERM $$")
+def test_exec_exit_codes(server: Any) -> None:
+    run = harness.fastframe_cli("exec", addr(server, "command"), "--", "sh", "-c", "kill -TERM $$")
     assert run.returncode == 128 + 15
-    run = svc.fastframe_cli("exec", addr(server, "command"), "--", "rm", "-rf", "/")
+    run = harness.fastframe_cli("exec", addr(server, "command"), "--", "rm", "-rf", "/")
     assert run.returncode == 127 and "not-allowed" in one_line(run.stderr)
-    run = svc.fastframe_cli("exec", addr(server, "command"), "--", "sleep", "5")
+    run = harness.fastframe_cli("exec", addr(server, "command"), "--", "sleep", "5")
     assert run.returncode == 124 and "timeout" in one_line(run.stderr)
-    run = svc.fastframe_cli("exec", addr(server, "command"))
+    run = harness.fastframe_cli("exec", addr(server, "command"))
     assert run.returncode == 2  # argparse: CMD is required
 
 
-def test_exec_connection_refused_is_one_line(svc: SimpleNamespace) -> None:
-    run = svc.fastframe_cli("exec", "127.0.0.1:1", "--", "echo", "x")
+def test_exec_connection_refused_is_one_line() -> None:
+    run = harness.fastframe_cli("exec", "127.0.0.1:1", "--", "echo", "x")
     assert run.returncode == 1
     one_line(run.stderr)
 
 
-def test_get(server: Any, svc: SimpleNamespace, root: Path, tmp_path: Path) -> None:
-    run = svc.fastframe_cli("get", addr(server, "files"), "small.txt", cwd=str(tmp_path))
+def test_get(server: Any, root: Path, tmp_path: Path) -> None:
+    run = harness.fastframe_cli("get", addr(server, "files"), "small.txt", cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "small.txt").read_text() == "small file\n"
     out = tmp_path / "copy.bin"
-    run = svc.fastframe_cli("get", addr(server, "files"), "big.bin", "-o", str(out))
+    run = harness.fastframe_cli("get", addr(server, "files"), "big.bin", "-o", str(out))
     assert run.returncode == 0 and run.stderr == b""  # no progress bar: stderr is not a terminal
     assert out.read_bytes() == (root / "big.bin").read_bytes()
     (tmp_path / "resumed.part").write_bytes((root / "big.bin").read_bytes()[:1000000])
-    run = svc.fastframe_cli("get", addr(server, "files"), "big.bin", "-o", str(tmp_path / "resumed"), "--resume")
+    run = harness.fastframe_cli("get", addr(server, "files"), "big.bin", "-o", str(tmp_path / "resumed"), "--resume")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "resumed").read_bytes() == (root / "big.bin").read_bytes()
 
 
-def test_get_errors_are_one_line(server: Any, svc: SimpleNamespace, tmp_path: Path) -> None:
+def test_get_errors_are_one_line(server: Any, tmp_path: Path) -> None:
     for path, code in (("../x", "forbidden"), ("missing", "not-found")):
-        run = svc.fastframe_cli("get", addr(server, "files"), path, "-o", str(tmp_path / "out"))
+        run = harness.fastframe_cli("get", addr(server, "files"), path, "-o", str(tmp_path / "out"))
         assert run.returncode == 1 and code in one_line(run.stderr)
     assert os.listdir(tmp_path) == []
 
 
-def test_progress_bar_on_a_terminal(server: Any, svc: SimpleNamespace, tmp_path: Path) -> None:
+def test_progress_bar_on_a_terminal(server: Any, tmp_path: Path, workdir: str) -> None:
     import pty
     import subprocess
     import sys
@@ -89,7 +89,7 @@ def test_progress_bar_on_a_terminal(server: Any, svc: SimpleNamespace, tmp_path:
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fastframe", "get", addr(server, "files"), "big.bin", "-o", str(tmp_path / "b")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, cwd=svc.workdir,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, cwd=workdir,
         )  # fmt: skip
         os.close(slave)
         slave = -1
@@ -110,16 +110,16 @@ def test_progress_bar_on_a_terminal(server: Any, svc: SimpleNamespace, tmp_path:
     assert b"100%" in seen and b"3.0 MiB" in seen, seen
 
 
-def test_command_refuses_a_public_address_without_a_secret(svc: SimpleNamespace) -> None:
-    run = svc.fastframe_cli("serve", "--command", "0", "--allow", "ls", "--host", "0.0.0.0", timeout=20)
+def test_command_refuses_a_public_address_without_a_secret() -> None:
+    run = harness.fastframe_cli("serve", "--command", "0", "--allow", "ls", "--host", "0.0.0.0", timeout=20)
     assert run.returncode == 2 and run.stdout == b""
     assert "secret" in one_line(run.stderr)
 
 
-def test_command_needs_an_allow_list(svc: SimpleNamespace) -> None:
-    run = svc.fastframe_cli("serve", "--command", "0", timeout=20)
+def test_command_needs_an_allow_list() -> None:
+    run = harness.fastframe_cli("serve", "--command", "0", timeout=20)
     assert run.returncode == 2 and "--allow" in one_line(run.stderr)
-    run = svc.fastframe_cli("serve", "--command", "0", "--allow", "no-such-program-xyz", timeout=20)
+    run = harness.fastframe_cli("serve", "--command", "0", "--allow", "no-such-program-xyz", timeout=20)
     assert run.returncode == 2 and "no-such-program-xyz" in one_line(run.stderr)
 
 
@@ -141,11 +141,11 @@ def test_serve_without_service_flags_plans_echo_and_time(capsys: pytest.CaptureF
     assert "command service disabled: refusing" in capsys.readouterr().err
 
 
-def test_files_needs_a_root(svc: SimpleNamespace, tmp_path: Path) -> None:
+def test_files_needs_a_root(tmp_path: Path) -> None:
     # Run in a directory full of dotfiles: without --root, none of it may be served.
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
-    run = svc.fastframe_cli("serve", "--files", "0", timeout=20, cwd=str(tmp_path))
+    run = harness.fastframe_cli("serve", "--files", "0", timeout=20, cwd=str(tmp_path))
     assert run.returncode == 2 and run.stdout == b""
     assert "--root" in one_line(run.stderr)
 
@@ -174,8 +174,8 @@ def test_files_beyond_loopback_warns_once(
         assert len(lines) == 1 and warned in lines[0] and str(tmp_path) in lines[0], lines
 
 
-def test_serve_help_describes_the_exposing_services(svc: SimpleNamespace) -> None:
-    run = svc.fastframe_cli("serve", "--help", timeout=20)
+def test_serve_help_describes_the_exposing_services() -> None:
+    run = harness.fastframe_cli("serve", "--help", timeout=20)
     text = " ".join(run.stdout.decode().split())
     assert run.returncode == 0
     assert "no --root, no file service" in text and "--allow-hidden" in text and "the current directory" not in text

@@ -12,9 +12,9 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
+import harness
 import pytest
 
 from fastframe.client import RemoteError, exec_command
@@ -82,7 +82,7 @@ def test_injection_is_refused_or_harmless(server: Any, area: Path, tmp_path: Pat
         exec_command(host, port, line, stdout=out.extend, stderr=lambda b: None, timeout=10)
     except RemoteError as exc:
         assert exc.code in ("not-allowed", "bad-request"), exc
-    time.sleep(0.05)
+    time.sleep(0.05)  # a window for a wrongly run command to show (nothing to wait for)
     assert not marker.exists()
     assert (area / "victim").read_text() == "still here"
 
@@ -97,42 +97,42 @@ def test_redirection_is_just_words(server: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("line", [b"echo hi\x00touch /tmp/x", b"ls\x00", b"\x00"], ids=["middle", "end", "only"])
-def test_nul_byte_is_refused(server: Any, svc: SimpleNamespace, line: bytes) -> None:
-    assert svc.command_replies(server.addr("command"), line)[0].startswith(b"!bad-request ")
+def test_nul_byte_is_refused(server: Any, line: bytes) -> None:
+    assert harness.command_replies(server.addr("command"), line)[0].startswith(b"!bad-request ")
 
 
 @pytest.mark.parametrize("line", [b"echo \xff", b"\xc0\xaf\xc0\xaftouch", b"echo \xed\xa0\x80"], ids=["ff", "overlong", "surrogate"])
-def test_invalid_utf8_is_refused(server: Any, svc: SimpleNamespace, line: bytes) -> None:
-    assert svc.command_replies(server.addr("command"), line)[0].startswith(b"!bad-request ")
+def test_invalid_utf8_is_refused(server: Any, line: bytes) -> None:
+    assert harness.command_replies(server.addr("command"), line)[0].startswith(b"!bad-request ")
 
 
-def test_oversized_command_line(server: Any, svc: SimpleNamespace) -> None:
+def test_oversized_command_line(server: Any) -> None:
     # 2 MiB is more than --max-request (1 MiB): an error frame or a closed connection, and nothing runs.
-    with svc.connect(server.addr("command")) as sock:
-        svc.send_frame(sock, b"echo " + b"A" * (2 * 1024 * 1024))
-        reply = svc.recv_frame_or_eof(sock)
+    with harness.connect(server.addr("command")) as sock:
+        harness.send_frame(sock, b"echo " + b"A" * (2 * 1024 * 1024))
+        reply = harness.recv_frame_or_eof(sock)
     assert reply is None or reply.startswith(b"!bad-request "), reply[:100]
-    assert svc.command_replies(server.addr("command"), b"echo still alive") == [b"Ostill alive\n", b"X0"]
+    assert harness.command_replies(server.addr("command"), b"echo still alive") == [b"Ostill alive\n", b"X0"]
 
 
-def test_absolute_path_only_as_resolved(server: Any, svc: SimpleNamespace) -> None:
+def test_absolute_path_only_as_resolved(server: Any) -> None:
     ls = shutil.which("ls")
     assert ls is not None
     resolved = os.path.abspath(ls)
-    assert svc.command_replies(server.addr("command"), f"{resolved} -d /".encode())[-1] == b"X0"
+    assert harness.command_replies(server.addr("command"), f"{resolved} -d /".encode())[-1] == b"X0"
     for other in ("/usr/../usr/bin/ls", "//usr/bin/ls", "./ls", "bin/ls"):
         if other == resolved:
             continue
-        assert svc.command_replies(server.addr("command"), f"{other} -d /".encode())[0].startswith(b"!not-allowed "), other
+        assert harness.command_replies(server.addr("command"), f"{other} -d /".encode())[0].startswith(b"!not-allowed "), other
 
 
-def test_not_found_when_an_allowed_program_disappears(server: Any, svc: SimpleNamespace, area: Path) -> None:
+def test_not_found_when_an_allowed_program_disappears(server: Any, area: Path) -> None:
     script = area / "vanishing"
-    assert svc.command_replies(server.addr("command"), str(script).encode()) == [b"Ovanishing\n", b"X0"]
+    assert harness.command_replies(server.addr("command"), str(script).encode()) == [b"Ovanishing\n", b"X0"]
     saved = script.read_bytes()
     script.unlink()
     try:
-        frames = svc.command_replies(server.addr("command"), str(script).encode())
+        frames = harness.command_replies(server.addr("command"), str(script).encode())
     finally:
         script.write_bytes(saved)
         script.chmod(0o755)

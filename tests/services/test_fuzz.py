@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, List
 
+import harness
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -64,8 +64,8 @@ def server(start_server: Callable[..., Any], root: Path) -> Any:
                         "--command-timeout", "5", expect=2)  # fmt: skip
 
 
-def read_frame_or_none(svc: SimpleNamespace, sock: Any) -> Any:
-    return svc.recv_frame_or_eof(sock)
+def read_frame_or_none(sock: Any) -> Any:
+    return harness.recv_frame_or_eof(sock)
 
 
 def check_log(server: Any) -> None:
@@ -75,12 +75,12 @@ def check_log(server: Any) -> None:
 
 @FUZZ
 @given(raw=command_frames)
-def test_command_requests(server: Any, svc: SimpleNamespace, raw: bytes) -> None:
-    with svc.connect(server.addr("command")) as sock:
+def test_command_requests(server: Any, raw: bytes) -> None:
+    with harness.connect(server.addr("command")) as sock:
         sock.sendall(struct.pack("!I", len(raw)) + raw)
         frames: List[bytes] = []
         while True:
-            frame = read_frame_or_none(svc, sock)
+            frame = read_frame_or_none(sock)
             assert frame is not None, (raw, frames)  # never closed without a last frame
             frames.append(frame)
             if frame[:1] in (b"X", b"!"):
@@ -97,21 +97,21 @@ def test_command_requests(server: Any, svc: SimpleNamespace, raw: bytes) -> None
 
 @FUZZ
 @given(raw=file_frames)
-def test_file_requests(server: Any, svc: SimpleNamespace, raw: bytes) -> None:
-    with svc.connect(server.addr("files")) as sock:
+def test_file_requests(server: Any, raw: bytes) -> None:
+    with harness.connect(server.addr("files")) as sock:
         sock.sendall(struct.pack("!I", len(raw)) + raw)
-        meta = read_frame_or_none(svc, sock)
+        meta = read_frame_or_none(sock)
         assert meta is not None, raw
         if meta[:1] == b"!":
             assert meta[1:].split(b" ", 1)[0] in FILE_CODES, meta
         else:
             assert meta[:1] == b"S", meta
             info = json.loads(meta[1:])
-            svc.recv_exactly(sock, info["length"])
+            harness.recv_exactly(sock, info["length"])
             if info.get("trailer"):
-                assert svc.recv_frame(sock) == b"T"
+                assert harness.recv_frame(sock) == b"T"
         # The connection still serves a well-formed request.
         sock.sendall(struct.pack("!I", 15) + b'{"path": "one"}')
-        meta = svc.recv_frame(sock)
-        assert meta[:1] == b"S" and svc.recv_exactly(sock, 1) == b"1"
+        meta = harness.recv_frame(sock)
+        assert meta[:1] == b"S" and harness.recv_exactly(sock, 1) == b"1"
     check_log(server)

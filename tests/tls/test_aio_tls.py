@@ -7,6 +7,7 @@ import ssl
 from types import ModuleType, SimpleNamespace
 from typing import Any, List
 
+import harness
 import pytest
 
 from fastframe import _tls, aio
@@ -35,8 +36,8 @@ def run_on(factory: Any, coro: Any) -> Any:
         loop.close()
 
 
-def payloads_of(ref: SimpleNamespace) -> List[bytes]:
-    return [ref.pseudo_random(n, i) for i, n in enumerate([5, 0, 64, 70000, 3, 16384, 1, 300000, 9] * 10)]
+def payloads_of() -> List[bytes]:
+    return [harness.pseudo_random(n, i) for i, n in enumerate([5, 0, 64, 70000, 3, 16384, 1, 300000, 9] * 10)]
 
 
 async def echo(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
@@ -46,10 +47,8 @@ async def echo(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
     writer.close()
 
 
-def test_streams_over_tls(
-    ref: SimpleNamespace, loop_factory: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
-) -> None:
-    payloads = payloads_of(ref)
+def test_streams_over_tls(loop_factory: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+    payloads = payloads_of()
 
     async def main() -> List[bytes]:
         server = await aio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx, max_frame=1 << 20)
@@ -70,12 +69,10 @@ def test_streams_over_tls(
     assert run_on(loop_factory, main()) == [p[::-1] for p in payloads]
 
 
-def test_frame_protocol_over_tls(
-    ref: SimpleNamespace, loop_factory: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
-) -> None:
+def test_frame_protocol_over_tls(loop_factory: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
     """A FrameProtocol server behind ``ssl=``: the TLS transport hands it decrypted bytes through
     get_buffer/buffer_updated, and one read's replies still go out in one write."""
-    payloads = payloads_of(ref)
+    payloads = payloads_of()
 
     class Reverse(aio.FrameProtocol):
         def __init__(self) -> None:

@@ -239,6 +239,7 @@ def test_cli_insecure_warns_and_connects(services: TLSTestServer, pki: SimpleNam
     assert run.stderr.startswith("fastframe: warning: --insecure:") and len(run.stderr.splitlines()) == 1
 
 
+@pytest.mark.timing
 def test_cli_mutual_tls(tls_server: Callable[..., TLSTestServer], pki: SimpleNamespace, tmp_path: Path) -> None:
     mtls = _tls.server_context(pki.server.cert, pki.server.key, client_ca=pki.ca)
     server = tls_server({"echo": EchoService()}, context=mtls)

@@ -18,10 +18,12 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable, List
 
+import harness
 import pytest
 from fastframe.servers.echo import EchoService, RawEchoService
 from fastframe.servers.tlslayer import READ, TLSFailure, TLSLayer
-from tlsserver import TLSTestServer, require_tool
+from peertools import require_tool
+from tlsserver import TLSTestServer
 
 from fastframe import _tls
 
@@ -37,21 +39,11 @@ def connect(port: int, ctx: ssl.SSLContext, name: str = "localhost", **kw: Any) 
     return ctx.wrap_socket(sock, server_hostname=name, **kw)
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise EOFError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
 def echo_once(port: int, ctx: ssl.SSLContext, payload: bytes = b"ping") -> bytes:
     with connect(port, ctx) as s:
         s.sendall(frame(payload))
-        (n,) = struct.unpack("!I", recv_exactly(s, 4))
-        return recv_exactly(s, n)
+        (n,) = struct.unpack("!I", harness.recv_exactly(s, 4))
+        return harness.recv_exactly(s, n)
 
 
 def still_serves(server: TLSTestServer, ctx: ssl.SSLContext) -> None:
@@ -72,7 +64,7 @@ def test_round_trip_tls13_policy(tls_server: Callable[..., TLSTestServer], clien
         assert s.version() == "TLSv1.3"
         assert s.compression() is None
         s.sendall(frame(b"hello") + frame(b"") + frame(b"world"))
-        assert recv_exactly(s, 4 + 5 + 4 + 4 + 5) == frame(b"hello") + frame(b"") + frame(b"world")
+        assert harness.recv_exactly(s, 4 + 5 + 4 + 4 + 5) == frame(b"hello") + frame(b"") + frame(b"world")
     assert server.handshakes == 1
 
 
@@ -86,7 +78,7 @@ def test_tls12_client_is_served_and_older_is_refused(
     with connect(server.port("echo"), ctx12) as s:
         assert s.version() == "TLSv1.2"
         s.sendall(frame(b"x"))
-        assert recv_exactly(s, 5) == frame(b"x")
+        assert harness.recv_exactly(s, 5) == frame(b"x")
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     old.load_verify_locations(pki.ca)
     old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
@@ -106,7 +98,7 @@ def test_many_frames_per_record_and_the_pending_rule(
     wire = b"".join(frame(f) for f in frames)
     with connect(server.port("echo"), client_ctx) as s:
         s.sendall(wire)
-        assert recv_exactly(s, len(wire)) == wire
+        assert harness.recv_exactly(s, len(wire)) == wire
 
 
 def test_big_frames_across_records_and_blocked_writes(
@@ -144,7 +136,7 @@ def test_close_notify_on_the_servers_close(
     server = tls_server({"echo": EchoService(max_request=100)})
     with connect(server.port("echo"), client_ctx, suppress_ragged_eofs=False) as s:
         s.sendall(frame(b"ok") + struct.pack("!I", 101))
-        assert recv_exactly(s, 6) == frame(b"ok")
+        assert harness.recv_exactly(s, 6) == frame(b"ok")
         assert s.recv(100) == b""  # a TCP close without close_notify would raise SSLEOFError here
     wait_reason(server, "frame error")
 
@@ -388,7 +380,7 @@ def test_many_bad_clients_at_once_leave_the_good_one_alone(
         with connect(port, client_ctx) as good:
             for i in range(50):
                 good.sendall(frame(b"%d" % i))
-                assert recv_exactly(good, 4 + len(b"%d" % i))[4:] == b"%d" % i
+                assert harness.recv_exactly(good, 4 + len(b"%d" % i))[4:] == b"%d" % i
     finally:
         for s in bad:
             s.close()

@@ -146,6 +146,7 @@ def test_poll_over_tls_reports_a_frame_error(framed_cls: Any, tls_pair: Tuple[ss
         fs.recv()
 
 
+@pytest.mark.timing
 def test_poll_over_tls_with_half_a_record_does_not_block(
     framed_cls: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
