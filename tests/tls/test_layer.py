@@ -21,7 +21,8 @@ from typing import Any, Callable, List
 import pytest
 from fastframe.servers.echo import EchoService, RawEchoService
 from fastframe.servers.tlslayer import READ, TLSFailure, TLSLayer
-from tlsserver import TLSTestServer, require_tool
+from peertools import read_until, require_tool, stop
+from tlsserver import TLSTestServer
 
 from fastframe import _tls
 
@@ -175,31 +176,6 @@ def test_handshake_readiness_deadline_and_retry_rule(server_ctx: ssl.SSLContext,
 
 
 # -- real peers ---------------------------------------------------------------------------------------------
-
-
-def read_until(proc: "subprocess.Popen[bytes]", want: bytes, timeout: float = TIMEOUT) -> bytes:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    got = b""
-    deadline = time.monotonic() + timeout
-    while want not in got:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {want!r} in {got!r}"
-        if select.select([fd], [], [], left)[0]:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            got += chunk
-    return got
-
-
-def stop(proc: "subprocess.Popen[bytes]") -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
-    for f in (proc.stdin, proc.stdout, proc.stderr):
-        if f is not None:
-            f.close()
 
 
 @pytest.mark.parametrize("kind", ["framed", "raw"])
