@@ -27,7 +27,8 @@ Theory of operation
   one per buffer).  ``sendfile`` reads the file in ``FILE_BLOCK`` blocks into the TLS socket, several per call
   until the socket is full, never the whole file (kernel TLS is not used: see :data:`DOWNLOAD_PATH`).
   ``shutdown_write`` sends ``close_notify`` and then ends the TCP write side, keeping the TLS session to read
-  the client's reply to it.  A TLS failure after the handshake is an ``OSError``
+  the client's reply to it; a close without that (a frame error, a timeout) sends it first too, unless the
+  close is a reset.  A TLS failure after the handshake is an ``OSError``
   (:class:`~servers.tlslayer.TLSFailure`), so the connection handles it as any failed socket; it is logged
   here, once, with the peer.
 """
@@ -71,7 +72,7 @@ def server_context(cert: str, key: Optional[str], client_ca: Optional[str]) -> s
 class TLSTransport(SocketTransport):
     """A connection's transport over an established (or establishing) :class:`TLSLayer`."""
 
-    __slots__ = ("layer", "peer", "_rbuf", "_plain")
+    __slots__ = ("layer", "peer", "_rbuf", "_plain", "_notified")
 
     def __init__(self, layer: TLSLayer, peer: Any) -> None:
         sock = layer.sock
@@ -86,6 +87,7 @@ class TLSTransport(SocketTransport):
         self.send_many = self._send_many
         self._rbuf: Optional[bytearray] = None
         self._plain = False  # the handshake failed: only the plain socket is left
+        self._notified = False  # our close_notify went out (or must not: a reset)
 
     def _failed(self, exc: TLSFailure) -> TLSFailure:
         log.info("TLS: %s: %s", self.peer, exc)
@@ -161,9 +163,26 @@ class TLSTransport(SocketTransport):
         return sent
 
     def shutdown_write(self) -> None:
-        if not self._plain:
-            self.layer.close_notify()  # (if the socket is full it is skipped: the client sees a TCP end only)
+        self._close_notify()  # (if the socket is full it is skipped: the client sees a TCP end only)
         socket.socket.shutdown(self.sock, socket.SHUT_WR)  # the TCP end, keeping the TLS session for reading
+
+    def _close_notify(self) -> None:
+        if not (self._plain or self._notified):
+            self._notified = True
+            self.layer.close_notify()
+
+    def reset_on_close(self) -> None:
+        self._notified = True  # a reset says it all: no close_notify before it
+        super().reset_on_close()
+
+    def close(self) -> None:
+        """Close; a session the server ends without a graceful close (a frame error, an idle client) still
+        says ``close_notify`` first, if the socket takes it now, so that the client sees a clean TLS end."""
+        try:
+            self._close_notify()
+        except OSError:
+            pass
+        super().close()
 
     def has_input(self) -> bool:
         if self.layer.pending():

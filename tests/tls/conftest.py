@@ -1,9 +1,8 @@
-"""Certificates for the TLS tests, made by ``trustme`` once per session, and the TLS test server.
+"""Certificates for the TLS tests, made by ``trustme`` once per session, and the servers they run.
 
 ``pki`` holds PEM files on disk (what the CLI and ``fastframe._tls`` take): a CA and a second, unrelated CA;
 a server certificate for ``localhost``/``127.0.0.1``/``::1``, an expired one, and client certificates (valid
-and expired) from the first CA.  ``tls_server(services, **kw)`` starts a :class:`tlsserver.TLSTestServer` on
-the codec under test, stopped at the test's end.  ``tls_serve(*args, engine=...)`` and ``serve_plain`` start
+and expired) from the first CA.  ``tls_serve(*args, engine=...)`` and ``serve_plain`` start
 ``fastframe serve`` processes (``engine`` is parametrized select/prefork), killed by PID at the test's end.
 """
 
@@ -13,16 +12,14 @@ import datetime
 import ssl
 import tempfile
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
-from typing import Any, Callable, Dict, Iterator, List
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
 trustme = pytest.importorskip("trustme", reason="the TLS tests need trustme (the test extra)")
 
-from fastframe.servers.service import Service  # noqa: E402
 from harness import ServerProcess  # noqa: E402
-from tlsserver import TLSTestServer  # noqa: E402
 
 from fastframe import _tls  # noqa: E402
 
@@ -72,23 +69,6 @@ def server_ctx(pki: SimpleNamespace) -> ssl.SSLContext:
 @pytest.fixture(scope="session")
 def client_ctx(pki: SimpleNamespace) -> ssl.SSLContext:
     return _tls.client_context(pki.ca)
-
-
-@pytest.fixture
-def tls_server(codec: ModuleType, server_ctx: ssl.SSLContext) -> Iterator[Callable[..., TLSTestServer]]:
-    """``tls_server({"echo": EchoService()}, context=..., handshake_timeout=...)``, on the codec under test."""
-    started: List[TLSTestServer] = []
-
-    def start(services: Dict[str, Service], context: ssl.SSLContext = server_ctx, **kw: Any) -> TLSTestServer:
-        server = TLSTestServer(context, services, codec=codec, **kw)
-        started.append(server)
-        return server.__enter__()
-
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.__exit__(None, None, None)
 
 
 @pytest.fixture(params=["select", "prefork"])

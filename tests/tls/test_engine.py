@@ -128,6 +128,89 @@ def test_secret_handshake_runs_inside_tls(
     assert out == [b"inside\n"]
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_tls13_preferred_tls12_served_older_refused(echo_server: ServerProcess, pki: SimpleNamespace) -> None:
+    with tls_connect(echo_server.addr("echo"), _tls.client_context(pki.ca)) as s:
+        assert (s.version(), s.compression()) == ("TLSv1.3", None)
+    ctx12 = _tls.client_context(pki.ca)
+    ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with tls_connect(echo_server.addr("echo"), ctx12) as s:
+        assert s.version() == "TLSv1.2"
+        send_frame(s, b"x")
+        assert recv_frame(s) == b"x"
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(pki.ca)
+    old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError):
+        tls_connect(echo_server.addr("echo"), old)
+    logged(echo_server, "TLS handshake failed")
+
+
+def test_tiny_frames_in_full_records(echo_server: ServerProcess, client_ctx: ssl.SSLContext) -> None:
+    """20,000 frames of 0-6 bytes in full 16 KiB records: the decoder's window is often smaller than a record's
+    plaintext, so bytes wait inside OpenSSL where epoll cannot see them; the engine drains them."""
+    wire = b"".join(frame(bytes([i % 251]) * (i % 7)) for i in range(20000))
+    with tls_connect(echo_server.addr("echo"), client_ctx) as s:
+        s.sendall(wire)
+        assert recv_exactly(s, len(wire)) == wire
+
+
+def test_big_frames_with_a_slow_reader(
+    tls_serve: Serve, pki: SimpleNamespace, client_ctx: ssl.SSLContext, engine: str
+) -> None:
+    """3 MiB frames, 12 MiB written by a client that reads slowly: the server's TLS writes block and are
+    retried with the same bytes, its reading pauses while output waits; the echo comes back whole, in order."""
+    import asyncio
+
+    server = tls_serve("--echo", "0", "--max-request", "4M", *tls_args(pki), engine=engine)
+    wire = b"".join(frame(bytes(range(256)) * (3 * 4096) + bytes([i])) for i in range(4))
+
+    async def slow_client() -> bytes:
+        reader, writer = await asyncio.open_connection(*server.addr("echo"), ssl=client_ctx,
+                                                       server_hostname="localhost")  # fmt: skip
+        writer.write(wire)
+        got = bytearray()
+        while len(got) < len(wire):
+            got += await reader.read(64 * 1024)
+            await asyncio.sleep(0.001)
+        writer.close()
+        return bytes(got)
+
+    assert asyncio.run(asyncio.wait_for(slow_client(), 60)) == wire
+
+
+def test_frame_error_closes_with_close_notify(
+    tls_serve: Serve, pki: SimpleNamespace, client_ctx: ssl.SSLContext, engine: str
+) -> None:
+    server = tls_serve("--echo", "0", "--max-request", "100", *tls_args(pki), engine=engine)
+    with tls_connect(server.addr("echo"), client_ctx, suppress_ragged_eofs=False) as s:
+        s.sendall(frame(b"ok") + struct.pack("!I", 101))
+        assert recv_exactly(s, 6) == frame(b"ok")
+        assert s.recv(100) == b""  # a TCP close without close_notify would raise SSLEOFError here
+    logged(server, "closing")
+
+
+def test_many_bad_clients_at_once_leave_a_good_one_alone(
+    echo_server: ServerProcess, client_ctx: ssl.SSLContext
+) -> None:
+    bad: list[socket.socket] = []
+    try:
+        for i in range(20):
+            s = socket.create_connection(echo_server.addr("echo"), timeout=TIMEOUT)
+            if i % 2:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            bad.append(s)
+        with tls_connect(echo_server.addr("echo"), client_ctx) as good:
+            for i in range(50):
+                send_frame(good, b"%d" % i)
+                assert recv_frame(good) == b"%d" % i
+    finally:
+        for s in bad:
+            s.close()
+    logged(echo_server, "does not speak TLS", 10)
+
+
 # -- real peers -------------------------------------------------------------------------------------------------
 
 
