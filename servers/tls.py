@@ -110,11 +110,14 @@ class TLSTransport(SocketTransport):
         want = min(n, _RECV)
         got = self._recv_into(view[:want])
         layer = self.layer
-        while got < want and layer.pending():  # hand out all that is decrypted: the poller cannot see it
-            more = self._recv_into(view[got:want])
-            if not more:
-                break
-            got += more
+        try:
+            while got < want and layer.pending():  # hand out all that is decrypted: the poller cannot see it
+                more = self._recv_into(view[got:want])
+                if not more:
+                    break
+                got += more
+        except BlockingIOError:
+            pass  # (what was received goes out; the next read waits as usual)
         return bytes(view[:got])
 
     def _send(self, data: Any) -> int:
