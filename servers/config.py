@@ -26,7 +26,6 @@ from .prefork import PreforkEngine
 from .service import Service
 from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
 from .timeservice import TcpTimeService, TimeService
-from .tls import DOWNLOAD_PATH, tls_stage
 
 __all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_command_service", "build_file_service",
            "build_listeners", "is_loopback", "serve"]  # fmt: skip
@@ -174,6 +173,8 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
 def _with_tls(config: ServeConfig, listeners: List[Listener]) -> List[Listener]:
     """With ``--tls-cert``: the TLS handshake as the last first stage of every TCP listener (UDP stays plain)."""
     if config.tls_context is not None:
+        from .tls import tls_stage  # (ssl only when TLS is asked for)
+
         stage = tls_stage(config.tls_context)
         for listener in listeners:
             if listener.transport == "tcp":
@@ -223,6 +224,8 @@ def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextI
                 print(line, file=out, flush=True)
             log.info("%s: %s", line, listener.service.describe())
         if config.tls_context is not None:
+            from .tls import DOWNLOAD_PATH
+
             mutual = f", client certificates from {config.tls_client_ca}" if config.tls_client_ca else ""
             log.info("TLS on every TCP service: certificate %s%s; files cross TLS in %s", config.tls_cert, mutual,
                      DOWNLOAD_PATH)  # fmt: skip
