@@ -99,7 +99,9 @@ class TLSTransport(SocketTransport):
         except TLSFailure as exc:
             raise self._failed(exc) from None
         if not n and not self.layer.clean_eof:
-            log.info("TLS: %s: %s", self.peer, _tls.describe(ssl.SSLEOFError(), "server"))
+            # Many clients (Python's ssl among them) close without close_notify: worth a line only at debug.
+            # A stream cut inside a frame is logged by the connection ("closed inside a frame").
+            log.debug("TLS: %s: ended the stream without a TLS close_notify", self.peer)
         return n
 
     def _recv(self, n: int) -> bytes:
