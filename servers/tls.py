@@ -40,8 +40,6 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Optional
 
-from fastframe import _tls
-
 from . import tlslayer
 from .loop import READ, WRITE
 from .readers import Reader
@@ -51,7 +49,7 @@ from .transport import SocketTransport
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection, Stage
 
-__all__ = ["DOWNLOAD_PATH", "HandshakeReader", "TLSTransport", "server_context", "tls_stage"]
+__all__ = ["DOWNLOAD_PATH", "HandshakeReader", "TLSTransport", "tls_stage"]
 
 log = logging.getLogger("fastframe.server")
 
@@ -62,11 +60,6 @@ DOWNLOAD_PATH = f"userspace blocks of {tlslayer.FILE_BLOCK // 1024} KiB (no kern
 
 _JOIN = 64 * 1024  # send_many joins queued buffers up to this many bytes into one TLS write
 _RECV = 64 * 1024  # the most one recv(n) returns (four records)
-
-
-def server_context(cert: str, key: Optional[str], client_ca: Optional[str]) -> ssl.SSLContext:
-    """The context every TLS listener of this server uses; TLSConfigError (one line naming the file) if not."""
-    return _tls.server_context(cert, key, client_ca)
 
 
 class TLSTransport(SocketTransport):
