@@ -44,6 +44,9 @@ Files mode (``--files``): download files of 4 KiB (latency: start-up is most of 
 get -o``), nginx with ``sendfile on`` + ``curl -o`` and ``python -m http.server`` + ``curl -o``, and report
 milliseconds per small download (and the ratio to ``python -c pass`` in the same run) and seconds per GiB.
 
+TLS mode (``--tls``, bench/bench_tls.py): the framed echo over TLS, fastframe select against uvloop with
+``ssl=``, and a download over TLS, fastframe against nginx + curl.
+
 Run ``python bench/bench_servers.py --help``; bench/README.md ("Server bench") says how to read the output.
 Loopback only, bounded in time, stops by itself.  Linux only (epoll, /proc).
 """
@@ -1211,7 +1214,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument(
         "--file-dir", metavar="DIR", default=None, help="where the test file and the download go (default: $TMPDIR)"
     )
+    t = p.add_argument_group("TLS mode (bench/bench_tls.py)")
+    t.add_argument("--tls", action="store_true", help="run the TLS rows instead: framed echo (64 B, depth 1 and 16) "
+                   "fastframe select vs uvloop ssl=, and a --file-size download fastframe vs nginx ssl + curl")  # fmt: skip
+    t.add_argument("--no-download", action="store_true", help="with --tls: the echo rows only")
     args = p.parse_args(argv)
+    if args.tls:
+        import bench_tls
+
+        args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
+        args.warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 1.0)
+        args.repeat = args.repeat or (1 if args.quick else 3)
+        args.file_size = args.file_size or (64 * MiB if args.quick else GiB)
+        return bench_tls.run_tls(args)
     if args.replot:
         if not args.plot:
             p.error("--replot needs --plot FILE.png")

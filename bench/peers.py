@@ -33,6 +33,7 @@ Exit status 3 means a needed package is missing (the message on stderr says whic
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
@@ -122,9 +123,20 @@ def run_asyncio_protocol(port: int, use_uvloop: bool = False, raw: bool = False)
     loop = _new_loop(use_uvloop)
     asyncio.set_event_loop(loop)
     factory = _raw_protocol_class() if raw else _protocol_class()
-    server: Any = loop.run_until_complete(loop.create_server(factory, HOST, port, backlog=1024))
+    server: Any = loop.run_until_complete(loop.create_server(factory, HOST, port, backlog=1024, ssl=_tls_context()))
     announce(server.sockets[0].getsockname()[1])
     _run_until_signal(loop)
+
+
+def _tls_context() -> Any:
+    """With BENCH_TLS_CERT and BENCH_TLS_KEY set (bench_servers.py --tls): fastframe's own server context, so
+    that the peer and fastframe serve run the same policy, certificate and ciphers."""
+    cert, key = os.environ.get("BENCH_TLS_CERT"), os.environ.get("BENCH_TLS_KEY")
+    if not cert:
+        return None
+    from fastframe._tls import server_context
+
+    return server_context(cert, key)
 
 
 def _new_loop(use_uvloop: bool) -> Any:

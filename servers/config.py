@@ -56,9 +56,10 @@ def build_command_service(config: ServeConfig) -> Service:
     it cannot start."""
     if not config.allow:
         raise ValueError("no --allow list given (nothing would be allowed to run)")
-    if config.secret is None and not is_loopback(config.host):
-        raise ValueError(f"refusing to run commands for anyone who can reach {config.host}: "
-                         "give --secret-file, or listen on 127.0.0.1")  # fmt: skip
+    if not is_loopback(config.host) and not (config.tls_context and _authenticated(config)):
+        need = "--secret-file or --tls-client-ca" if config.tls_context else "--tls-cert/--tls-key and --secret-file"
+        raise ValueError(f"refusing to run commands for anyone who can reach {config.host}: give {need} "
+                         "(TLS and an authentication), or listen on 127.0.0.1")  # fmt: skip
     cwd = os.path.abspath(config.root) if config.root else "/"
     if not os.path.isdir(cwd):
         raise ValueError(f"working directory {cwd} is not a directory")
@@ -78,7 +79,12 @@ def build_file_service(config: ServeConfig) -> Service:
     if not config.root:
         raise ValueError("no --root given (the file service serves only a directory named explicitly)")
     service = FileService(config.root, max_request=config.max_request, allow_hidden=config.allow_hidden)
-    if not is_loopback(config.host):
+    if not is_loopback(config.host) and config.tls_context:
+        if not _authenticated(config):
+            log.warning("files: %s is served beyond loopback (%s) over TLS without authentication: anyone who can "
+                        "reach %s can download from it (give --secret-file or --tls-client-ca)",
+                        service.root, config.host, config.host)  # fmt: skip
+    elif not is_loopback(config.host):
         if config.secret:
             log.warning("files: %s is served beyond loopback (%s) without TLS: its bytes cross the network "
                         "unencrypted (the shared secret authenticates the connection only)",
@@ -87,6 +93,12 @@ def build_file_service(config: ServeConfig) -> Service:
             log.warning("files: %s is served beyond loopback (%s) without TLS or --secret-file: anyone who can "
                         "reach %s can download from it", service.root, config.host, config.host)  # fmt: skip
     return _guarded(service, config)
+
+
+def _authenticated(config: ServeConfig) -> bool:
+    """Whether clients must prove who they are: the shared secret (inside TLS when both are set: it is the
+    service's first exchange, after the handshake) or a client certificate."""
+    return bool(config.secret) or bool(config.tls_client_ca)
 
 
 def _guarded(service: Service, config: ServeConfig) -> Service:
@@ -136,7 +148,7 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
                     if sock is None:
                         raise ConfigError(f"socket activation passed no {transport} socket for {name}")
                     listeners.append(Listener(sock, svc))
-            return listeners
+            return _with_tls(config, listeners)
         for name, port, pairs in plan:
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name}: port {port} is out of range")
@@ -151,11 +163,23 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
                 raise ConfigError(f"cannot listen for {name} on {config.host}:{port}: {exc.strerror or exc}") from None
             for transport, svc in pairs:
                 listeners.append(Listener(socks[transport], svc))
-        return listeners
+        return _with_tls(config, listeners)
     except BaseException:
         for listener in listeners:
             listener.sock.close()
         raise
+
+
+def _with_tls(config: ServeConfig, listeners: List[Listener]) -> List[Listener]:
+    """With ``--tls-cert``: the TLS handshake as the last first stage of every TCP listener (UDP stays plain)."""
+    if config.tls_context is not None:
+        from .tls import tls_stage  # (ssl only when TLS is asked for)
+
+        stage = tls_stage(config.tls_context)
+        for listener in listeners:
+            if listener.transport == "tcp":
+                listener.stages += (stage,)
+    return listeners
 
 
 def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional[Sequence[Listener]] = None) -> int:
@@ -199,6 +223,12 @@ def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextI
             if out is not None:
                 print(line, file=out, flush=True)
             log.info("%s: %s", line, listener.service.describe())
+        if config.tls_context is not None:
+            from .tls import DOWNLOAD_PATH
+
+            mutual = f", client certificates from {config.tls_client_ca}" if config.tls_client_ca else ""
+            log.info("TLS on every TCP service: certificate %s%s; files cross TLS in %s", config.tls_cert, mutual,
+                     DOWNLOAD_PATH)  # fmt: skip
         log.info("serving with the %s", described)
         return engine.run(unblock_signals=engine.SIGNALS)
     finally:

@@ -210,11 +210,12 @@ class Setting:
         return f"{self.help} (default: {shown})" if shown else self.help
 
 
-SERVER, PORTS, ECHO_TIME, COMMAND_FILES, LIMITS = (
+SERVER, PORTS, ECHO_TIME, COMMAND_FILES, TLS, LIMITS = (
     "server",
     "services (ports; none given = all on their defaults)",
     "echo and time",
     "command and files",
+    "TLS (every TCP service; the UDP time service stays plain)",
     "limits",
 )
 _PORT = Integer(0, 65535)
@@ -256,6 +257,12 @@ SETTINGS: Tuple[Setting, ...] = (
             "kill a command after this much output, stdout and stderr together (per command)", meta="BYTES"),
     Setting("max_commands", COMMAND_FILES, _AT_LEAST_ONE, 8,
             "commands running at once in the whole server, all workers together", meta="N"),
+    Setting("tls_cert", TLS, Text(), None, "serve TLS with the certificate chain in FILE (PEM, leaf first): "
+            "encrypts and authenticates the server to its clients", meta="FILE"),
+    Setting("tls_key", TLS, Text(), None, "the private key of --tls-cert (PEM, unencrypted)", meta="FILE",
+            shown_default="inside --tls-cert"),
+    Setting("tls_client_ca", TLS, Text(), None, "require a client certificate signed by a CA in FILE (mutual "
+            "TLS): authenticates the clients", meta="FILE"),
     Setting("max_request", LIMITS, Size(), 1 << 20, "largest request frame (per frame)", meta="BYTES"),
     Setting("max_connections", LIMITS, _AT_LEAST_ONE, 10000,
             "open connections in the whole server, all workers together; more are refused", meta="N", limit=True),
@@ -289,7 +296,9 @@ class ServeConfig:
     """Everything ``fastframe serve`` can be told: one attribute per setting (its default unless given), and
     what the services need derived from them: ``ports`` maps each service given a port to it (empty: every
     service on its default port, the command and file services only where they are configured), ``limits``
-    is the engine's ``Limits``, and ``secret`` holds the bytes of ``secret_file`` (read by :func:`config_from`).
+    is the engine's ``Limits``, ``secret`` holds the bytes of ``secret_file`` (read by :func:`config_from`) and
+    ``tls_context`` the server's ``ssl.SSLContext`` when ``tls_cert`` is set (built, and so checked, when first
+    asked for: the services and listeners ask before anything is bound).
     """
 
     def __init__(self, secret: Optional[bytes] = None, **values: Any) -> None:
@@ -300,6 +309,7 @@ class ServeConfig:
             settings[key] = value
         self._settings = settings
         self.secret = secret
+        self._tls: Any = False  # not built yet
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -312,8 +322,30 @@ class ServeConfig:
         return {name: self._settings[name] for name in SERVICES if self._settings[name] is not None}
 
     @property
+    def tls_context(self) -> Any:
+        """The TLS server context (None without ``tls_cert``); ConfigError (one line) for a bad file."""
+        if self._tls is False:
+            self._tls = _tls_context(self._settings)
+        return self._tls
+
+    @property
     def limits(self) -> Limits:
         return Limits(**{s.name: self._settings[s.name] for s in SETTINGS if s.limit})
+
+
+def _tls_context(settings: Mapping[str, Any]) -> Any:
+    """The TLS server context of these settings (None without ``tls_cert``); ConfigError names a bad file."""
+    cert, key, client_ca = settings["tls_cert"], settings["tls_key"], settings["tls_client_ca"]
+    if not cert:
+        if key or client_ca:
+            raise ConfigError(f"--tls-{'key' if key else 'client-ca'} needs --tls-cert")
+        return None
+    from fastframe._tls import TLSConfigError, server_context  # (ssl only when TLS is asked for)
+
+    try:
+        return server_context(cert, key, client_ca)
+    except TLSConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def config_from(given: Mapping[str, Any]) -> ServeConfig:

@@ -68,8 +68,9 @@ FILE_BLOCK = 256 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 
 
-class TLSFailure(Exception):
-    """The TLS connection failed; the message is one line for the log."""
+class TLSFailure(ConnectionError):
+    """The TLS connection failed; the message is one line for the log.  An ``OSError``: whoever handles a
+    failed socket (the engine's connection) handles it the same way."""
 
 
 class TLSLayer:

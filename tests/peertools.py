@@ -8,7 +8,10 @@ where it fails: CI installs every tool, so a missing one there is a broken insta
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import subprocess
+import time
 
 import pytest
 
@@ -36,3 +39,30 @@ def require_module(name: str, extra: str) -> None:
         if os.environ.get("FASTFRAME_REQUIRE_TOOLS") == "1":
             pytest.fail(message + " and FASTFRAME_REQUIRE_TOOLS=1", pytrace=False)
         pytest.skip(message)
+
+
+def read_until(proc: "subprocess.Popen[bytes]", want: bytes, timeout: float = 10.0) -> bytes:
+    """Read the peer's stdout until ``want`` is in it (or it ends); fail after ``timeout``."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    got = b""
+    deadline = time.monotonic() + timeout
+    while want not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {want!r} in {got!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+def stop(proc: "subprocess.Popen[bytes]") -> None:
+    """Kill the peer (by its PID) and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()

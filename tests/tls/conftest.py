@@ -1,25 +1,25 @@
-"""Certificates for the TLS tests, made by ``trustme`` once per session, and the TLS test server.
+"""Certificates for the TLS tests, made by ``trustme`` once per session, and the servers they run.
 
 ``pki`` holds PEM files on disk (what the CLI and ``fastframe._tls`` take): a CA and a second, unrelated CA;
 a server certificate for ``localhost``/``127.0.0.1``/``::1``, an expired one, and client certificates (valid
-and expired) from the first CA.  ``tls_server(services, **kw)`` starts a :class:`tlsserver.TLSTestServer` on
-the codec under test, stopped at the test's end.
+and expired) from the first CA.  ``tls_serve(*args, engine=...)`` and ``serve_plain`` start
+``fastframe serve`` processes (``engine`` is parametrized select/prefork), killed by PID at the test's end.
 """
 
 from __future__ import annotations
 
 import datetime
 import ssl
+import tempfile
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
-from typing import Any, Callable, Dict, Iterator, List
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
 trustme = pytest.importorskip("trustme", reason="the TLS tests need trustme (the test extra)")
 
-from fastframe.servers.service import Service  # noqa: E402
-from tlsserver import TLSTestServer  # noqa: E402
+from harness import ServerProcess  # noqa: E402
 
 from fastframe import _tls  # noqa: E402
 
@@ -71,18 +71,33 @@ def client_ctx(pki: SimpleNamespace) -> ssl.SSLContext:
     return _tls.client_context(pki.ca)
 
 
+@pytest.fixture(params=["select", "prefork"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-def tls_server(codec: ModuleType, server_ctx: ssl.SSLContext) -> Iterator[Callable[..., TLSTestServer]]:
-    """``tls_server({"echo": EchoService()}, context=..., handshake_timeout=...)``, on the codec under test."""
-    started: List[TLSTestServer] = []
+def serve_plain() -> Iterator[Callable[..., ServerProcess]]:
+    """``serve_plain(*args, expect=1, engine=None, workers=2)``: ``fastframe serve ARGS``, killed at the end."""
+    started: List[ServerProcess] = []
+    with tempfile.TemporaryDirectory(prefix="ff-tls-") as workdir:
 
-    def start(services: Dict[str, Service], context: ssl.SSLContext = server_ctx, **kw: Any) -> TLSTestServer:
-        server = TLSTestServer(context, services, codec=codec, **kw)
-        started.append(server)
-        return server.__enter__()
+        def start(*args: str, expect: int = 1, engine: str = "select", workers: int = 2) -> ServerProcess:
+            full = ["--engine", engine] + (["--workers", str(workers)] if engine == "prefork" else []) + list(args)
+            proc = ServerProcess(full, expect=expect, cwd=workdir)
+            started.append(proc)
+            if engine == "prefork":
+                proc.wait_workers(workers)
+            return proc
 
-    try:
-        yield start
-    finally:
-        for server in started:
-            server.__exit__(None, None, None)
+        try:
+            yield start
+        finally:
+            for proc in started:
+                proc.stop()
+
+
+@pytest.fixture
+def tls_serve(serve_plain: Callable[..., ServerProcess]) -> Callable[..., ServerProcess]:
+    """The same, for servers given ``--tls-*`` flags (a name for what the test means)."""
+    return serve_plain
