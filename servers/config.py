@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from typing import List, Optional, Sequence, TextIO, Tuple, Union
+from typing import Any, List, Optional, Sequence, TextIO, Tuple, Union
 
 from .auth import AuthenticatedService
 from .command import CommandService
@@ -23,9 +23,11 @@ from .files import FileService
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
 from .pidfile import Pidfile, PidfileBusy
 from .prefork import PreforkEngine
+from .proxystage import TrustedProxies, proxy_stage
 from .service import Service
 from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
 from .timeservice import TcpTimeService, TimeService
+from .unixsock import bind_unix
 
 __all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_command_service", "build_file_service",
            "build_listeners", "is_loopback", "serve"]  # fmt: skip
@@ -94,7 +96,7 @@ def _guarded(service: Service, config: ServeConfig) -> Service:
     return AuthenticatedService(service, config.secret) if config.secret else service
 
 
-def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Service]]]]:
+def _services(config: ServeConfig) -> List[Tuple[str, Any, List[Tuple[str, Service]]]]:
     """(name, port, [(transport, service)]) for every service to start."""
     explicit = bool(config.ports)
     wanted = dict(config.ports) if explicit else dict(DEFAULT_PORTS)
@@ -121,9 +123,33 @@ def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Servi
     return out
 
 
+def _stages(config: ServeConfig) -> List[Any]:
+    """What runs first on every TCP connection: the PROXY header, with --proxy-protocol."""
+    if not config.proxy_protocol:
+        return []
+    if not config.trusted_proxy:
+        raise ConfigError("--proxy-protocol needs at least one --trusted-proxy CIDR (the balancers' addresses)")
+    try:
+        return [proxy_stage(TrustedProxies(config.trusted_proxy))]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _bind_unix(name: str, where: str, pairs: List[Tuple[str, Service]], config: ServeConfig) -> Listener:
+    if len(pairs) != 1:
+        raise ConfigError(f"{name}: a Unix socket cannot carry its UDP half; give it a port")
+    try:
+        owner = bind_unix(where, config.unix_mode)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot listen for {name} on {where}: {exc.strerror or exc}" if isinstance(exc, OSError)
+                          else f"{name}: {exc}") from None  # fmt: skip
+    return Listener(owner.sock, pairs[0][1], unix_file=owner)
+
+
 def build_listeners(config: ServeConfig) -> List[Listener]:
     """Bind (or take over from systemd) one socket per service and transport."""
     plan = _services(config)
+    stages = _stages(config)
     passed = systemd_sockets()
     listeners: List[Listener] = []
     try:
@@ -135,9 +161,13 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
                     sock = assigned.get((name, transport))
                     if sock is None:
                         raise ConfigError(f"socket activation passed no {transport} socket for {name}")
-                    listeners.append(Listener(sock, svc))
+                    inet_stream = sock.type == socket.SOCK_STREAM and sock.family != socket.AF_UNIX
+                    listeners.append(Listener(sock, svc, stages if inet_stream else ()))
             return listeners
         for name, port, pairs in plan:
+            if isinstance(port, str):
+                listeners.append(_bind_unix(name, port, pairs, config))
+                continue
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name}: port {port} is out of range")
             try:
@@ -150,11 +180,13 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
             except OSError as exc:
                 raise ConfigError(f"cannot listen for {name} on {config.host}:{port}: {exc.strerror or exc}") from None
             for transport, svc in pairs:
-                listeners.append(Listener(socks[transport], svc))
+                listeners.append(Listener(socks[transport], svc, stages if transport == "tcp" else ()))
         return listeners
     except BaseException:
         for listener in listeners:
             listener.sock.close()
+            if listener.unix_file is not None:
+                listener.unix_file.unlink()
         raise
 
 
@@ -179,6 +211,9 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
     try:
         return _run(config, listeners, out)
     finally:
+        for listener in listeners:
+            if listener.unix_file is not None:
+                listener.unix_file.unlink()  # (only the file this process made, still there)
         if pidfile is not None:
             pidfile.remove()
 

@@ -69,6 +69,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 LINE = re.compile(r"^(\w+) (tcp|udp) (\[[0-9a-fA-F:.]+\]|[^\s:]+):(\d+)$")
+UNIX_LINE = re.compile(r"^(\w+) unix (\S+)$")  # echo unix /run/e.sock
 
 
 class ServerProcess:
@@ -131,6 +132,9 @@ class ServerProcess:
                 if m:
                     host = m.group(3).strip("[]")
                     self.listeners[(m.group(1), m.group(2))] = (host, int(m.group(4)))
+                m = UNIX_LINE.match(line)
+                if m:
+                    self.listeners[(m.group(1), "unix")] = (m.group(2), 0)
 
     def addr(self, name: str, transport: str = "tcp") -> Tuple[str, int]:
         return self.listeners[(name, transport)]
