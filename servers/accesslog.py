@@ -60,6 +60,7 @@ __all__ = [
     "ReopeningFileHandler",
     "format_line",
     "format_peer",
+    "log_to_file",
     "parse_line",
     "reopen_logs",
 ]
@@ -169,8 +170,8 @@ class AccessLog:
         duration: float,
         frames_in: int,
         frames_out: int,
-        bytes_in: int,
-        bytes_out: int,
+        bytes_in: int | str,
+        bytes_out: int | str,
         end: str,
         proxy: Any = None,
         now: float | None = None,
@@ -268,6 +269,18 @@ class ReopeningFileHandler(logging.FileHandler):
                 old.close()
         finally:
             self.release()
+
+
+def log_to_file(path: str) -> ReopeningFileHandler:
+    """``--log-file``: the root logger's handlers (standard error) give way to ``path``, same format."""
+    handler = ReopeningFileHandler(path)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if handler.formatter is None and old.formatter is not None:
+            handler.setFormatter(old.formatter)
+        root.removeHandler(old)
+    root.addHandler(handler)
+    return handler
 
 
 def reopen_logs(access_logs: Iterable[AccessLog] = (), loggers: Iterable[logging.Logger] | None = None) -> int:

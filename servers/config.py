@@ -20,7 +20,9 @@ from .command import CommandService
 from .echo import EchoService, RawEchoService
 from .engine import Listener, SelectEngine
 from .files import FileService
+from .accesslog import AccessLog, log_to_file
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
+from .observe import Observer
 from .pidfile import Pidfile, PidfileBusy
 from .prefork import PreforkEngine
 from .proxystage import TrustedProxies, proxy_stage
@@ -218,14 +220,42 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
             pidfile.remove()
 
 
+def build_observer(config: ServeConfig) -> Optional[Observer]:
+    """The access log and the error log file, opened (ConfigError if they cannot be); None without either."""
+    if config.log_file:
+        try:
+            log_to_file(config.log_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot open --log-file {config.log_file}: {exc.strerror or exc}") from None
+    access = None
+    if config.access_log:
+        try:
+            access = AccessLog(config.access_log)
+        except OSError as exc:
+            raise ConfigError(f"cannot open --access-log {config.access_log}: {exc.strerror or exc}") from None
+    if access is None and not config.log_file:
+        return None
+    return Observer(access)
+
+
 def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO]) -> int:
+    observer = build_observer(config)
+    try:
+        return _run_engine(config, listeners, out, observer)
+    finally:
+        if observer is not None:
+            observer.close()
+
+
+def _run_engine(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO],
+                observer: Optional[Observer]) -> int:  # fmt: skip
     engine: Union[PreforkEngine, SelectEngine]
     if config.engine == "prefork":
         described = f"prefork engine, {config.workers or os.cpu_count()} worker(s) (master pid {os.getpid()})"
-        engine = PreforkEngine(listeners, config.workers, config.limits)
+        engine = PreforkEngine(listeners, config.workers, config.limits, observer=observer)
     else:
         described = f"select engine (pid {os.getpid()})"
-        engine = SelectEngine(listeners, config.limits)
+        engine = SelectEngine(listeners, config.limits, observer=observer)
     # Whoever reads the lines below may signal us at once: hold the signals until the engine handles them.
     signal.pthread_sigmask(signal.SIG_BLOCK, engine.SIGNALS)
     try:

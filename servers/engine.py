@@ -18,8 +18,8 @@ engine's own job:
   (``handle_term`` and so on).  SIGTERM stops gracefully: the connections waiting in the accept queues are
   taken, listeners close, every request already received is answered, each connection is closed at a frame
   boundary once a look at its socket finds nothing more, and the loop ends within ``graceful_timeout``.
-  SIGINT and SIGQUIT stop at once.  SIGUSR1 goes to :meth:`SelectEngine.handle_usr1`; every other catchable
-  signal is logged (see :mod:`servers.signals`).
+  SIGINT and SIGQUIT stop at once.  SIGUSR1 reopens the log files (:meth:`SelectEngine.handle_usr1`); every
+  other catchable signal is logged and ignored (see :mod:`servers.signals`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .counts import Counts, WorkerShare
 from .limits import Limits
 from .listen import Listener
 from .loop import READ, Handler, Loop, TimerHandle
+from .observe import Observer
 from .service import Address, Service
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch
 from .transport import SocketTransport
@@ -83,7 +84,8 @@ class SelectEngine:
     ``balancer`` (prefork workers only: this worker's share of the master's table) decides whether this process
     should accept the next connection, and holds the server-wide counts (``max_connections``, the command
     service's ``max_commands``) that every worker shares; a single process keeps its own.  ``parent_pid``
-    (prefork workers): the master's PID; the worker stops gracefully once its parent changes.
+    (prefork workers): the master's PID; the worker stops gracefully once its parent changes.  ``observer``
+    (:mod:`servers.observe`) hears of every connection opened and closed, for the access log and the metrics.
     """
 
     #: The signals the engine handles while it runs (block them before, pass them to ``run(unblock_signals=)``).
@@ -96,8 +98,10 @@ class SelectEngine:
         balancer: WorkerShare | None = None,
         exclusive_accept: bool = False,
         parent_pid: int = 0,
+        observer: Observer | None = None,
     ) -> None:
         self.listeners = list(listeners)
+        self.observer = observer
         self.limits = limits or Limits()
         self.balancer = balancer
         self.counts: Counts = balancer if balancer is not None else Counts()
@@ -223,9 +227,13 @@ class SelectEngine:
             self.loop, SocketTransport(sock), addr, service, self.limits, self.counts, self._connection_closed, stages
         )
         self._conns[conn.fd] = conn
+        if self.observer is not None:
+            self.observer.opened(conn, self.loop.now)
         conn.start()
 
     def _connection_closed(self, conn: Connection) -> None:
+        if self.observer is not None:
+            self.observer.closed(conn, self.loop.now)
         self._conns.pop(conn.fd, None)
         self.counts.release("connections")
         if self._accept_paused:
@@ -345,8 +353,9 @@ class SelectEngine:
         log.info("SIGHUP ignored: a single-process engine has no workers to replace")
 
     def handle_usr1(self) -> None:
-        """SIGUSR1, logrotate's signal: reopen the log files.  Logs go to stderr for now: nothing to reopen."""
-        log.info("SIGUSR1: nothing to reopen (the log goes to stderr)")
+        """SIGUSR1, logrotate's signal: reopen the log files (--access-log, --log-file)."""
+        count = self.observer.reopen() if self.observer is not None else 0
+        log.info("SIGUSR1: %d log file(s) reopened", count)
 
     # -- running and stopping -----------------------------------------------------------------------------
 
@@ -409,14 +418,19 @@ class SelectEngine:
             self.loop.add(relay.fd, READ, self._on_signals)
         if unblock_signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
+        observer = self.observer
         try:
             self._start_listening()
+            if observer is not None and observer.access_log is not None:
+                self.loop.add_check(observer.flush)
             self.loop.call_later(self.limits.sweep_interval, self._sweep)
             self.loop.run()
         finally:
             self._stop_listening()
             for conn in list(self._conns.values()):
                 conn.close_now()
+            if observer is not None:
+                observer.flush()
             self.loop.close()
             if relay is not None:
                 relay.restore()

@@ -159,24 +159,27 @@ class ServiceMetrics:
         "frames_out",
         "live",
         "name",
+        "totals",
     )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, totals: Callable[[Any], tuple[int, int, int, int]] | None = None) -> None:
         self.name = name
+        self.totals = totals or _attributes
         self.live: dict[Counted, list[int]] = {}  # connection -> its counts when last folded
         self.connections = self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.downloads = self.download_bytes = 0
         self.errors: dict[str, int] = {}
         self.commands: dict[str, int] = {}
 
-    def opened(self, conn: Counted) -> None:
-        self.live[conn] = [conn.frames_in, conn.frames_out, conn.bytes_in, conn.bytes_out]
+    def opened(self, conn: Any) -> None:
+        self.live[conn] = [max(0, n) for n in self.totals(conn)]
         self.connections += 1
 
-    def closed(self, conn: Counted) -> None:
+    def closed(self, conn: Any, counts: tuple[int, int, int, int] | None = None) -> None:
+        """``conn`` ended; ``counts`` its last totals, if the caller has them already."""
         seen = self.live.pop(conn, None)
         if seen is not None:
-            self._take(conn, seen)
+            self._take(conn, seen, counts)
 
     def count(self, frames_in: int = 0, frames_out: int = 0, bytes_in: int = 0, bytes_out: int = 0) -> None:
         """Traffic that belongs to no connection (UDP datagrams)."""
@@ -199,8 +202,8 @@ class ServiceMetrics:
     def open(self) -> int:
         return len(self.live)
 
-    def _take(self, conn: Counted, seen: list[int]) -> None:
-        fi, fo, bi, bo = conn.frames_in, conn.frames_out, conn.bytes_in, conn.bytes_out
+    def _take(self, conn: Any, seen: list[int], counts: tuple[int, int, int, int] | None = None) -> None:
+        fi, fo, bi, bo = (max(0, n) for n in (counts or self.totals(conn)))  # (-1: unknown, counted as 0)
         self.frames_in += fi - seen[0]
         self.frames_out += fo - seen[1]
         self.bytes_in += bi - seen[2]
@@ -213,6 +216,10 @@ class ServiceMetrics:
             self._take(conn, seen)
 
 
+def _attributes(conn: Counted) -> tuple[int, int, int, int]:
+    return conn.frames_in, conn.frames_out, conn.bytes_in, conn.bytes_out
+
+
 def _bump(table: dict[str, int], key: str) -> None:
     if key not in table and len(table) >= MAX_LABEL_VALUES:
         key = "other"
@@ -223,8 +230,9 @@ class Metrics:
     """The process's metrics: :meth:`service` hands out each service's counts, :meth:`fold` publishes them,
     :meth:`render` is a scrape's body and content type (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, totals: Callable[[Any], tuple[int, int, int, int]] | None = None) -> None:
         pc = _prometheus()
+        self._totals = totals
         self._pc = pc
         self.multiprocess_dir = (
             os.environ.get(MULTIPROC_ENV) if pc.values.ValueClass is not pc.values.MutexValue else None
@@ -253,7 +261,7 @@ class Metrics:
     def service(self, name: str) -> ServiceMetrics:
         counts = self._services.get(name)
         if counts is None:
-            counts = self._services[name] = ServiceMetrics(name)
+            counts = self._services[name] = ServiceMetrics(name, self._totals)
             self._open.labels(name).set(0)  # every service shows up from the first scrape, at zero
             for series in self._series.values():
                 series.labels(name).inc(0)

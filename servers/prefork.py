@@ -51,6 +51,7 @@ from .counts import Balancer
 from .engine import SelectEngine
 from .limits import Limits
 from .listen import Listener
+from .observe import Observer
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch, install_handlers
 
 __all__ = ["PreforkEngine"]
@@ -89,8 +90,10 @@ class PreforkEngine:
         workers: int | None = None,
         limits: Limits | None = None,
         worker_timeout: float = 30.0,
+        observer: Observer | None = None,
     ) -> None:
         self.listeners = list(listeners)
+        self.observer = observer
         self.target = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or Limits()
         self.worker_timeout = worker_timeout
@@ -139,6 +142,7 @@ class PreforkEngine:
             balancer=self.balancer.worker(slot),
             exclusive_accept=True,
             parent_pid=self._master_pid,
+            observer=self.observer,
         )
         return engine.run(unblock_signals=self.SIGNALS)
 
@@ -274,9 +278,10 @@ class PreforkEngine:
             log.info("SIGTTOU: %d worker(s)", self.target)
 
     def handle_usr1(self) -> None:
-        """SIGUSR1, logrotate's signal: reopen the log files here and in every worker.  Logs go to stderr for now:
-        the master has nothing to reopen, and passes the signal on for the workers to say the same."""
-        log.info("SIGUSR1: nothing to reopen (the log goes to stderr); passing it on to the workers")
+        """SIGUSR1, logrotate's signal: reopen the log files here and in every worker (each holds its own
+        descriptors of --access-log and --log-file)."""
+        count = self.observer.reopen() if self.observer is not None else 0
+        log.info("SIGUSR1: %d log file(s) reopened; passing it on to the workers", count)
         for worker in self.workers.values():
             self._kill(worker.pid, signal.SIGUSR1)
 
