@@ -25,6 +25,7 @@ from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, system
 from .observe import Observer
 from .pidfile import Pidfile, PidfileBusy
 from .prefork import PreforkEngine
+from .sdnotify import Notifier
 from .proxystage import TrustedProxies, proxy_stage
 from .service import Service
 from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
@@ -249,13 +250,17 @@ def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextI
 
 def _run_engine(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO],
                 observer: Optional[Observer]) -> int:  # fmt: skip
+    # systemd's variables leave the environment now: no worker or command can notify on our behalf.
+    notifier: Optional[Notifier] = Notifier.from_environ()
+    if notifier is not None and not notifier.enabled:
+        notifier = None
     engine: Union[PreforkEngine, SelectEngine]
     if config.engine == "prefork":
         described = f"prefork engine, {config.workers or os.cpu_count()} worker(s) (master pid {os.getpid()})"
-        engine = PreforkEngine(listeners, config.workers, config.limits, observer=observer)
+        engine = PreforkEngine(listeners, config.workers, config.limits, observer=observer, notifier=notifier)
     else:
         described = f"select engine (pid {os.getpid()})"
-        engine = SelectEngine(listeners, config.limits, observer=observer)
+        engine = SelectEngine(listeners, config.limits, observer=observer, notifier=notifier)
     # Whoever reads the lines below may signal us at once: hold the signals until the engine handles them.
     signal.pthread_sigmask(signal.SIG_BLOCK, engine.SIGNALS)
     try:

@@ -31,7 +31,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Callable
 
 from .connection import Connection, FrameTimeout, Stage
 from .counts import Counts, WorkerShare
@@ -39,8 +39,10 @@ from .limits import Limits
 from .listen import Listener
 from .loop import READ, Handler, Loop, TimerHandle
 from .observe import Observer
+from .sdnotify import Notifier
 from .service import Address, Service
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch
+from .throttle import LogThrottle
 from .transport import SocketTransport
 
 __all__ = ["Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine"]
@@ -53,29 +55,6 @@ _ACCEPT_BACKOFF_MAX = 1.0
 _BALANCE_RECHECK = 0.01  # a prefork worker out of line looks at the table again this often
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _DRAIN_ACCEPT_ROUNDS = 64  # a graceful stop takes at most 64 x 64 connections from a listener's accept queue
-_LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
-
-
-class _LogThrottle:
-    """One log line per ``interval`` seconds for a condition that may recur thousands of times a second; the next
-    line says how many were left out."""
-
-    def __init__(self, interval: float = _LOG_EVERY) -> None:
-        self.interval = interval
-        self._next = 0.0
-        self._suppressed = 0
-
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (and %d more time(s) in the last %.0f s)"
-            args += (self._suppressed, self.interval)
-            self._suppressed = 0
-        self._next = now + self.interval
-        log.log(level, msg, *args)
 
 
 class SelectEngine:
@@ -85,7 +64,9 @@ class SelectEngine:
     should accept the next connection, and holds the server-wide counts (``max_connections``, the command
     service's ``max_commands``) that every worker shares; a single process keeps its own.  ``parent_pid``
     (prefork workers): the master's PID; the worker stops gracefully once its parent changes.  ``observer``
-    (:mod:`servers.observe`) hears of every connection opened and closed, for the access log and the metrics.
+    (:mod:`servers.observe`) hears of every connection opened and closed, for the access log and the metrics;
+    ``notifier`` (a single process under systemd, :mod:`servers.sdnotify`) says READY=1 once it listens,
+    STOPPING=1 on a graceful stop, and WATCHDOG=1 when the unit asks for it.
     """
 
     #: The signals the engine handles while it runs (block them before, pass them to ``run(unblock_signals=)``).
@@ -99,9 +80,11 @@ class SelectEngine:
         exclusive_accept: bool = False,
         parent_pid: int = 0,
         observer: Observer | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.listeners = list(listeners)
         self.observer = observer
+        self.notifier = notifier
         self.limits = limits or Limits()
         self.balancer = balancer
         self.counts: Counts = balancer if balancer is not None else Counts()
@@ -121,8 +104,8 @@ class SelectEngine:
         self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
         self._accept_blocked_until = 0.0  # no accept before this (monotonic) time
         self._resume_timer: TimerHandle | None = None
-        self._accept_failures = _LogThrottle()
-        self._limit_reached = _LogThrottle()
+        self._accept_failures = LogThrottle()
+        self._limit_reached = LogThrottle()
 
     # -- listeners --------------------------------------------------------------------------------------
 
@@ -330,6 +313,12 @@ class SelectEngine:
                 conn.check_deadlines(now)
         self.loop.call_later(self.limits.sweep_interval, self._sweep)
 
+    def _watchdog(self) -> None:
+        notifier = self.notifier
+        if notifier is not None and notifier.watchdog_interval is not None:
+            notifier.watchdog()
+            self.loop.call_later(notifier.watchdog_interval, self._watchdog)
+
     # -- signals ----------------------------------------------------------------------------------------
 
     def _on_signals(self, events: int) -> None:
@@ -374,6 +363,8 @@ class SelectEngine:
         if self._draining:
             return
         self._draining = True
+        if self.notifier is not None:
+            self.notifier.stopping()
         self._deadline = time.monotonic() + self.limits.graceful_timeout
         if self._listening and (self.balancer is None or not self.balancer.retired()):
             for accept in self._acceptors.values():
@@ -421,6 +412,11 @@ class SelectEngine:
         observer = self.observer
         try:
             self._start_listening()
+            if self.balancer is not None:
+                self.balancer.beat(time.monotonic())  # the master's sign that this worker accepts
+            if self.notifier is not None:
+                self.notifier.ready(f"serving {len(self.listeners)} listener(s)")
+                self._watchdog()
             if observer is not None and observer.access_log is not None:
                 self.loop.add_check(observer.flush)
             self.loop.call_later(self.limits.sweep_interval, self._sweep)

@@ -52,6 +52,7 @@ from .engine import SelectEngine
 from .limits import Limits
 from .listen import Listener
 from .observe import Observer
+from .sdnotify import Notifier
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch, install_handlers
 
 __all__ = ["PreforkEngine"]
@@ -91,9 +92,13 @@ class PreforkEngine:
         limits: Limits | None = None,
         worker_timeout: float = 30.0,
         observer: Observer | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.listeners = list(listeners)
         self.observer = observer
+        self.notifier = notifier
+        self._ready = False
+        self._next_watchdog = 0.0
         self.target = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or Limits()
         self.worker_timeout = worker_timeout
@@ -201,6 +206,22 @@ class PreforkEngine:
                 return
             time.sleep(0.01)
 
+    def _tell_systemd(self) -> None:
+        """READY=1 once every worker accepts (it beat after it started listening); WATCHDOG=1 when due."""
+        notifier = self.notifier
+        if notifier is None:
+            return
+        if not self._ready:
+            active = self._active()
+            if len(active) == self.target and all(self.balancer.last_beat(w.slot) > w.born for w in active):
+                self._ready = True
+                notifier.ready(f"serving with {self.target} worker(s)")
+        interval = notifier.watchdog_interval
+        now = time.monotonic()
+        if interval is not None and now >= self._next_watchdog:
+            notifier.watchdog()
+            self._next_watchdog = now + interval
+
     def _active(self) -> list[_Worker]:
         return [w for w in self.workers.values() if not w.retiring]
 
@@ -291,6 +312,8 @@ class PreforkEngine:
         if graceful:
             if first:
                 log.info("SIGTERM: stopping gracefully (at most %g s)", self.limits.graceful_timeout)
+                if self.notifier is not None:
+                    self.notifier.stopping()
                 # Each worker gives its in-flight work graceful_timeout from when *it* gets the signal, and then
                 # still has to close what is left (kill running commands): kill it only if it overstays that.
                 self._deadline = time.monotonic() + self.limits.graceful_timeout + FAST_STOP_GRACE
@@ -335,7 +358,10 @@ class PreforkEngine:
                     continue
                 self._maintain()
                 self._check_heartbeats()
-                timeout = 1.0
+                self._tell_systemd()
+                timeout = 1.0 if self._ready or self.notifier is None else 0.02
+                if self.notifier is not None and self.notifier.watchdog_interval is not None:
+                    timeout = min(timeout, max(0.0, self._next_watchdog - time.monotonic()))
                 if len(self._active()) < self.target:
                     timeout = max(0.0, min(timeout, self._next_spawn - time.monotonic()))
                 self._relay.wait(timeout)
