@@ -22,7 +22,7 @@ from .engine import Listener, SelectEngine
 from .files import FileService
 from .accesslog import AccessLog, log_to_file
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
-from .observe import Observer
+from .observe import Observer, totals
 from .pidfile import Pidfile, PidfileBusy
 from .prefork import PreforkEngine
 from .sdnotify import Notifier
@@ -221,8 +221,9 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
             pidfile.remove()
 
 
-def build_observer(config: ServeConfig) -> Optional[Observer]:
-    """The access log and the error log file, opened (ConfigError if they cannot be); None without either."""
+def build_observer(config: ServeConfig, services: Sequence[str] = ()) -> Optional[Observer]:
+    """The access log, the error log file and the metrics of ``services``, opened (ConfigError if they cannot be);
+    None without any of them."""
     if config.log_file:
         try:
             log_to_file(config.log_file)
@@ -234,13 +235,50 @@ def build_observer(config: ServeConfig) -> Optional[Observer]:
             access = AccessLog(config.access_log)
         except OSError as exc:
             raise ConfigError(f"cannot open --access-log {config.access_log}: {exc.strerror or exc}") from None
-    if access is None and not config.log_file:
+    if access is None and not config.log_file and not config.metrics:
         return None
-    return Observer(access)
+    if not config.metrics:
+        return Observer(access)
+    try:
+        return _with_metrics(config, access, services)
+    except BaseException:
+        if access is not None:
+            access.close()
+        raise
+
+
+def _with_metrics(config: ServeConfig, access: Optional[AccessLog], services: Sequence[str]) -> Observer:
+    """The observer with ``--metrics``: the endpoint's socket bound, prometheus_client loaded in the mode the
+    engine needs (prefork: multiprocess, its directory chosen and wiped before the import)."""
+    from fastframe._address import InetAddress, parse_address
+
+    from .metrics import Metrics, MetricsUnavailable, prepare_multiprocess
+
+    try:
+        where = parse_address(config.metrics, allow_port_zero=True, allow_unix=False)
+    except ValueError as exc:
+        raise ConfigError(f"--metrics: {exc}") from None
+    assert isinstance(where, InetAddress)
+    made_dir = None
+    if config.engine == "prefork":
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        path = prepare_multiprocess()
+        made_dir = None if given else path
+    try:
+        metrics = Metrics(totals=totals)
+    except MetricsUnavailable as exc:
+        raise ConfigError(str(exc)) from None
+    for name in services:
+        metrics.service(name)  # each shows from the first scrape, at zero (prefork: in the master's live file)
+    try:
+        sock = bind_tcp(where.host, where.port, backlog=64)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve --metrics on {where}: {exc.strerror or exc}") from None
+    return Observer(access, metrics, sock, made_dir)
 
 
 def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO]) -> int:
-    observer = build_observer(config)
+    observer = build_observer(config, [listener.service.name for listener in listeners])
     try:
         return _run_engine(config, listeners, out, observer)
     finally:
@@ -269,6 +307,12 @@ def _run_engine(config: ServeConfig, listeners: Sequence[Listener], out: Optiona
             if out is not None:
                 print(line, file=out, flush=True)
             log.info("%s: %s", line, listener.service.describe())
+        if observer is not None and observer.metrics_socket is not None:
+            host, port = observer.metrics_socket.getsockname()[:2]
+            line = f"metrics tcp {f'[{host}]' if ':' in host else host}:{port}"
+            if out is not None:
+                print(line, file=out, flush=True)
+            log.info("%s: Prometheus metrics at /metrics", line)
         log.info("serving with the %s", described)
         return engine.run(unblock_signals=engine.SIGNALS)
     finally:

@@ -38,7 +38,7 @@ from .counts import Counts, WorkerShare
 from .limits import Limits
 from .listen import Listener
 from .loop import READ, Handler, Loop, TimerHandle
-from .observe import Observer
+from .observe import LoopReactor, Observer
 from .sdnotify import Notifier
 from .service import Address, Service
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch
@@ -417,8 +417,10 @@ class SelectEngine:
             if self.notifier is not None:
                 self.notifier.ready(f"serving {len(self.listeners)} listener(s)")
                 self._watchdog()
-            if observer is not None and observer.access_log is not None:
-                self.loop.add_check(observer.flush)
+            if observer is not None:
+                if observer.access_log is not None:
+                    self.loop.add_check(observer.flush)
+                observer.attach(LoopReactor(self.loop), serve=self.balancer is None)
             self.loop.call_later(self.limits.sweep_interval, self._sweep)
             self.loop.run()
         finally:
@@ -426,7 +428,7 @@ class SelectEngine:
             for conn in list(self._conns.values()):
                 conn.close_now()
             if observer is not None:
-                observer.flush()
+                observer.finish()
             self.loop.close()
             if relay is not None:
                 relay.restore()

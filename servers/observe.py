@@ -19,21 +19,31 @@ fold once a second for the live ones), from what is kept anyway:
 
 The access log is written by a loop check -- once per loop wake-up, whatever closed in it -- so the cost of
 ``--access-log`` is one line formatted per connection and one ``write`` per wake-up that closed any.
+
+The metrics (``--metrics``) count a connection when it opens and take its totals when it closes; the live
+ones are read when the counts are folded into ``prometheus_client``: on each scrape in a single process, once a
+second in each prefork worker (whose master serves the scrapes from the multiprocess files, and marks a reaped
+worker dead).  :meth:`Observer.attach` puts the endpoint, or the folding timer, on the process's loop.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .accesslog import AccessLog, reopen_logs
+from .loop import READ, WRITE, Loop, TimerHandle
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .metrics import Metrics
 
-__all__ = ["Observer", "totals"]
+__all__ = ["LoopReactor", "Observer", "totals"]
+
+FOLD_EVERY = 1.0  # seconds between two folds of a prefork worker's counts
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_INFO_BYTES = struct.Struct("QQ")  # tcpi_bytes_acked, tcpi_bytes_received (Linux 4.1+, offset 120)
@@ -72,10 +82,48 @@ def totals(conn: Connection) -> tuple[int, int, int, int]:
 class Observer:
     """The engine's one hook for the access log and the metrics (either may be None)."""
 
-    def __init__(self, access_log: AccessLog | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        access_log: AccessLog | None = None,
+        metrics: Metrics | None = None,
+        metrics_socket: socket.socket | None = None,
+        metrics_dir: str | None = None,
+    ) -> None:
         self.access_log = access_log
         self.metrics = metrics
+        self.metrics_socket = metrics_socket  # where /metrics is served (by the process that is not a worker)
+        self.metrics_dir = metrics_dir  # a multiprocess directory this server made: removed at the end
         self._started: dict[Connection, float] = {}
+        self._endpoint: Any = None
+        self._owner = os.getpid()
+
+    def attach(self, reactor: Any, serve: bool) -> None:
+        """On the process's loop (a :class:`servers.metrics_http.Reactor`): serve ``/metrics`` (``serve``: the
+        single process, or the prefork master), or fold the counts once a second (a prefork worker)."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+        if serve and self.metrics_socket is not None:
+            from .metrics_http import MetricsEndpoint
+
+            self._endpoint = MetricsEndpoint(self.metrics_socket, metrics.render, reactor)
+            self._endpoint.start()
+            return
+        if self.metrics_socket is not None:
+            self.metrics_socket.close()  # a worker's copy: the master serves it
+
+        def fold() -> None:
+            metrics.fold()
+            reactor.call_later(FOLD_EVERY, fold)
+
+        reactor.call_later(FOLD_EVERY, fold)
+
+    def worker_gone(self, pid: int) -> None:
+        """The prefork master reaped a worker: its live gauges stop counting."""
+        if self.metrics is not None:
+            from .metrics import mark_process_dead
+
+            mark_process_dead(pid)
 
     def opened(self, conn: Connection, now: float) -> None:
         if self.access_log is not None:
@@ -107,9 +155,40 @@ class Observer:
         """SIGUSR1: reopen the access log and the error log file; how many files were reopened."""
         return reopen_logs([self.access_log] if self.access_log is not None else [])
 
+    def finish(self) -> None:
+        """The loop ends: write what is pending; a worker publishes its last counts."""
+        self.flush()
+        if self.metrics is not None and self._endpoint is None:
+            self.metrics.fold()
+
     def close(self) -> None:
         if self.access_log is not None:
             self.access_log.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
+        if self.metrics_dir is not None and os.getpid() == self._owner:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+class LoopReactor:
+    """The five loop calls :class:`servers.metrics_http.MetricsEndpoint` needs, over the engine's loop."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self.loop.add(fd, READ, lambda events: callback())
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        self.loop.add(fd, WRITE, lambda events: callback())
+
+    def remove_reader(self, fd: int) -> None:
+        self.loop.remove(fd)
+
+    remove_writer = remove_reader
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        return self.loop.call_later(delay, callback)
 
 
 def _shown(count: int) -> Any:

@@ -51,6 +51,7 @@ from .counts import Balancer
 from .engine import SelectEngine
 from .limits import Limits
 from .listen import Listener
+from .metrics_http import SelectorReactor
 from .observe import Observer
 from .sdnotify import Notifier
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch, install_handlers
@@ -99,6 +100,7 @@ class PreforkEngine:
         self.notifier = notifier
         self._ready = False
         self._next_watchdog = 0.0
+        self._reactor: SelectorReactor | None = None  # the master's loop for the /metrics endpoint
         self.target = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or Limits()
         self.worker_timeout = worker_timeout
@@ -140,6 +142,8 @@ class PreforkEngine:
     def run_worker(self, slot: int) -> int:  # pragma: no cover - child process
         """In a freshly forked worker (signals still blocked): serve the listeners until stopped."""
         self._relay.detach()
+        if self._reactor is not None:
+            self._reactor.selector.close()  # the master's: this process answers no scrapes
         install_handlers(self.SIGNALS, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
         engine = SelectEngine(
             self.listeners,
@@ -164,6 +168,8 @@ class PreforkEngine:
             if worker is None:
                 continue  # an orphan we adopted and ended (see _end_orphans)
             self.balancer.free(worker.slot)
+            if self.observer is not None:
+                self.observer.worker_gone(pid)
             age = time.monotonic() - worker.born
             how = _describe_status(status)
             if worker.retiring or self._stopping:
@@ -221,6 +227,13 @@ class PreforkEngine:
         if interval is not None and now >= self._next_watchdog:
             notifier.watchdog()
             self._next_watchdog = now + interval
+
+    def _wait(self, timeout: float) -> None:
+        """Until a signal arrives or ``timeout`` passes; with --metrics, answering scrapes meanwhile."""
+        if self._reactor is None:
+            self._relay.wait(timeout)
+        else:
+            self._reactor.run_once(timeout)
 
     def _active(self) -> list[_Worker]:
         return [w for w in self.workers.values() if not w.retiring]
@@ -334,6 +347,10 @@ class PreforkEngine:
         ``unblock_signals`` are unblocked once the master's handlers are installed (block :attr:`SIGNALS` while
         announcing the server, so that a signal sent as soon as it is announced is not lost)."""
         self._relay.install()
+        if self.observer is not None and self.observer.metrics is not None:
+            self._reactor = SelectorReactor()
+            self._reactor.add_reader(self._relay.fd, lambda: None)  # (taken by the loop below)
+            self.observer.attach(self._reactor, serve=True)
         if unblock_signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
         try:
@@ -354,7 +371,7 @@ class PreforkEngine:
                         for pid in list(self.workers):
                             self._kill(pid, signal.SIGKILL)
                         self._deadline = float("inf")
-                    self._relay.wait(0.05)
+                    self._wait(0.05)
                     continue
                 self._maintain()
                 self._check_heartbeats()
@@ -364,7 +381,7 @@ class PreforkEngine:
                     timeout = min(timeout, max(0.0, self._next_watchdog - time.monotonic()))
                 if len(self._active()) < self.target:
                     timeout = max(0.0, min(timeout, self._next_spawn - time.monotonic()))
-                self._relay.wait(timeout)
+                self._wait(timeout)
         finally:
             for worker in list(self.workers.values()):
                 self._kill(worker.pid, signal.SIGKILL)
