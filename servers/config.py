@@ -221,7 +221,7 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
             pidfile.remove()
 
 
-def build_observer(config: ServeConfig, services: Sequence[str] = ()) -> Optional[Observer]:
+def build_observer(config: ServeConfig, services: Sequence[Service] = ()) -> Optional[Observer]:
     """The access log, the error log file and the metrics of ``services``, opened (ConfigError if they cannot be);
     None without any of them."""
     if config.log_file:
@@ -247,7 +247,7 @@ def build_observer(config: ServeConfig, services: Sequence[str] = ()) -> Optiona
         raise
 
 
-def _with_metrics(config: ServeConfig, access: Optional[AccessLog], services: Sequence[str]) -> Observer:
+def _with_metrics(config: ServeConfig, access: Optional[AccessLog], services: Sequence[Service]) -> Observer:
     """The observer with ``--metrics``: the endpoint's socket bound, prometheus_client loaded in the mode the
     engine needs (prefork: multiprocess, its directory chosen and wiped before the import)."""
     from fastframe._address import InetAddress, parse_address
@@ -264,21 +264,24 @@ def _with_metrics(config: ServeConfig, access: Optional[AccessLog], services: Se
         given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         path = prepare_multiprocess()
         made_dir = None if given else path
+    observer = Observer(access)
     try:
-        metrics = Metrics(totals=totals)
+        metrics = Metrics(totals=totals, collect=observer.collect)
     except MetricsUnavailable as exc:
         raise ConfigError(str(exc)) from None
-    for name in services:
-        metrics.service(name)  # each shows from the first scrape, at zero (prefork: in the master's live file)
+    observer.services = list(services)
+    for service in services:
+        metrics.service(service.name)  # each shows from the first scrape, at zero (prefork: the master's file)
     try:
         sock = bind_tcp(where.host, where.port, backlog=64)
     except OSError as exc:
         raise ConfigError(f"cannot serve --metrics on {where}: {exc.strerror or exc}") from None
-    return Observer(access, metrics, sock, made_dir)
+    observer.metrics, observer.metrics_socket, observer.metrics_dir = metrics, sock, made_dir
+    return observer
 
 
 def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO]) -> int:
-    observer = build_observer(config, [listener.service.name for listener in listeners])
+    observer = build_observer(config, list(dict.fromkeys(listener.service for listener in listeners)))
     try:
         return _run_engine(config, listeners, out, observer)
     finally:

@@ -176,10 +176,10 @@ class ServiceMetrics:
     def error(self, kind: str) -> None:
         _bump(self.errors, kind)
 
-    def command(self, outcome: str) -> None:
-        _bump(self.commands, outcome)
+    def command(self, outcome: str, n: int = 1) -> None:
+        _bump(self.commands, outcome, n)
 
-    def download(self, sent_bytes: int, complete: bool = True) -> None:
+    def download(self, sent_bytes: int, complete: int = 1) -> None:
         self.downloads += complete
         self.download_bytes += sent_bytes
 
@@ -205,19 +205,24 @@ def _attributes(conn: Counted) -> tuple[int, int, int, int]:
     return conn.frames_in, conn.frames_out, conn.bytes_in, conn.bytes_out
 
 
-def _bump(table: dict[str, int], key: str) -> None:
+def _bump(table: dict[str, int], key: str, n: int = 1) -> None:
     if key not in table and len(table) >= MAX_LABEL_VALUES:
         key = "other"
-    table[key] = table.get(key, 0) + 1
+    table[key] = table.get(key, 0) + n
 
 
 class Metrics:
     """The process's metrics: :meth:`service` hands out each service's counts, :meth:`fold` publishes them,
     :meth:`render` is a scrape's body and content type (see the module docstring)."""
 
-    def __init__(self, totals: Callable[[Any], tuple[int, int, int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        totals: Callable[[Any], tuple[int, int, int, int]] | None = None,
+        collect: Callable[[Metrics], None] | None = None,
+    ) -> None:
         pc = _prometheus()
         self._totals = totals
+        self._collect = collect  # called first by every fold: counts kept elsewhere come in
         self._pc = pc
         self.multiprocess_dir = (
             os.environ.get(MULTIPROC_ENV) if pc.values.ValueClass is not pc.values.MutexValue else None
@@ -254,6 +259,8 @@ class Metrics:
 
     def fold(self) -> None:
         """Publish every count taken since the last fold (cheap when nothing happened)."""
+        if self._collect is not None:
+            self._collect(self)
         for name, counts in self._services.items():
             counts.take_live()
             self._open.labels(name).set(counts.open)

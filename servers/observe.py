@@ -40,6 +40,7 @@ from .loop import READ, WRITE, Loop, TimerHandle
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .metrics import Metrics
+    from .service import Service
 
 __all__ = ["LoopReactor", "Observer", "totals"]
 
@@ -94,6 +95,7 @@ class Observer:
         self.metrics_socket = metrics_socket  # where /metrics is served (by the process that is not a worker)
         self.metrics_dir = metrics_dir  # a multiprocess directory this server made: removed at the end
         self._started: dict[Connection, float] = {}
+        self.services: list[Service] = []  # whose events (commands, downloads) the metrics collect
         self._endpoint: Any = None
         self._owner = os.getpid()
 
@@ -117,6 +119,18 @@ class Observer:
             reactor.call_later(FOLD_EVERY, fold)
 
         reactor.call_later(FOLD_EVERY, fold)
+
+    def collect(self, metrics: Metrics) -> None:
+        """Before a fold: the services' own events (see :meth:`servers.service.Service.tally`)."""
+        for service in self.services:
+            events = service.take_events()
+            if not events:
+                continue
+            counts = metrics.service(service.name)
+            counts.download(events.pop("download_bytes", 0), events.pop("download", 0))
+            for event, n in events.items():
+                if event.startswith("command:"):
+                    counts.command(event[8:], n)
 
     def worker_gone(self, pid: int) -> None:
         """The prefork master reaped a worker: its live gauges stop counting."""

@@ -19,7 +19,7 @@ from peertools import require_module
 
 TIMEOUT = 10.0
 SAMPLE = re.compile(r"^(fastframe_\w+)\{(.*)\} (\S+)$", re.M)
-LABEL = re.compile(r'(\w+)="(\w*)"')
+LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def scrape(addr: tuple[str, int]) -> dict[tuple[str, str], float]:
@@ -142,3 +142,34 @@ def test_bad_metrics_address(where: str, message: str) -> None:
                          capture_output=True, text=True, timeout=60, cwd="/", check=False)  # fmt: skip
     assert run.returncode != 0 and message in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_commands_by_outcome_and_downloads(serve, engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "data.bin").write_bytes(os.urandom(100_000))
+    proc = serve("--command", "0", "--allow", "true", "--allow", "false", "--files", "0", "--root", str(root),
+                 "--metrics", "127.0.0.1:0", engine=engine, expect=3)  # fmt: skip
+    command = "%s:%d" % proc.addr("command")
+    for argv, status in ((["true"], 0), (["false"], 1), (["ls"], 127)):
+        run = subprocess.run([sys.executable, "-m", "fastframe", "exec", command, "--", *argv], capture_output=True,
+                             timeout=60, cwd="/", check=False)  # fmt: skip
+        assert run.returncode == status, run.stderr
+    out = tmp_path / "copy.bin"
+    run = subprocess.run([sys.executable, "-m", "fastframe", "get", "%s:%d" % proc.addr("files"), "data.bin", "-o",
+                          str(out), "--quiet"], capture_output=True, timeout=60, cwd="/", check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes() == (root / "data.bin").read_bytes()
+    metrics = proc.addr("metrics")
+
+    def ok() -> bool:
+        got = scrape(metrics)
+        return (
+            got.get(("fastframe_commands_total:ok", "command")) == 1
+            and got.get(("fastframe_commands_total:failed", "command")) == 1
+            and got.get(("fastframe_commands_total:not-allowed", "command")) == 1
+            and got.get(("fastframe_downloads_total", "files")) == 1
+            and got.get(("fastframe_download_sent_bytes_total", "files")) == 100_000
+        )
+
+    assert wait_until(ok, TIMEOUT, interval=0.1), scrape(metrics)

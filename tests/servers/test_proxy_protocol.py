@@ -163,3 +163,14 @@ def test_configuration_errors(args: list[str], message: str) -> None:
     assert run.returncode != 0
     assert message in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_the_command_services_log_names_the_real_client(serve, engine) -> None:  # type: ignore[no-untyped-def]
+    proc = serve("--command", "0", "--allow", "sleep", "--command-timeout", "0.3", *TRUSTED, engine=engine)
+    with client(proc.port("command")) as sock:
+        sock.sendall(V1)
+        send_frame(sock, b"sleep 5")
+        assert recv_frame(sock).startswith(b"!timeout")
+    assert wait_until(lambda: "203.0.113.7" in proc.stderr(), TIMEOUT), proc.stderr()
+    line = next(line for line in proc.stderr().splitlines() if "203.0.113.7" in line)
+    assert "command: pid" in line and "4242" in line, line
