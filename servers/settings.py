@@ -173,9 +173,6 @@ class Endpoint(Integer):
             return str(parse_address(text))  # ValueError: one line quoting it
         return super().parse(text)
 
-    def show(self, value: Any) -> str:
-        return str(value)
-
 
 class Octal(Kind):
     expected = 'an octal mode as a string ("0660")'

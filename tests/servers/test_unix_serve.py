@@ -121,3 +121,19 @@ def test_the_cli_client_speaks_unix(serve, sockdir: str) -> None:  # type: ignor
     assert run.returncode == 0, run.stderr
     assert run.stdout == b"one\ntwo\n"
     assert wait_until(lambda: os.path.exists(path), 1.0)
+
+
+def test_no_proxy_header_is_expected_on_a_unix_socket(serve, engine, sockdir: str) -> None:  # type: ignore[no-untyped-def]
+    path = os.path.join(sockdir, "e.sock")
+    proc = serve("--echo", f"unix:{path}", "--time", "0", "--proxy-protocol", "--trusted-proxy", "127.0.0.1",
+                 engine=engine, expect=3)  # fmt: skip
+    with unix_client(path) as sock:
+        send_frame(sock, b"no header")
+        assert recv_frame(sock) == b"no header"
+    with socket.create_connection(proc.addr("time"), timeout=TIMEOUT) as tcp:  # its TCP half does expect one
+        tcp.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        try:
+            assert tcp.recv(10) == b""
+        except ConnectionResetError:  # closed with the request unread: a reset
+            pass
+    assert wait_until(lambda: "not a PROXY protocol header" in proc.stderr(), TIMEOUT), proc.stderr()
