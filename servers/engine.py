@@ -269,6 +269,7 @@ class SelectEngine:
     def _datagram_handler(self, listener: Listener) -> Handler:
         sock = listener.sock
         service = listener.service
+        tally = self.observer.datagrams(service) if self.observer is not None else None
 
         def on_datagram(events: int) -> None:
             for _ in range(64):
@@ -284,6 +285,8 @@ class SelectEngine:
                 except Exception:
                     log.exception("%s: datagram handler failed", service.name)
                     continue
+                if tally is not None:
+                    tally(data, reply)
                 if reply is not None:
                     try:
                         sock.sendto(reply, addr)

@@ -132,6 +132,17 @@ class Observer:
                 if event.startswith("command:"):
                     counts.command(event[8:], n)
 
+    def datagrams(self, service: Service) -> Callable[[bytes, bytes | None], None] | None:
+        """What counts each datagram of ``service`` and its reply, with --metrics (None without)."""
+        if self.metrics is None:
+            return None
+        counts = self.metrics.service(service.name)
+
+        def tally(data: bytes, reply: bytes | None) -> None:
+            counts.count(1, reply is not None, len(data), len(reply) if reply is not None else 0)
+
+        return tally
+
     def worker_gone(self, pid: int) -> None:
         """The prefork master reaped a worker: its live gauges stop counting."""
         if self.metrics is not None:

@@ -173,3 +173,20 @@ def test_commands_by_outcome_and_downloads(serve, engine, tmp_path) -> None:  # 
         )
 
     assert wait_until(ok, TIMEOUT, interval=0.1), scrape(metrics)
+
+
+def test_time_datagrams_are_counted(serve, engine) -> None:  # type: ignore[no-untyped-def]
+    proc = serve("--time", "0", "--metrics", "127.0.0.1:0", engine=engine, expect=3)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(TIMEOUT)
+        for _ in range(3):
+            udp.sendto(b"x", proc.addr("time", "udp"))
+            assert len(udp.recv(16)) == 4
+    metrics = proc.addr("metrics")
+
+    def ok() -> bool:
+        got = scrape(metrics)
+        return (got.get(("fastframe_received_frames_total", "time")), got.get(("fastframe_sent_bytes_total", "time"))) \
+            == (3, 12)  # fmt: skip
+
+    assert wait_until(ok, TIMEOUT, interval=0.1), scrape(metrics)
