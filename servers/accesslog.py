@@ -14,10 +14,11 @@ The line
 (one line; wrapped here).  The keys, always in this order: ``time`` (UTC, milliseconds, when it ended),
 ``service``, ``peer`` (the client: behind a balancer, the address its PROXY header gave), ``proxy`` (the
 balancer's own address when there was one, else ``-``), ``duration`` (seconds), ``frames_in``, ``frames_out``,
-``bytes_in``, ``bytes_out``, and ``end``, how it ended -- the engine's word for it, among them ``eof`` (the
-client closed), ``idle`` and ``frame_timeout`` (timed out), ``too_large`` and ``bad_frame`` (refused input),
-``reset`` (a send or receive failed), ``error`` (the service failed), ``shutdown`` (the server stopped it),
-``proxy_error`` (a bad PROXY header) and ``untrusted`` (a peer outside ``--trusted-proxy``).
+``bytes_in``, ``bytes_out``, and ``end``, how it ended -- the engine's word for it: ``eof`` (the client
+closed), ``closed`` (the service closed it), ``idle`` and ``frame_timeout`` (timed out), ``stalled`` (the
+client read nothing), ``too_large`` and ``bad_frame`` (refused input), ``reset`` (a send or receive failed),
+``error`` (the service failed), ``shutdown`` (the server stopped it), ``proxy_error`` (a bad PROXY header) and
+``untrusted`` (a peer outside ``--trusted-proxy``).
 
 Peers print as ``1.2.3.4:5``, ``[2001:db8::1]:5``, ``unix:/path`` or ``unix`` (an unnamed Unix client).
 

@@ -335,7 +335,7 @@ class Connection(Output):
             if now > self.stage_deadline:
                 log.info("%s: closing %s: %s not finished within %g s", self.service.name, self.peer, self.stage,
                          limits.frame_timeout)  # fmt: skip
-                self.end = "proxy_error" if self.proxy is None and "PROXY" in self.stage else "frame_timeout"
+                self.end = "proxy_error" if "PROXY" in self.stage else "frame_timeout"
                 self.close_now()
             return
         if self.out or self.sending is not None:
