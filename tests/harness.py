@@ -213,7 +213,9 @@ def socket_count(pid: int, port: int) -> int:
                 inodes.add(target[8:-1])
     except FileNotFoundError:
         return 0
-    count = 0
+    # Each socket once: the kernel writes /proc/net/tcp a page at a time, and a table that changes between two
+    # pages (connections of other processes coming and going) can list a row twice.
+    found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -222,10 +224,10 @@ def socket_count(pid: int, port: int) -> int:
                     parts = row.split()
                     local, state, inode = parts[1], parts[3], parts[9]
                     if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
-                        count += 1
+                        found.add(inode)
         except FileNotFoundError:
             pass
-    return count
+    return len(found)
 
 
 class Background:
