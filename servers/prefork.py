@@ -35,6 +35,12 @@ state, a heartbeat and its share of the server-wide counts (connections, command
 worker that stops beating for ``worker_timeout`` is killed and replaced.  A worker whose master died (its
 parent PID changed) stops gracefully on its own.
 
+Under systemd (``Type=notify``) the master says READY=1 once every worker has beaten after it started
+listening (each beats right then), STOPPING=1 on SIGTERM, and WATCHDOG=1 when asked.  With ``--metrics`` its
+wait is a :class:`~servers.metrics_http.SelectorReactor` over the signal pipe and the ``/metrics`` endpoint, so
+the master answers scrapes from the workers' multiprocess files without a thread; it marks each reaped worker
+dead for ``prometheus_client``.
+
 A worker always leaves through ``os._exit``, never by returning into the master's code.
 """
 
