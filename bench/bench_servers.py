@@ -68,6 +68,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -82,6 +83,8 @@ CFLAGS = ["-O2", "-Wall"]
 GiB = 1 << 30
 MiB = 1 << 20
 LISTEN_LINE = re.compile(rb"^(\w+) tcp (\S+):(\d+)\s*$")
+UNIX_LINE = re.compile(rb"^(\w+) unix (\S+)\s*$")
+METRICS_LINE = re.compile(rb"^metrics tcp (\S+):(\d+)\s*$")
 
 
 class BenchError(Exception):
@@ -296,6 +299,11 @@ class ServerSpec:
         if base in ("select", "select-purepy"):
             env = {"FASTFRAME_PURE_PYTHON": "1" if base == "select-purepy" else ""}
             return [py, "-m", "fastframe", "serve", "--engine", "select", "--echo", "0", *upper], env
+        if base in DEPLOY_ROWS:  # the deployment options' cost, next to the plain select row
+            extra = {"select-unix": ["--echo", f"unix:{ctx.unix_dir}/echo.sock"]}.get(base, ["--echo", "0"])
+            if base.startswith("select-metrics"):
+                extra += ["--metrics", "127.0.0.1:0"]
+            return [py, "-m", "fastframe", "serve", "--engine", "select", *extra, *upper], {"FASTFRAME_PURE_PYTHON": ""}
         if base == "prefork":
             return [py, "-m", "fastframe", "serve", "--engine", "prefork", "--workers", str(ctx.workers),
                     "--echo", "0", *upper], {"FASTFRAME_PURE_PYTHON": ""}  # fmt: skip
@@ -307,6 +315,10 @@ class ServerSpec:
             return [py, AIO_SERVERS, kind, "0", "--loop", loop, *upper], {"FASTFRAME_PURE_PYTHON": ""}
         return [py, PEERS, PEER_KINDS[base], "0", *upper], {}
 
+
+#: Rows for the deployment options: the framed echo over a Unix socket; with --metrics, unscraped and scraped
+#: once a second (by the bench, during the window).
+DEPLOY_ROWS = ("select-unix", "select-metrics", "select-metrics-scraped")
 
 PEER_KINDS = {
     "uvloop": "uvloop-protocol",
@@ -328,6 +340,11 @@ def all_servers(workers: int) -> list[ServerSpec]:
         ServerSpec("select", "fastframe select", "fastframe", F, "fastframe serve --engine select"),
         ServerSpec("prefork", f"fastframe prefork x{workers}", "fastframe", F, f"--engine prefork --workers {workers}"),
         ServerSpec("select-purepy", "fastframe select, pure-Py", "fastframe-py", F, "FASTFRAME_PURE_PYTHON=1"),
+        ServerSpec("select-unix", "fastframe select, Unix socket", "fastframe", F, "--echo unix:PATH"),
+        ServerSpec("select-metrics", "fastframe select --metrics", "fastframe", F, "--metrics, not scraped",
+                   "prometheus_client"),  # fmt: skip
+        ServerSpec("select-metrics-scraped", "fastframe select --metrics, scraped 1/s", "fastframe", F,
+                   "--metrics, GET /metrics once a second", "prometheus_client"),  # fmt: skip
         ServerSpec("c-epoll", "C epoll echo (ceiling)", "c", F, "bench/echo_c.c"),
         ServerSpec("uvloop", "uvloop Protocol", "peer", F, "asyncio.Protocol + '!I' parser on uvloop", "uvloop"),
         ServerSpec("uvloop-raw", "uvloop raw echo (no framing)", "peer", F,
@@ -393,6 +410,7 @@ class Context:
         self.server_cpus: set[int] | None = None
         self.prefork_cpus: set[int] | None = None
         self.pinning = "not pinned"
+        self.unix_dir = tempfile.mkdtemp(prefix="ffbench-")  # the Unix-socket row's socket file
 
     def plan_cpus(self) -> None:
         cpus = sorted(os.sched_getaffinity(0))
@@ -430,13 +448,16 @@ def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
     except BenchError as exc:
         return {"ok": False, "error": f"server did not start: {exc}"}
     try:
+        unix = spec.name.startswith("select-unix")
         try:
-            m = server.wait_line(LISTEN_LINE, timeout=30.0)
+            m = server.wait_line(UNIX_LINE if unix else LISTEN_LINE, timeout=30.0)
+            scraped = server.wait_line(METRICS_LINE, 30.0) if spec.name.endswith("-scraped") else None
         except BenchError as exc:
             return {"ok": False, "error": f"server did not start: {exc}"}
-        port = int(m.group(3))
+        port = 0 if unix else int(m.group(3))
+        where = ["--unix", m.group(2).decode()] if unix else ["--port", str(port)]
         lg_argv = [
-            ctx.loadgen, "--port", str(port), "--connections", str(args.connections), "--depth", str(scen.depth),
+            ctx.loadgen, *where, "--connections", str(args.connections), "--depth", str(scen.depth),
             "--size", str(scen.size), "--warmup", str(args.warmup), "--duration", str(args.duration),
             "--stall", str(args.stall), "--pid", str(server.pid), *(["--upper"] if spec.upper else []),
         ]  # fmt: skip
@@ -444,6 +465,7 @@ def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
         lg = subprocess.Popen(
             lg_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pin(ctx.lg_cpus),
         )  # fmt: skip
+        scraper = Scraper(scraped) if scraped is not None else None  # (a thread: only once nothing more is forked)
         spread: list[int] | None = None
         try:
             if spec.name.startswith("prefork"):
@@ -455,6 +477,9 @@ def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
             lg.kill()
             lg.communicate()
             return {"ok": False, "error": f"load generator did not finish within {limit:g} s"}
+        finally:
+            if scraper is not None:
+                scraper.stop()
         try:
             result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -473,6 +498,29 @@ def measure(ctx: Context, spec: ServerSpec, scen: Scenario) -> dict[str, Any]:
         server.stop()
         if args.verbose:
             log(f"    ({time.monotonic() - started:.1f} s incl. start/stop)")
+
+
+class Scraper:
+    """GET /metrics once a second, in a thread of the bench, until stopped (a Prometheus server's habit)."""
+
+    def __init__(self, line: re.Match[bytes]) -> None:
+        self.url = f"http://{line.group(1).decode()}:{int(line.group(2))}/metrics"
+        self.done = threading.Event()
+        self.scrapes = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self.done.wait(1.0):
+            with urllib.request.urlopen(self.url, timeout=5) as resp:
+                resp.read()
+            self.scrapes += 1
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(10)
 
 
 def connection_spread(pid: int, port: int) -> list[int]:

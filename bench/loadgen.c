@@ -53,6 +53,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,6 +80,7 @@ typedef struct {
 } conn_t;
 
 static const char *opt_host = "127.0.0.1";
+static const char *opt_unix = NULL; /* --unix PATH: a Unix stream socket instead of --host/--port */
 static int opt_port = 0;
 static int opt_conns = 50;
 static int opt_depth = 1;
@@ -339,7 +341,7 @@ static void on_readable(conn_t *c) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --port PORT [--host 127.0.0.1] [--connections 50] [--depth 1] [--size 64]\n"
+            "usage: loadgen --port PORT [--host 127.0.0.1] | --unix PATH  [--connections 50] [--depth 1] [--size 64]\n"
             "               [--warmup 1] [--duration 5] [--stall 5] [--pid SERVER_PID] [--upper]\n");
     exit(2);
 }
@@ -351,6 +353,7 @@ int main(int argc, char **argv) {
         {"size", required_argument, 0, 's'},     {"warmup", required_argument, 0, 'w'},
         {"duration", required_argument, 0, 't'}, {"stall", required_argument, 0, 'S'},
         {"pid", required_argument, 0, 'P'},      {"upper", no_argument, 0, 'U'},
+        {"unix", required_argument, 0, 'u'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -365,9 +368,11 @@ int main(int argc, char **argv) {
         case 'S': opt_stall = atof(optarg); break;
         case 'P': opt_pid = atol(optarg); break;
         case 'U': opt_upper = 1; break;
+        case 'u': opt_unix = optarg; break;
         default: usage();
         }
     }
+    if (opt_unix && !opt_port) opt_port = 1; /* (unused) */
     if (opt_port <= 0 || opt_port > 65535 || opt_conns < 1 || opt_depth < 1 || opt_depth > 1 << 16 ||
         opt_size > (1u << 30) || opt_duration <= 0 || opt_warmup < 0 || opt_stall <= 0)
         usage();
@@ -401,7 +406,12 @@ int main(int argc, char **argv) {
     }
 
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt_port)};
-    if (inet_pton(AF_INET, opt_host, &addr.sin_addr) != 1) fail("bad IPv4 address %s", opt_host);
+    struct sockaddr_un uaddr = {.sun_family = AF_UNIX};
+    if (opt_unix) {
+        if (strlen(opt_unix) >= sizeof uaddr.sun_path) fail("unix path too long: %s", opt_unix);
+        strcpy(uaddr.sun_path, opt_unix);
+    } else if (inet_pton(AF_INET, opt_host, &addr.sin_addr) != 1)
+        fail("bad IPv4 address %s", opt_host);
     epfd = epoll_create1(0);
     if (epfd < 0) fail("epoll_create1: %s", strerror(errno));
     conn_t *conns = calloc((size_t)opt_conns, sizeof *conns);
@@ -411,14 +421,16 @@ int main(int argc, char **argv) {
         conn_t *c = &conns[i];
         c->idx = i;
         c->sent_ns = rings + (size_t)i * (size_t)opt_depth;
-        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        c->fd = socket(opt_unix ? AF_UNIX : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (c->fd < 0) fail("socket: %s", strerror(errno));
         struct timeval tv = {.tv_sec = 10};
         setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* bounds a blocking connect */
-        if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0)
-            fail("connection %d: connect to %s:%d failed: %s", i, opt_host, opt_port, strerror(errno));
+        int failed = opt_unix ? connect(c->fd, (struct sockaddr *)&uaddr, sizeof uaddr)
+                              : connect(c->fd, (struct sockaddr *)&addr, sizeof addr);
+        if (failed < 0)
+            fail("connection %d: connect to %s failed: %s", i, opt_unix ? opt_unix : opt_host, strerror(errno));
         int one = 1;
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!opt_unix) setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0) fail("fcntl: %s", strerror(errno));
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) fail("epoll_ctl: %s", strerror(errno));

@@ -43,8 +43,13 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def parse_address(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]:
-    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT`` -> (host, port)."""
+    """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT`` -> (host, port); ``unix:/path`` -> (``unix:/path``, 0),
+    which :func:`connect` takes as a Unix stream socket."""
     text = text.strip()
+    if text.startswith("unix:"):
+        from ._address import parse_address as parse
+
+        return str(parse(text)), 0
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "", text
@@ -68,10 +73,22 @@ def connect(
     ssl: "SSLContext" = None,
     server_hostname: Optional[str] = None,
 ) -> socket.socket:
-    """A connected TCP socket (TCP_NODELAY, ``timeout`` on each call); with ``ssl``, a TLS socket whose
+    """A connected TCP socket (TCP_NODELAY, ``timeout`` on each call), or a Unix one for ``host`` ``unix:/path``
+    (``port`` unused); with ``ssl``, a TLS socket whose
     handshake is complete (the certificate checked against ``server_hostname``, default ``host``)."""
-    sock = socket.create_connection((host, port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if host.startswith("unix:"):
+        from ._address import UnixAddress
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(UnixAddress(host[5:]).sockaddr())
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if ssl is not None:
         from ._tls import connect as tls_connect
 

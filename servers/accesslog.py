@@ -14,10 +14,11 @@ The line
 (one line; wrapped here).  The keys, always in this order: ``time`` (UTC, milliseconds, when it ended),
 ``service``, ``peer`` (the client: behind a balancer, the address its PROXY header gave), ``proxy`` (the
 balancer's own address when there was one, else ``-``), ``duration`` (seconds), ``frames_in``, ``frames_out``,
-``bytes_in``, ``bytes_out``, and ``end``, how it ended -- the engine's word for it, among them ``eof`` (the
-client closed), ``idle`` and ``frame_timeout`` (timed out), ``too_large`` and ``bad_frame`` (refused input),
-``reset`` (a send or receive failed), ``error`` (the service failed), ``shutdown`` (the server stopped it),
-``proxy_error`` (a bad PROXY header) and ``untrusted`` (a peer outside ``--trusted-proxy``).
+``bytes_in``, ``bytes_out``, and ``end``, how it ended -- the engine's word for it: ``eof`` (the client
+closed), ``closed`` (the service closed it), ``idle`` and ``frame_timeout`` (timed out), ``stalled`` (the
+client read nothing), ``too_large`` and ``bad_frame`` (refused input), ``reset`` (a send or receive failed),
+``error`` (the service failed), ``shutdown`` (the server stopped it), ``proxy_error`` (a bad PROXY header) and
+``untrusted`` (a peer outside ``--trusted-proxy``).
 
 Peers print as ``1.2.3.4:5``, ``[2001:db8::1]:5``, ``unix:/path`` or ``unix`` (an unnamed Unix client).
 
@@ -60,6 +61,7 @@ __all__ = [
     "ReopeningFileHandler",
     "format_line",
     "format_peer",
+    "log_to_file",
     "parse_line",
     "reopen_logs",
 ]
@@ -169,8 +171,8 @@ class AccessLog:
         duration: float,
         frames_in: int,
         frames_out: int,
-        bytes_in: int,
-        bytes_out: int,
+        bytes_in: int | str,
+        bytes_out: int | str,
         end: str,
         proxy: Any = None,
         now: float | None = None,
@@ -268,6 +270,18 @@ class ReopeningFileHandler(logging.FileHandler):
                 old.close()
         finally:
             self.release()
+
+
+def log_to_file(path: str) -> ReopeningFileHandler:
+    """``--log-file``: the root logger's handlers (standard error) give way to ``path``, same format."""
+    handler = ReopeningFileHandler(path)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if handler.formatter is None and old.formatter is not None:
+            handler.setFormatter(old.formatter)
+        root.removeHandler(old)
+    root.addHandler(handler)
+    return handler
 
 
 def reopen_logs(access_logs: Iterable[AccessLog] = (), loggers: Iterable[logging.Logger] | None = None) -> int:

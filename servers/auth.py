@@ -143,3 +143,6 @@ class AuthenticatedService(Service):
 
     def describe(self) -> str:
         return f"{self.inner.describe()}, shared secret required"
+
+    def take_events(self) -> Dict[str, int]:
+        return self.inner.take_events()

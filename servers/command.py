@@ -221,6 +221,7 @@ class CommandService(Service):
             else:
                 refusal = error_frame("busy", "the server is shutting down")
             if refusal is not None:
+                self.tally("command:" + refusal[1:].split(b" ", 1)[0].decode("ascii", "replace"))
                 conn.send_frames([refusal])
         if st.paused and len(st.queue) < QUEUE_LIMIT // 2 and not st.closed:
             st.paused = False
@@ -403,8 +404,10 @@ class CommandService(Service):
             cmd.timer.cancel()
         st.cmd = None
         if cmd.failure is not None:
+            self.tally("command:" + cmd.failure[1:].split(b" ", 1)[0].decode("ascii", "replace"))
             conn.send_frames([cmd.failure])
         else:
+            self.tally("command:ok" if cmd.proc.returncode == 0 else "command:failed")
             conn.send_frames([exit_frame(cmd.proc.returncode)])
         self._next(conn, st)
 

@@ -13,19 +13,24 @@ import os
 import signal
 import socket
 import sys
-from typing import List, Optional, Sequence, TextIO, Tuple, Union
+from typing import Any, List, Optional, Sequence, TextIO, Tuple, Union
 
 from .auth import AuthenticatedService
 from .command import CommandService
 from .echo import EchoService, RawEchoService
 from .engine import Listener, SelectEngine
 from .files import FileService
+from .accesslog import AccessLog, log_to_file
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
+from .observe import Observer, totals
 from .pidfile import Pidfile, PidfileBusy
 from .prefork import PreforkEngine
+from .sdnotify import Notifier
+from .proxystage import TrustedProxies, proxy_stage
 from .service import Service
 from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
 from .timeservice import TcpTimeService, TimeService
+from .unixsock import bind_unix
 
 __all__ = ["DEFAULT_PORTS", "ConfigError", "ServeConfig", "build_command_service", "build_file_service",
            "build_listeners", "is_loopback", "serve"]  # fmt: skip
@@ -106,7 +111,7 @@ def _guarded(service: Service, config: ServeConfig) -> Service:
     return AuthenticatedService(service, config.secret) if config.secret else service
 
 
-def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Service]]]]:
+def _services(config: ServeConfig) -> List[Tuple[str, Any, List[Tuple[str, Service]]]]:
     """(name, port, [(transport, service)]) for every service to start."""
     explicit = bool(config.ports)
     wanted = dict(config.ports) if explicit else dict(DEFAULT_PORTS)
@@ -133,9 +138,33 @@ def _services(config: ServeConfig) -> List[Tuple[str, int, List[Tuple[str, Servi
     return out
 
 
+def _stages(config: ServeConfig) -> List[Any]:
+    """What runs first on every TCP connection: the PROXY header, with --proxy-protocol."""
+    if not config.proxy_protocol:
+        return []
+    if not config.trusted_proxy:
+        raise ConfigError("--proxy-protocol needs at least one --trusted-proxy CIDR (the balancers' addresses)")
+    try:
+        return [proxy_stage(TrustedProxies(config.trusted_proxy))]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _bind_unix(name: str, where: str, pairs: List[Tuple[str, Service]], config: ServeConfig) -> Listener:
+    if len(pairs) != 1:
+        raise ConfigError(f"{name}: a Unix socket cannot carry its UDP half; give it a port")
+    try:
+        owner = bind_unix(where, config.unix_mode)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot listen for {name} on {where}: {exc.strerror or exc}" if isinstance(exc, OSError)
+                          else f"{name}: {exc}") from None  # fmt: skip
+    return Listener(owner.sock, pairs[0][1], unix_file=owner)
+
+
 def build_listeners(config: ServeConfig) -> List[Listener]:
     """Bind (or take over from systemd) one socket per service and transport."""
     plan = _services(config)
+    stages = _stages(config)
     passed = systemd_sockets()
     listeners: List[Listener] = []
     try:
@@ -147,9 +176,13 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
                     sock = assigned.get((name, transport))
                     if sock is None:
                         raise ConfigError(f"socket activation passed no {transport} socket for {name}")
-                    listeners.append(Listener(sock, svc))
+                    inet_stream = sock.type == socket.SOCK_STREAM and sock.family != socket.AF_UNIX
+                    listeners.append(Listener(sock, svc, stages if inet_stream else ()))
             return _with_tls(config, listeners)
         for name, port, pairs in plan:
+            if isinstance(port, str):
+                listeners.append(_bind_unix(name, port, pairs, config))
+                continue
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name}: port {port} is out of range")
             try:
@@ -162,11 +195,13 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
             except OSError as exc:
                 raise ConfigError(f"cannot listen for {name} on {config.host}:{port}: {exc.strerror or exc}") from None
             for transport, svc in pairs:
-                listeners.append(Listener(socks[transport], svc))
+                listeners.append(Listener(socks[transport], svc, stages if transport == "tcp" else ()))
         return _with_tls(config, listeners)
     except BaseException:
         for listener in listeners:
             listener.sock.close()
+            if listener.unix_file is not None:
+                listener.unix_file.unlink()
         raise
 
 
@@ -203,18 +238,94 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
     try:
         return _run(config, listeners, out)
     finally:
+        for listener in listeners:
+            if listener.unix_file is not None:
+                listener.unix_file.unlink()  # (only the file this process made, still there)
         if pidfile is not None:
             pidfile.remove()
 
 
+def build_observer(config: ServeConfig, services: Sequence[Service] = ()) -> Optional[Observer]:
+    """The access log, the error log file and the metrics of ``services``, opened (ConfigError if they cannot be);
+    None without any of them."""
+    if config.log_file:
+        try:
+            log_to_file(config.log_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot open --log-file {config.log_file}: {exc.strerror or exc}") from None
+    access = None
+    if config.access_log:
+        try:
+            access = AccessLog(config.access_log)
+        except OSError as exc:
+            raise ConfigError(f"cannot open --access-log {config.access_log}: {exc.strerror or exc}") from None
+    if access is None and not config.log_file and not config.metrics:
+        return None
+    if not config.metrics:
+        return Observer(access)
+    try:
+        return _with_metrics(config, access, services)
+    except BaseException:
+        if access is not None:
+            access.close()
+        raise
+
+
+def _with_metrics(config: ServeConfig, access: Optional[AccessLog], services: Sequence[Service]) -> Observer:
+    """The observer with ``--metrics``: the endpoint's socket bound, prometheus_client loaded in the mode the
+    engine needs (prefork: multiprocess, its directory chosen and wiped before the import)."""
+    from fastframe._address import InetAddress, parse_address
+
+    from .metrics import Metrics, MetricsUnavailable, prepare_multiprocess
+
+    try:
+        where = parse_address(config.metrics, allow_port_zero=True, allow_unix=False)
+    except ValueError as exc:
+        raise ConfigError(f"--metrics: {exc}") from None
+    assert isinstance(where, InetAddress)
+    made_dir = None
+    if config.engine == "prefork":
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        path = prepare_multiprocess()
+        made_dir = None if given else path
+    observer = Observer(access)
+    try:
+        metrics = Metrics(totals=totals, collect=observer.collect)
+    except MetricsUnavailable as exc:
+        raise ConfigError(str(exc)) from None
+    observer.services = list(services)
+    for service in services:
+        metrics.service(service.name)  # each shows from the first scrape, at zero (prefork: the master's file)
+    try:
+        sock = bind_tcp(where.host, where.port, backlog=64)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve --metrics on {where}: {exc.strerror or exc}") from None
+    observer.metrics, observer.metrics_socket, observer.metrics_dir = metrics, sock, made_dir
+    return observer
+
+
 def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO]) -> int:
+    observer = build_observer(config, list(dict.fromkeys(listener.service for listener in listeners)))
+    try:
+        return _run_engine(config, listeners, out, observer)
+    finally:
+        if observer is not None:
+            observer.close()
+
+
+def _run_engine(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO],
+                observer: Optional[Observer]) -> int:  # fmt: skip
+    # systemd's variables leave the environment now: no worker or command can notify on our behalf.
+    notifier: Optional[Notifier] = Notifier.from_environ()
+    if notifier is not None and not notifier.enabled:
+        notifier = None
     engine: Union[PreforkEngine, SelectEngine]
     if config.engine == "prefork":
         described = f"prefork engine, {config.workers or os.cpu_count()} worker(s) (master pid {os.getpid()})"
-        engine = PreforkEngine(listeners, config.workers, config.limits)
+        engine = PreforkEngine(listeners, config.workers, config.limits, observer=observer, notifier=notifier)
     else:
         described = f"select engine (pid {os.getpid()})"
-        engine = SelectEngine(listeners, config.limits)
+        engine = SelectEngine(listeners, config.limits, observer=observer, notifier=notifier)
     # Whoever reads the lines below may signal us at once: hold the signals until the engine handles them.
     signal.pthread_sigmask(signal.SIG_BLOCK, engine.SIGNALS)
     try:
@@ -229,6 +340,12 @@ def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextI
             mutual = f", client certificates from {config.tls_client_ca}" if config.tls_client_ca else ""
             log.info("TLS on every TCP service: certificate %s%s; files cross TLS in %s", config.tls_cert, mutual,
                      DOWNLOAD_PATH)  # fmt: skip
+        if observer is not None and observer.metrics_socket is not None:
+            host, port = observer.metrics_socket.getsockname()[:2]
+            line = f"metrics tcp {f'[{host}]' if ':' in host else host}:{port}"
+            if out is not None:
+                print(line, file=out, flush=True)
+            log.info("%s: Prometheus metrics at /metrics", line)
         log.info("serving with the %s", described)
         return engine.run(unblock_signals=engine.SIGNALS)
     finally:

@@ -41,7 +41,7 @@ import logging
 from typing import Any, Callable, Sequence
 
 from fastframe import Decoder, encode_many
-from fastframe.exceptions import FrameError
+from fastframe.exceptions import FrameError, FrameTooLarge
 
 from .counts import Counts
 from .limits import Limits
@@ -67,13 +67,20 @@ class FrameTimeout(FrameError):
     """A client started a frame and did not finish it within ``frame_timeout``."""
 
 
+def frame_error_word(exc: FrameError) -> str:
+    """How a framing error ends a connection, in the access log's words."""
+    if isinstance(exc, FrameTimeout):
+        return "frame_timeout"
+    return "too_large" if isinstance(exc, FrameTooLarge) else "bad_frame"
+
+
 class Connection(Output):
     """One client connection.  ``on_close(conn)`` tells its owner (the engine) that it is gone."""
 
     __slots__ = (
         "loop", "transport", "fd", "service", "prefix", "decoder", "reader", "state", "peer", "limits", "counts",
         "events", "closed", "close_after_flush", "user_paused", "lingering", "unsent", "frame_start",
-        "frames_seen", "watched", "timers", "stage", "stage_deadline",
+        "frames_seen", "watched", "timers", "stage", "stage_deadline", "proxy", "end", "frames_out",
         "_busy", "_read_handler", "_on_close", "_stages", "_made",
     )  # fmt: skip
 
@@ -96,7 +103,10 @@ class Connection(Output):
         self.prefix = service.prefix
         self.decoder = Decoder(service.prefix, service.max_request) if service.framed else None
         self.state: Any = None
-        self.peer = peer
+        self.peer: Any = peer
+        self.proxy: Address | None = None  # the balancer's address, once a PROXY header named the real peer
+        self.end = "closed"  # how it ended, in the access log's words (see servers.accesslog)
+        self.frames_out = 0  # frames sent by the framed strategy (a mirror's equal those received)
         self.limits = limits or Limits()
         self.counts = counts or Counts()
         self.events = 0  # the mask registered with the loop
@@ -135,7 +145,9 @@ class Connection(Output):
         if self._stages:
             factory = self._stages.pop(0)
             self.stage = getattr(factory, "name", "stage")
-            self.set_reader(factory(self))
+            reader = factory(self)
+            if not self.closed:  # (a stage may refuse the connection outright)
+                self.set_reader(reader)
             return
         self.stage = ""
         self.fd = self.transport.fileno
@@ -163,6 +175,7 @@ class Connection(Output):
 
     def send_frames(self, payloads: list[bytes]) -> None:
         if payloads and not self.closed:
+            self.frames_out += len(payloads)
             self.queue(encode_many(payloads, self.prefix))
 
     def send_raw(self, data: bytes) -> None:
@@ -267,6 +280,7 @@ class Connection(Output):
         if self.lingering:
             self.close_now()
             return
+        self.end = "eof"
         if self.decoder is not None:
             try:
                 self.decoder.close()
@@ -287,6 +301,7 @@ class Connection(Output):
     def frame_error(self, exc: FrameError) -> None:
         """The client broke the framing: the service may say why, then the connection closes after its output."""
         log.info("%s: closing %s: %s", self.service.name, self.peer, exc)
+        self.end = frame_error_word(exc)
         try:
             final = self.service.frame_error(self, exc)
         except Exception:
@@ -298,14 +313,17 @@ class Connection(Output):
 
     def read_failed(self, exc: OSError) -> None:
         log.debug("%s: recv from %s failed: %s", self.service.name, self.peer, exc)
+        self.end = "reset"
         self.close_now()
 
     def send_failed(self, exc: OSError) -> None:
         log.debug("%s: send to %s failed: %s", self.service.name, self.peer, exc)
+        self.end = "reset"
         self.close_now()
 
     def service_failed(self, where: str) -> None:
         log.exception("%s: %s failed; closing %s", self.service.name, where, self.peer)
+        self.end = "error"
         self.close_now()
 
     # -- deadlines and stopping ---------------------------------------------------------------------------
@@ -317,6 +335,7 @@ class Connection(Output):
             if now > self.stage_deadline:
                 log.info("%s: closing %s: %s not finished within %g s", self.service.name, self.peer, self.stage,
                          limits.frame_timeout)  # fmt: skip
+                self.end = "proxy_error" if "PROXY" in self.stage else "frame_timeout"
                 self.close_now()
             return
         if self.out or self.sending is not None:
@@ -330,6 +349,7 @@ class Connection(Output):
             elif now - self.wrote > limits.idle_timeout:
                 # Busy or not: a client that stopped reading holds its buffers (and a file) for nothing.
                 log.info("%s: closing %s: it read nothing for %.0f s", self.service.name, self.peer, now - self.wrote)
+                self.end = "stalled"
                 self.abort()
                 return
         if self.lingering or self.busy:
@@ -350,6 +370,7 @@ class Connection(Output):
             self.frame_start = 0.0
         if now - self.last > limits.idle_timeout:
             log.info("%s: closing %s: idle for %.0f s", self.service.name, self.peer, now - self.last)
+            self.end = "idle"
             self.close_now()
 
     def finish_when_quiet(self) -> bool:
@@ -358,6 +379,7 @@ class Connection(Output):
         if self.closed or self.lingering or self.close_after_flush or self.busy or self.out:
             return False
         if self.stage:
+            self.end = "shutdown"
             self.close_now()  # it never reached the service: nothing is owed
             return False
         if self.decoder is not None and self.decoder.pending:
@@ -365,6 +387,7 @@ class Connection(Output):
         if self.transport.has_input():
             self.reader.on_readable(READ)
             return True
+        self.end = "shutdown"
         self._finish_close()
         return False
 
@@ -400,9 +423,9 @@ class Connection(Output):
         for timer in list(self.timers):
             timer.cancel()
         record = self.drop_output()
-        self.transport.close()
         if self._on_close is not None:
-            self._on_close(self)
+            self._on_close(self)  # (before the socket closes: the owner may still ask it for its totals)
+        self.transport.close()
         if record is not None:
             try:
                 record.done(ConnectionError("connection closed during sendfile"))

@@ -18,8 +18,8 @@ engine's own job:
   (``handle_term`` and so on).  SIGTERM stops gracefully: the connections waiting in the accept queues are
   taken, listeners close, every request already received is answered, each connection is closed at a frame
   boundary once a look at its socket finds nothing more, and the loop ends within ``graceful_timeout``.
-  SIGINT and SIGQUIT stop at once.  SIGUSR1 goes to :meth:`SelectEngine.handle_usr1`; every other catchable
-  signal is logged (see :mod:`servers.signals`).
+  SIGINT and SIGQUIT stop at once.  SIGUSR1 reopens the log files (:meth:`SelectEngine.handle_usr1`); every
+  other catchable signal is logged and ignored (see :mod:`servers.signals`).
 """
 
 from __future__ import annotations
@@ -31,15 +31,18 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Callable
 
 from .connection import Connection, FrameTimeout, Stage
 from .counts import Counts, WorkerShare
 from .limits import Limits
 from .listen import Listener
 from .loop import READ, Handler, Loop, TimerHandle
+from .observe import LoopReactor, Observer
+from .sdnotify import Notifier
 from .service import Address, Service
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch
+from .throttle import LogThrottle
 from .transport import SocketTransport
 
 __all__ = ["Connection", "FrameTimeout", "Limits", "Listener", "SelectEngine"]
@@ -52,29 +55,6 @@ _ACCEPT_BACKOFF_MAX = 1.0
 _BALANCE_RECHECK = 0.01  # a prefork worker out of line looks at the table again this often
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _DRAIN_ACCEPT_ROUNDS = 64  # a graceful stop takes at most 64 x 64 connections from a listener's accept queue
-_LOG_EVERY = 10.0  # seconds between two log lines about the same recurring condition
-
-
-class _LogThrottle:
-    """One log line per ``interval`` seconds for a condition that may recur thousands of times a second; the next
-    line says how many were left out."""
-
-    def __init__(self, interval: float = _LOG_EVERY) -> None:
-        self.interval = interval
-        self._next = 0.0
-        self._suppressed = 0
-
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            msg += " (and %d more time(s) in the last %.0f s)"
-            args += (self._suppressed, self.interval)
-            self._suppressed = 0
-        self._next = now + self.interval
-        log.log(level, msg, *args)
 
 
 class SelectEngine:
@@ -83,7 +63,10 @@ class SelectEngine:
     ``balancer`` (prefork workers only: this worker's share of the master's table) decides whether this process
     should accept the next connection, and holds the server-wide counts (``max_connections``, the command
     service's ``max_commands``) that every worker shares; a single process keeps its own.  ``parent_pid``
-    (prefork workers): the master's PID; the worker stops gracefully once its parent changes.
+    (prefork workers): the master's PID; the worker stops gracefully once its parent changes.  ``observer``
+    (:mod:`servers.observe`) hears of every connection opened and closed, for the access log and the metrics;
+    ``notifier`` (a single process under systemd, :mod:`servers.sdnotify`) says READY=1 once it listens,
+    STOPPING=1 on a graceful stop, and WATCHDOG=1 when the unit asks for it.
     """
 
     #: The signals the engine handles while it runs (block them before, pass them to ``run(unblock_signals=)``).
@@ -96,8 +79,12 @@ class SelectEngine:
         balancer: WorkerShare | None = None,
         exclusive_accept: bool = False,
         parent_pid: int = 0,
+        observer: Observer | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.listeners = list(listeners)
+        self.observer = observer
+        self.notifier = notifier
         self.limits = limits or Limits()
         self.balancer = balancer
         self.counts: Counts = balancer if balancer is not None else Counts()
@@ -117,8 +104,8 @@ class SelectEngine:
         self._accept_backoff = 0.0  # the current pause after accept() ran out of resources (0: none)
         self._accept_blocked_until = 0.0  # no accept before this (monotonic) time
         self._resume_timer: TimerHandle | None = None
-        self._accept_failures = _LogThrottle()
-        self._limit_reached = _LogThrottle()
+        self._accept_failures = LogThrottle()
+        self._limit_reached = LogThrottle()
 
     # -- listeners --------------------------------------------------------------------------------------
 
@@ -223,9 +210,13 @@ class SelectEngine:
             self.loop, SocketTransport(sock), addr, service, self.limits, self.counts, self._connection_closed, stages
         )
         self._conns[conn.fd] = conn
+        if self.observer is not None:
+            self.observer.opened(conn, self.loop.now)
         conn.start()
 
     def _connection_closed(self, conn: Connection) -> None:
+        if self.observer is not None:
+            self.observer.closed(conn, self.loop.now)
         self._conns.pop(conn.fd, None)
         self.counts.release("connections")
         if self._accept_paused:
@@ -278,6 +269,7 @@ class SelectEngine:
     def _datagram_handler(self, listener: Listener) -> Handler:
         sock = listener.sock
         service = listener.service
+        tally = self.observer.datagrams(service) if self.observer is not None else None
 
         def on_datagram(events: int) -> None:
             for _ in range(64):
@@ -293,6 +285,8 @@ class SelectEngine:
                 except Exception:
                     log.exception("%s: datagram handler failed", service.name)
                     continue
+                if tally is not None:
+                    tally(data, reply)
                 if reply is not None:
                     try:
                         sock.sendto(reply, addr)
@@ -322,6 +316,12 @@ class SelectEngine:
                 conn.check_deadlines(now)
         self.loop.call_later(self.limits.sweep_interval, self._sweep)
 
+    def _watchdog(self) -> None:
+        notifier = self.notifier
+        if notifier is not None and notifier.watchdog_interval is not None:
+            notifier.watchdog()
+            self.loop.call_later(notifier.watchdog_interval, self._watchdog)
+
     # -- signals ----------------------------------------------------------------------------------------
 
     def _on_signals(self, events: int) -> None:
@@ -345,8 +345,9 @@ class SelectEngine:
         log.info("SIGHUP ignored: a single-process engine has no workers to replace")
 
     def handle_usr1(self) -> None:
-        """SIGUSR1, logrotate's signal: reopen the log files.  Logs go to stderr for now: nothing to reopen."""
-        log.info("SIGUSR1: nothing to reopen (the log goes to stderr)")
+        """SIGUSR1, logrotate's signal: reopen the log files (--access-log, --log-file)."""
+        count = self.observer.reopen() if self.observer is not None else 0
+        log.info("SIGUSR1: %d log file(s) reopened", count)
 
     # -- running and stopping -----------------------------------------------------------------------------
 
@@ -365,6 +366,8 @@ class SelectEngine:
         if self._draining:
             return
         self._draining = True
+        if self.notifier is not None:
+            self.notifier.stopping()
         self._deadline = time.monotonic() + self.limits.graceful_timeout
         if self._listening and (self.balancer is None or not self.balancer.retired()):
             for accept in self._acceptors.values():
@@ -409,14 +412,26 @@ class SelectEngine:
             self.loop.add(relay.fd, READ, self._on_signals)
         if unblock_signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
+        observer = self.observer
         try:
             self._start_listening()
+            if self.balancer is not None:
+                self.balancer.beat(time.monotonic())  # the master's sign that this worker accepts
+            if self.notifier is not None:
+                self.notifier.ready(f"serving {len(self.listeners)} listener(s)")
+                self._watchdog()
+            if observer is not None:
+                if observer.access_log is not None:
+                    self.loop.add_check(observer.flush)
+                observer.attach(LoopReactor(self.loop), serve=self.balancer is None)
             self.loop.call_later(self.limits.sweep_interval, self._sweep)
             self.loop.run()
         finally:
             self._stop_listening()
             for conn in list(self._conns.values()):
                 conn.close_now()
+            if observer is not None:
+                observer.finish()
             self.loop.close()
             if relay is not None:
                 relay.restore()

@@ -161,7 +161,7 @@ class FileService(Service):
             # A client without a trailer learns of a change by a short transfer: hold the last byte back.
             body = length if request.trailer else max(length - 1, 0)
             if body:
-                conn.sendfile(fd, offset, body, self._on_body_sent(conn, st, fd, offset + body, length - body))
+                conn.sendfile(fd, offset, body, self._on_body_sent(conn, st, fd, offset, offset + body, length - body))
             else:
                 self._body_done(conn, st, fd, offset, length)
         conn.busy = st.fd >= 0 or bool(st.queue)
@@ -181,13 +181,14 @@ class FileService(Service):
         return fd, request, info, offset
 
     def _on_body_sent(
-        self, conn: Conn, st: _ConnState, fd: int, tail: int, held: int
+        self, conn: Conn, st: _ConnState, fd: int, start: int, tail: int, held: int
     ) -> Callable[[Optional[BaseException]], None]:
         def done(exc: Optional[BaseException]) -> None:
             if exc is not None or st.fd != fd or st.closed:
                 self._release(st, fd)  # the connection is closing
                 conn.busy = False
                 return
+            self.tally("download_bytes", tail - start)
             self._body_done(conn, st, fd, tail, held)
             self._next(conn, st)
 
@@ -203,6 +204,7 @@ class FileService(Service):
             log.info("%s: %s changed while it was sent to %s", self.name, short(st.path), conn.peer)
         if st.trailer:
             conn.send_frames([trailer_frame(changed, st.path)])
+            self.tally("download", 0 if changed else 1)
             self._release(st, fd)
         elif changed:
             self._release(st, fd)
@@ -212,11 +214,15 @@ class FileService(Service):
         elif held:
             conn.sendfile(fd, tail, held, self._on_tail_sent(conn, st, fd))
         else:
+            self.tally("download")
             self._release(st, fd)
 
     def _on_tail_sent(self, conn: Conn, st: _ConnState, fd: int) -> Callable[[Optional[BaseException]], None]:
         def done(exc: Optional[BaseException]) -> None:
             self._release(st, fd)
+            if exc is None:
+                self.tally("download_bytes")  # the byte held back (see _next)
+                self.tally("download")
             if exc is None and not st.closed:
                 self._next(conn, st)
             else:

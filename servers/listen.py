@@ -7,7 +7,7 @@ import errno
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .service import Address, Service
 
@@ -29,10 +29,13 @@ class Listener:
     header, then a TLS handshake): factories of read strategies, see :class:`servers.connection.Connection`.
     """
 
-    def __init__(self, sock: socket.socket, service: Service, stages: Sequence[Stage] = ()) -> None:
+    def __init__(
+        self, sock: socket.socket, service: Service, stages: Sequence[Stage] = (), unix_file: Optional[Any] = None
+    ) -> None:
         self.sock = sock
         self.service = service
         self.stages: Tuple[Stage, ...] = tuple(stages)
+        self.unix_file = unix_file  # a unix: listener's file (servers.unixsock.UnixListener), removed at exit
 
     @property
     def address(self) -> Address:
@@ -40,11 +43,16 @@ class Listener:
 
     @property
     def transport(self) -> str:
+        if self.sock.family == socket.AF_UNIX:
+            return "unix"
         return "udp" if self.sock.type == socket.SOCK_DGRAM else "tcp"
 
     def describe(self) -> str:
-        """``echo tcp 127.0.0.1:40123``: the line printed for it at start-up."""
+        """``echo tcp 127.0.0.1:40123`` (``echo unix /run/e.sock``): the line printed for it at start-up."""
         addr = self.address
+        if self.sock.family == socket.AF_UNIX:
+            path = addr if isinstance(addr, str) else "@" + bytes(addr)[1:].decode("utf-8", "surrogateescape")
+            return f"{self.service.name} unix {path}"
         host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
         return f"{self.service.name} {self.transport} {host}:{addr[1]}"
 

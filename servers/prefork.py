@@ -35,6 +35,12 @@ state, a heartbeat and its share of the server-wide counts (connections, command
 worker that stops beating for ``worker_timeout`` is killed and replaced.  A worker whose master died (its
 parent PID changed) stops gracefully on its own.
 
+Under systemd (``Type=notify``) the master says READY=1 once every worker has beaten after it started
+listening (each beats right then), STOPPING=1 on SIGTERM, and WATCHDOG=1 when asked.  With ``--metrics`` its
+wait is a :class:`~servers.metrics_http.SelectorReactor` over the signal pipe and the ``/metrics`` endpoint, so
+the master answers scrapes from the workers' multiprocess files without a thread; it marks each reaped worker
+dead for ``prometheus_client``.
+
 A worker always leaves through ``os._exit``, never by returning into the master's code.
 """
 
@@ -51,6 +57,9 @@ from .counts import Balancer
 from .engine import SelectEngine
 from .limits import Limits
 from .listen import Listener
+from .metrics_http import SelectorReactor
+from .observe import Observer
+from .sdnotify import Notifier
 from .signals import IGNORED_SIGNALS, SignalRelay, dispatch, install_handlers
 
 __all__ = ["PreforkEngine"]
@@ -89,8 +98,15 @@ class PreforkEngine:
         workers: int | None = None,
         limits: Limits | None = None,
         worker_timeout: float = 30.0,
+        observer: Observer | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.listeners = list(listeners)
+        self.observer = observer
+        self.notifier = notifier
+        self._ready = False
+        self._next_watchdog = 0.0
+        self._reactor: SelectorReactor | None = None  # the master's loop for the /metrics endpoint
         self.target = max(1, workers or os.cpu_count() or 1)
         self.limits = limits or Limits()
         self.worker_timeout = worker_timeout
@@ -132,6 +148,8 @@ class PreforkEngine:
     def run_worker(self, slot: int) -> int:  # pragma: no cover - child process
         """In a freshly forked worker (signals still blocked): serve the listeners until stopped."""
         self._relay.detach()
+        if self._reactor is not None:
+            self._reactor.selector.close()  # the master's: this process answers no scrapes
         install_handlers(self.SIGNALS, signal.SIG_DFL)  # still blocked: the engine installs its own, then unblocks
         engine = SelectEngine(
             self.listeners,
@@ -139,6 +157,7 @@ class PreforkEngine:
             balancer=self.balancer.worker(slot),
             exclusive_accept=True,
             parent_pid=self._master_pid,
+            observer=self.observer,
         )
         return engine.run(unblock_signals=self.SIGNALS)
 
@@ -155,6 +174,8 @@ class PreforkEngine:
             if worker is None:
                 continue  # an orphan we adopted and ended (see _end_orphans)
             self.balancer.free(worker.slot)
+            if self.observer is not None:
+                self.observer.worker_gone(pid)
             age = time.monotonic() - worker.born
             how = _describe_status(status)
             if worker.retiring or self._stopping:
@@ -196,6 +217,29 @@ class PreforkEngine:
                 log.warning("processes left behind by the workers did not die within %g s", timeout)
                 return
             time.sleep(0.01)
+
+    def _tell_systemd(self) -> None:
+        """READY=1 once every worker accepts (it beat after it started listening); WATCHDOG=1 when due."""
+        notifier = self.notifier
+        if notifier is None:
+            return
+        if not self._ready:
+            active = self._active()
+            if len(active) == self.target and all(self.balancer.last_beat(w.slot) > w.born for w in active):
+                self._ready = True
+                notifier.ready(f"serving with {self.target} worker(s)")
+        interval = notifier.watchdog_interval
+        now = time.monotonic()
+        if interval is not None and now >= self._next_watchdog:
+            notifier.watchdog()
+            self._next_watchdog = now + interval
+
+    def _wait(self, timeout: float) -> None:
+        """Until a signal arrives or ``timeout`` passes; with --metrics, answering scrapes meanwhile."""
+        if self._reactor is None:
+            self._relay.wait(timeout)
+        else:
+            self._reactor.run_once(timeout)
 
     def _active(self) -> list[_Worker]:
         return [w for w in self.workers.values() if not w.retiring]
@@ -274,9 +318,10 @@ class PreforkEngine:
             log.info("SIGTTOU: %d worker(s)", self.target)
 
     def handle_usr1(self) -> None:
-        """SIGUSR1, logrotate's signal: reopen the log files here and in every worker.  Logs go to stderr for now:
-        the master has nothing to reopen, and passes the signal on for the workers to say the same."""
-        log.info("SIGUSR1: nothing to reopen (the log goes to stderr); passing it on to the workers")
+        """SIGUSR1, logrotate's signal: reopen the log files here and in every worker (each holds its own
+        descriptors of --access-log and --log-file)."""
+        count = self.observer.reopen() if self.observer is not None else 0
+        log.info("SIGUSR1: %d log file(s) reopened; passing it on to the workers", count)
         for worker in self.workers.values():
             self._kill(worker.pid, signal.SIGUSR1)
 
@@ -286,6 +331,8 @@ class PreforkEngine:
         if graceful:
             if first:
                 log.info("SIGTERM: stopping gracefully (at most %g s)", self.limits.graceful_timeout)
+                if self.notifier is not None:
+                    self.notifier.stopping()
                 # Each worker gives its in-flight work graceful_timeout from when *it* gets the signal, and then
                 # still has to close what is left (kill running commands): kill it only if it overstays that.
                 self._deadline = time.monotonic() + self.limits.graceful_timeout + FAST_STOP_GRACE
@@ -306,6 +353,10 @@ class PreforkEngine:
         ``unblock_signals`` are unblocked once the master's handlers are installed (block :attr:`SIGNALS` while
         announcing the server, so that a signal sent as soon as it is announced is not lost)."""
         self._relay.install()
+        if self.observer is not None and self.observer.metrics is not None:
+            self._reactor = SelectorReactor()
+            self._reactor.add_reader(self._relay.fd, lambda: None)  # (taken by the loop below)
+            self.observer.attach(self._reactor, serve=True)
         if unblock_signals:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock_signals)
         try:
@@ -326,14 +377,17 @@ class PreforkEngine:
                         for pid in list(self.workers):
                             self._kill(pid, signal.SIGKILL)
                         self._deadline = float("inf")
-                    self._relay.wait(0.05)
+                    self._wait(0.05)
                     continue
                 self._maintain()
                 self._check_heartbeats()
-                timeout = 1.0
+                self._tell_systemd()
+                timeout = 1.0 if self._ready or self.notifier is None else 0.02
+                if self.notifier is not None and self.notifier.watchdog_interval is not None:
+                    timeout = min(timeout, max(0.0, self._next_watchdog - time.monotonic()))
                 if len(self._active()) < self.target:
                     timeout = max(0.0, min(timeout, self._next_spawn - time.monotonic()))
-                self._relay.wait(timeout)
+                self._wait(timeout)
         finally:
             for worker in list(self.workers.values()):
                 self._kill(worker.pid, signal.SIGKILL)

@@ -52,16 +52,13 @@ real connection's addresses stand: v2 ``LOCAL`` (HAProxy's health checks), v1 ``
 families.  v2 TLVs are checked (each must fit inside the header), kept as ``(type, value)`` pairs, and a CRC32C
 TLV (HAProxy's ``proxy-v2-options crc32c``) is verified.
 
-Only trusted peers may speak first with a header: :class:`TrustedProxies` holds the ``--trusted-proxy`` networks
-and answers for an ``accept()`` peer, IPv4-mapped IPv6 peers (``::ffff:127.0.0.2`` on a dual-stack listener)
-matching IPv4 networks and the other way round.
+Who may speak first with a header (``--trusted-proxy``), and the engine's stage that reads it, are
+:mod:`servers.proxystage`'s.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-from collections.abc import Iterable
 from typing import Any, NamedTuple, Union
 
 __all__ = [
@@ -71,7 +68,6 @@ __all__ = [
     "ProxyHeader",
     "ProxyParser",
     "ProxyProtocolError",
-    "TrustedProxies",
     "crc32c",
     "read_proxy_header",
 ]
@@ -429,51 +425,3 @@ def read_proxy_header(sock: socket.socket, max_v2_header: int = DEFAULT_MAX_V2_H
         header = parser.feed(chunk)
         if header is not None:
             return header
-
-
-class TrustedProxies:
-    """The ``--trusted-proxy`` networks (repeatable): which peers may, and must, send a PROXY header.
-
-    Each entry is a CIDR (``10.0.0.0/8``, ``2001:db8::/32``) or a single address; an entry with host bits set
-    (``10.0.0.1/8``) is refused as a likely typo.  ``peer in trusted`` takes an ``accept()`` address (a tuple),
-    a host string, or a Unix peer (never trusted: PROXY headers are not expected on Unix sockets).
-    """
-
-    __slots__ = ("_v4", "_v6", "networks")
-
-    def __init__(self, networks: Iterable[str]) -> None:
-        self.networks = tuple(self.parse(text) for text in networks)
-        self._v4 = tuple(n for n in self.networks if isinstance(n, ipaddress.IPv4Network))
-        self._v6 = tuple(n for n in self.networks if isinstance(n, ipaddress.IPv6Network))
-
-    @staticmethod
-    def parse(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        try:
-            return ipaddress.ip_network(text.strip(), strict=True)
-        except ValueError as exc:
-            raise ValueError(f"bad --trusted-proxy {text!r}: {exc}") from None
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
-
-    def __contains__(self, peer: object) -> bool:
-        if isinstance(peer, tuple) and peer:
-            host = peer[0]
-        elif isinstance(peer, str):
-            host = peer
-        else:
-            return False
-        if not isinstance(host, str) or not host:
-            return False
-        try:
-            addr = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address):
-            mapped = addr.ipv4_mapped
-            return any(addr in n for n in self._v6) or (mapped is not None and any(mapped in n for n in self._v4))
-        as_v6 = ipaddress.IPv6Address("::ffff:" + host)
-        return any(addr in n for n in self._v4) or any(as_v6 in n for n in self._v6)
-
-    def __repr__(self) -> str:
-        return f"TrustedProxies({[str(n) for n in self.networks]!r})"

@@ -126,6 +126,7 @@ class FramedReader(Reader):
             return
         if not replies or conn.closed:
             return
+        conn.frames_out += len(replies)
         if conn.out or conn.sending is not None:
             conn.queue(encode_many(replies, self.prefix))
             return

@@ -12,7 +12,7 @@ None), and the engine encodes every reply of one wake-up into one buffer and one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
@@ -171,6 +171,17 @@ class Service:
     def datagram_received(self, data: bytes, addr: Address) -> Optional[bytes]:
         """Return the reply datagram (or None)."""
         return None
+
+    # -- counting, for the metrics ---------------------------------------------------------------------
+
+    def tally(self, event: str, n: int = 1) -> None:
+        """Count an event the metrics report (``command:ok``, ``download``, ``download_bytes``): one dict add."""
+        events: Dict[str, int] = self.__dict__.setdefault("_events", {})
+        events[event] = events.get(event, 0) + n
+
+    def take_events(self) -> Dict[str, int]:
+        """The events counted since the last call (and forget them)."""
+        return self.__dict__.pop("_events", None) or {}
 
     # -- lifetime -----------------------------------------------------------------------------------------
 

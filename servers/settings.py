@@ -26,7 +26,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from fastframe.wire.auth import load_secret
 from fastframe.wire.timeformat import FORMATS
 
+from fastframe._address import parse_address
+
 from .engine import Limits
+from .unixsock import DEFAULT_UNIX_MODE, parse_mode
 
 __all__ = ["DEFAULT_PORTS", "SERVICES", "SETTINGS", "ConfigError", "ServeConfig", "Setting", "add_arguments",
            "config_from", "load_file"]  # fmt: skip
@@ -97,7 +100,7 @@ class _Number(Kind):
 
 class Integer(_Number):
     expected = "an integer"
-    toml_types = (int,)
+    toml_types: Tuple[type, ...] = (int,)
     convert = int
     noun = "a whole number"
 
@@ -156,6 +159,31 @@ class Size(Kind):
         return str(value)
 
 
+class Endpoint(Integer):
+    """A port, or ``unix:/path`` for a Unix stream socket (the services that are TCP only)."""
+
+    expected = 'a port number or "unix:/path"'
+    toml_types: Tuple[type, ...] = (int, str)
+
+    def __init__(self) -> None:
+        super().__init__(0, 65535)
+
+    def parse(self, text: str) -> Any:
+        if text.strip().startswith("unix:"):
+            return str(parse_address(text))  # ValueError: one line quoting it
+        return super().parse(text)
+
+
+class Octal(Kind):
+    expected = 'an octal mode as a string ("0660")'
+
+    def parse(self, text: str) -> Any:
+        return parse_mode(text)
+
+    def show(self, value: Any) -> str:
+        return f"{value:04o}"
+
+
 class Flag(Kind):
     expected = "true or false"
     toml_types = (bool,)
@@ -210,16 +238,18 @@ class Setting:
         return f"{self.help} (default: {shown})" if shown else self.help
 
 
-SERVER, PORTS, ECHO_TIME, COMMAND_FILES, TLS, LIMITS = (
+SERVER, PORTS, ECHO_TIME, COMMAND_FILES, TLS, LIMITS, DEPLOY = (
     "server",
-    "services (ports; none given = all on their defaults)",
+    "services (ports, or unix:/path for the TCP-only ones; none given = all on their defaults)",
     "echo and time",
     "command and files",
     "TLS (every TCP service; the UDP time service stays plain)",
     "limits",
+    "deployment (behind a balancer, logs, metrics)",
 )
 _PORT = Integer(0, 65535)
 _AT_LEAST_ONE = Integer(1)
+_ENDPOINT = Endpoint()
 
 SETTINGS: Tuple[Setting, ...] = (
     Setting("config", SERVER, Text(), None, "read settings from this TOML file (keys like max_connections = 100); "
@@ -231,14 +261,14 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("host", SERVER, Text(), "127.0.0.1", "address to listen on (use with care: see --secret-file)"),
     Setting("pidfile", SERVER, Text(), None, "write the (master) PID to FILE", meta="FILE"),
     Setting("log_level", SERVER, Choice(("debug", "info", "warning", "error")), "info", "logging threshold"),
-    Setting("echo", PORTS, _PORT, None, f"framed echo service (TCP; {DEFAULT_PORTS['echo']} when no service is named)",
-            meta="PORT"),
+    Setting("echo", PORTS, _ENDPOINT, None, f"framed echo service (TCP; {DEFAULT_PORTS['echo']} when no service is named)",
+            meta="PORT|unix:PATH"),
     Setting("time", PORTS, _PORT, None, "RFC 868 time service (UDP and TCP on the same port; "
             f"{DEFAULT_PORTS['time']} when no service is named)", meta="PORT"),
-    Setting("command", PORTS, _PORT, None, f"remote command service (needs --allow; {DEFAULT_PORTS['command']} when "
-            "no service is named)", meta="PORT"),
-    Setting("files", PORTS, _PORT, None, f"file download service (needs --root; {DEFAULT_PORTS['files']} when no "
-            "service is named)", meta="PORT"),
+    Setting("command", PORTS, _ENDPOINT, None, f"remote command service (needs --allow; {DEFAULT_PORTS['command']} when "
+            "no service is named)", meta="PORT|unix:PATH"),
+    Setting("files", PORTS, _ENDPOINT, None, f"file download service (needs --root; {DEFAULT_PORTS['files']} when no "
+            "service is named)", meta="PORT|unix:PATH"),
     Setting("upper", ECHO_TIME, Flag(), False, "echo upper-cases what it sends back"),
     Setting("raw", ECHO_TIME, Flag(), False, "echo speaks raw RFC 862 (no framing) for nc/socat"),
     Setting("time_format", ECHO_TIME, Choice(FORMATS), "unix",
@@ -273,6 +303,17 @@ SETTINGS: Tuple[Setting, ...] = (
             limit=True),
     Setting("graceful_timeout", LIMITS, Seconds(), 10.0, "on SIGTERM (prefork: and for workers replaced on SIGHUP), "
             "give in-flight work this long before closing (per process)", meta="S", limit=True),
+    Setting("unix_mode", DEPLOY, Octal(), DEFAULT_UNIX_MODE, "permissions of the unix: socket files", meta="MODE"),
+    Setting("proxy_protocol", DEPLOY, Flag(), False, "every TCP connection starts with a PROXY protocol header "
+            "(v1 or v2) from a --trusted-proxy; others are closed"),
+    Setting("trusted_proxy", DEPLOY, Words(), [], "a balancer allowed to send PROXY headers: an address or CIDR "
+            "(repeat for more; required with --proxy-protocol)", meta="CIDR"),
+    Setting("access_log", DEPLOY, Text(), None, "one key=value line per finished connection, to FILE or - "
+            "(standard output); SIGUSR1 reopens it", meta="FILE|-"),
+    Setting("log_file", DEPLOY, Text(), None, "the error log goes to FILE instead of standard error; SIGUSR1 "
+            "reopens it", meta="FILE"),
+    Setting("metrics", DEPLOY, Text(), None, "serve Prometheus metrics at http://HOST:PORT/metrics (needs "
+            "prometheus_client)", meta="HOST:PORT"),
 )  # fmt: skip
 BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
 FILE_KEYS = tuple(s.name for s in SETTINGS if s.in_file)
@@ -318,7 +359,7 @@ class ServeConfig:
             raise AttributeError(f"no setting {name!r}") from None
 
     @property
-    def ports(self) -> Dict[str, int]:
+    def ports(self) -> Dict[str, Any]:
         return {name: self._settings[name] for name in SERVICES if self._settings[name] is not None}
 
     @property

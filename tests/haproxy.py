@@ -236,6 +236,11 @@ class HAProxy:
         rows = csv.DictReader(io.StringIO(text))
         return {r["svname"]: r["status"] for r in rows if r["pxname"] == "be" and r["svname"] not in ("BACKEND",)}
 
+    def sessions(self, server: str) -> int:
+        """Connections HAProxy holds open to ``server`` now (``scur`` in ``show stat``)."""
+        rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
+        return next(int(r["scur"] or 0) for r in rows if r["pxname"] == "be" and r["svname"] == server)
+
     def set_state(self, server: str, state: str) -> None:
         """``ready``, ``drain`` (no new connections, established ones go on) or ``maint``."""
         answer = self.command(f"set server be/{server} state {state}").strip()

@@ -226,6 +226,7 @@ def pseudo_random(n: int, seed: int = 0) -> bytes:
 # -- servers as subprocesses --------------------------------------------------------------------------------
 
 LINE = re.compile(r"^(\w+) (tcp|udp) (\[[0-9a-fA-F:.]+\]|[^\s:]+):(\d+)$")
+UNIX_LINE = re.compile(r"^(\w+) unix (\S+)$")  # echo unix /run/e.sock
 
 
 def engine_args(engine: str, workers: int = 2) -> List[str]:
@@ -300,6 +301,9 @@ class ServerProcess:
                 if m:
                     host = m.group(3).strip("[]")
                     self.listeners[(m.group(1), m.group(2))] = (host, int(m.group(4)))
+                m = UNIX_LINE.match(line)
+                if m:
+                    self.listeners[(m.group(1), "unix")] = (m.group(2), 0)
 
     def addr(self, name: str, transport: str = "tcp") -> Tuple[str, int]:
         return self.listeners[(name, transport)]

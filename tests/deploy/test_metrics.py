@@ -1,5 +1,6 @@
 """servers.metrics: counts after simulated activity, prometheus_client's multiprocess mode across forked workers
-(one of them dead), and the /metrics endpoint under curl, urllib, asyncio, and hostile or slow clients.
+(one of them dead), and the /metrics endpoint of ``fastframe serve --metrics`` under curl, urllib, and hostile or
+slow clients (and driven by an asyncio loop).
 
 Scrapes are read with a small parser of the text format written here, not with prometheus_client's.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from fastframe.servers.metrics_http import MetricsEndpoint, SelectorReactor
+from harness import ServerProcess, recv_frame, send_frame
 from peertools import require_module, require_tool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -312,38 +314,51 @@ def test_prepare_multiprocess_default_directory() -> None:
 
 
 class Served:
-    def __init__(self, timeout: float, max_clients: int) -> None:
-        argv = [sys.executable, os.path.join(HERE, "metrics_server.py"), str(timeout), str(max_clients)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE)
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
-        line = self.proc.stdout.readline().decode().split() if ready else []
-        if line[:1] != ["port"]:
-            self.stop()
-            raise RuntimeError(f"metrics server did not start: {line}")
-        self.addr = ("127.0.0.1", int(line[1]))
+    """``fastframe serve --echo 0 --metrics 127.0.0.1:0`` (the select engine: a scrape folds the live counts), after
+    this traffic: one connection that sent 3 frames of 6 bytes and closed, one still open that sent 1, and one
+    cut for a frame too large."""
+
+    def __init__(self) -> None:
+        self.proc = ServerProcess(["--echo", "0", "--metrics", "127.0.0.1:0"], expect=2)
+        self.addr = self.proc.addr("metrics")
         self.url = f"http://127.0.0.1:{self.addr[1]}"
+        echo = self.proc.addr("echo")
+        with socket.create_connection(echo, timeout=TIMEOUT) as done:
+            for _ in range(3):
+                send_frame(done, b"abcdef")
+                assert recv_frame(done) == b"abcdef"
+        self.open = socket.create_connection(echo, timeout=TIMEOUT)
+        send_frame(self.open, b"abcdef")
+        assert recv_frame(self.open) == b"abcdef"
+        with socket.create_connection(echo, timeout=TIMEOUT) as cut:
+            cut.sendall(b"\x7f\xff\xff\xff")
+            self.cut_got = len(raw_read(cut))
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            _, err = self.proc.communicate()
-        return err.decode()
+        self.open.close()
+        self.proc.signal(signal.SIGTERM)
+        code = self.proc.wait(TIMEOUT)
+        err = self.proc.stderr()
+        self.proc.stop()
+        assert code == 0, err
+        return err
+
+
+def raw_read(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @pytest.fixture
 def served() -> Iterator[Served]:
     require_module("prometheus_client", "metrics")
-    server = Served(timeout=1.0, max_clients=4)
+    server = Served()
     try:
         yield server
     finally:
-        err = server.stop()
-        assert server.proc.returncode == 0, err
+        server.stop()
 
 
 def raw_request(addr: tuple[str, int], data: bytes) -> bytes:
@@ -362,7 +377,7 @@ def test_curl(served: Served) -> None:
     assert out.returncode == 0, out.stderr
     head, _, body = out.stdout.decode().partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 200 OK") and "Content-Type: text/plain; version=" in head
-    assert value(body, "fastframe_connections_total", service="echo") == 2
+    assert value(body, "fastframe_connections_total", service="echo") == 3
     assert value(body, "fastframe_connections_open", service="echo") == 1
     assert value(body, "fastframe_received_frames_total", service="echo") == 4
     assert value(body, "fastframe_errors_total", service="echo", kind="too_large") == 1
@@ -374,7 +389,8 @@ def test_urllib(served: Served) -> None:
     with urllib.request.urlopen(served.url + "/metrics?name[]=x", timeout=TIMEOUT) as resp:
         assert resp.status == 200
         body = resp.read().decode()
-    assert value(body, "fastframe_sent_bytes_total", service="echo") == 30
+    assert value(body, "fastframe_sent_bytes_total", service="echo") == 40 + served.cut_got
+    assert value(body, "fastframe_received_bytes_total", service="echo") == 40 + 4
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(served.url + "/", timeout=TIMEOUT)
     assert info.value.code == 404
@@ -407,15 +423,15 @@ def test_malformed_requests_get_an_answer(served: Served, request_bytes: bytes, 
 
 @pytest.mark.timing
 def test_a_silent_or_slow_client_is_dropped_and_hurts_nobody(served: Served) -> None:
-    silent = [socket.create_connection(served.addr, timeout=TIMEOUT) for _ in range(10)]  # > max_clients (4)
+    silent = [socket.create_connection(served.addr, timeout=TIMEOUT) for _ in range(20)]  # > max_clients (16)
     try:
         dribbler = socket.create_connection(served.addr, timeout=TIMEOUT)
         dribbler.sendall(b"GET /met")
         start = time.monotonic()
         with urllib.request.urlopen(served.url + "/metrics", timeout=TIMEOUT) as resp:  # served meanwhile
             assert resp.status == 200
-        assert time.monotonic() - start < 0.9  # sooner than any timeout could have freed a slot
-        for s in silent + [dribbler]:  # every one closed by the server: evicted, or timed out after 1 s
+        assert time.monotonic() - start < 4.0  # sooner than any timeout could have freed a slot
+        for s in silent + [dribbler]:  # every one closed by the server: evicted, or timed out after 5 s
             assert s.recv(1) == b""
     finally:
         for s in silent:
@@ -440,7 +456,7 @@ def test_driven_by_an_asyncio_loop(metrics_module) -> None:  # type: ignore[no-u
     async def main() -> bytes:
         loop = asyncio.get_running_loop()
         listener = socket.create_server(("127.0.0.1", 0))
-        endpoint = metrics_module.MetricsEndpoint(listener, m.render, loop)
+        endpoint = MetricsEndpoint(listener, m.render, loop)
         endpoint.start()
         reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -459,6 +475,6 @@ def test_render_failure_is_a_500(metrics_module) -> None:  # type: ignore[no-unt
     def broken() -> tuple[bytes, str]:
         raise OSError("the multiprocess directory vanished")
 
-    endpoint = metrics_module.MetricsEndpoint(socket.socket(), broken, metrics_module.SelectorReactor())
+    endpoint = MetricsEndpoint(socket.socket(), broken, SelectorReactor())
     assert endpoint.answer(b"GET /metrics HTTP/1.1").startswith(b"HTTP/1.1 500 ")
     endpoint.listener.close()

@@ -19,10 +19,10 @@ from fastframe.servers.proxyproto import (
     ProxyHeader,
     ProxyParser,
     ProxyProtocolError,
-    TrustedProxies,
     crc32c,
     read_proxy_header,
 )
+from fastframe.servers.proxystage import TrustedProxies
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -62,6 +62,8 @@ def sample(setting: st.Setting, tmp_path: Path) -> tuple[list[str], Any, Any]:
         return [flag, "2.5"], 2.5, 2.5
     if isinstance(kind, st.Size):
         return [flag, "64k"], "64k", 65536
+    if isinstance(kind, st.Octal):
+        return [flag, "0600"], "600", 0o600
     return [flag, "some-text"], "some-text", "some-text"
 
 

@@ -61,7 +61,7 @@ def test_catchable_signals_are_logged_and_ignored(engine, serve, group):
                 )
     if engine == "prefork":
         assert server.workers() == workers, f"a worker was replaced:\n{server.stderr()[-3000:]}"
-    assert "SIGUSR1" not in {name_of(s) for s in signals} or "nothing to reopen" in server.stderr()
+    assert "SIGUSR1" not in {name_of(s) for s in signals} or "log file(s) reopened" in server.stderr()
     server.signal(signal.SIGTERM)
     code, _ = harness.wait_exit(server, 10)
     assert code == 0, server.stderr()[-3000:]
