@@ -158,6 +158,8 @@ class Observer:
 
     def closed(self, conn: Connection, now: float) -> None:
         """Called while the socket is still open (its totals are read from it)."""
+        if self.access_log is None and self.metrics is None:
+            return  # (--log-file alone)
         counts = totals(conn)
         if self.metrics is not None:
             self.metrics.service(conn.service.name).closed(conn, counts)
