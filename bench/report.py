@@ -599,13 +599,21 @@ def tls_summary(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_tls(data: dict[str, Any], path: str) -> str | None:
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_tls(data: dict[str, Any], path: str) -> str | None:
+    plt = _pyplot()
+    if plt is None:
         return "matplotlib is not installed: no chart (pip install matplotlib)"
     depths = sorted({r["depth"] for r in data["echo"]})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
