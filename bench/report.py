@@ -92,7 +92,9 @@ def kind_of(data: dict[str, Any]) -> str:
         return "files"
     if "rows" in data and "command" in data:
         return "instructions"
-    raise ValueError("not a bench result file (no 'scenarios', 'sections' or 'meta.file_size')")
+    if "echo" in data and "downloads" in data:
+        return "tls"
+    raise ValueError("not a bench result file (no 'scenarios', 'sections', 'echo' or 'meta.file_size')")
 
 
 # -- the server bench ---------------------------------------------------------------------------------------
@@ -559,6 +561,83 @@ def instructions_summary(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# -- the TLS rows (bench_tls.py) -----------------------------------------------------------------------------
+
+TLS_LABELS = {
+    "select-tls": "fastframe select `--tls-cert`",
+    "uvloop-tls": "uvloop `Protocol`, `ssl=` (the same context)",
+    "fastframe": "fastframe serve --tls-* + fastframe get --tls",
+    "nginx": "nginx (`ssl_certificate`) + curl",
+}
+
+
+def tls_summary(data: dict[str, Any]) -> str:
+    """Markdown: the TLS echo rows (req/s, CPU us/req per depth) and the download rows."""
+    depths = sorted({r["depth"] for r in data["echo"]})
+    servers = list(dict.fromkeys(r["server"] for r in data["echo"]))
+    head = "| server | " + " | ".join(f"64 B, depth {d}: req/s, CPU µs/req" for d in depths) + " |"
+    lines = [head, "|---" * (len(depths) + 1) + "|"]
+    for name in servers:
+        cells = []
+        for d in depths:
+            r = next((x for x in data["echo"] if x["server"] == name and x["depth"] == d), None)
+            if r is not None and r.get("ok"):
+                cells.append(f"{r['req_per_s']:,.0f}, {fmt_num(r['cpu_us_per_req'])}")
+            else:
+                cells.append("failed")
+        label = TLS_LABELS.get(name, name)
+        if name.startswith("select"):
+            label, cells = f"**{label}**", [f"**{c}**" for c in cells]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if data["downloads"]:
+        size = fmt_bytes(data["downloads"][0]["size"])
+        lines += ["", f"| server + client, {size} over TLS | seconds | server CPU s | client CPU s |", "|---|---|---|---|"]
+        for row in data["downloads"]:
+            c = row.get("chosen")
+            cells = [f"{c['seconds']:.2f}", f"{c['server_cpu_s']:.2f}", f"{c['client_cpu_s']:.2f}"] if c else ["failed"] * 3
+            lines.append(f"| {TLS_LABELS.get(row['server'], row['server'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_tls(data: dict[str, Any], path: str) -> str | None:
+    plt = _pyplot()
+    if plt is None:
+        return "matplotlib is not installed: no chart (pip install matplotlib)"
+    depths = sorted({r["depth"] for r in data["echo"]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
+    for ax, key, title in ((axes[0], "req_per_s", "req/s (higher is better)"),
+                           (axes[1], "cpu_us_per_req", "server CPU µs per request (lower is better)")):  # fmt: skip
+        labels, vals, colours = [], [], []
+        for d in depths:
+            for r in (x for x in data["echo"] if x["depth"] == d):
+                labels.append(f"{TLS_LABELS.get(r['server'], r['server']).replace('`', '')}, depth {d}")
+                vals.append(r.get(key, 0.0) if r.get("ok") else 0.0)
+                colours.append("#f28e2b" if r["server"].startswith("select") else "#7ea6c9")
+        ys = list(range(len(vals)))
+        ax.barh(ys, vals, color=colours)
+        ax.set_yticks(ys)
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(title, fontsize=8)
+    fig.suptitle("TLS framed echo, 64 B (" + data["meta"].get("cipher", "") + ")", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
 # -- generated markdown blocks ------------------------------------------------------------------------------
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -568,6 +647,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "files-summary": files_summary,
     "codec-summary": codec_summary,
     "instructions-summary": instructions_summary,
+    "tls-summary": tls_summary,
 }
 BLOCK = re.compile(r"^<!-- report (\S+) (\S+) -->\n(.*?)^<!-- /report -->$", re.M | re.S)
 
@@ -617,7 +697,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     if args.plot:
         if kind == "instructions":
             p.error("no chart for instructions.py results: they are one table")
-        problem = {"servers": plot_servers, "files": plot_files, "codec": plot_codec}[kind](data, args.plot)
+        plotters = {"servers": plot_servers, "files": plot_files, "codec": plot_codec, "tls": plot_tls}
+        problem = plotters[kind](data, args.plot)
         print(f"note: {problem}" if problem else f"chart saved to {args.plot}")
         return 1 if problem else 0
     if kind == "servers":
@@ -629,6 +710,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(files_summary(data))
     elif kind == "instructions":
         print(instructions_summary(data))
+    elif kind == "tls":
+        print(tls_summary(data))
     else:
         print(codec_summary(data))
     return 0
