@@ -1,7 +1,7 @@
 """The transport layer: what carries a connection's bytes, beneath its read strategy.
 
-Today there is one, :class:`SocketTransport`: a plain TCP or Unix stream socket.  The seam is here for the
-layers that come next, and costs a plain connection nothing:
+Two implement it: :class:`SocketTransport`, a plain TCP or Unix stream socket, and
+:class:`servers.tls.TLSTransport`, TLS over one.  The seam costs a plain connection nothing:
 
 ``direct_fd``
     The descriptor whose bytes *are* the stream, or None.  A plain socket gives it, and the strategies then
@@ -28,12 +28,11 @@ layers that come next, and costs a plain connection nothing:
 ``has_input()``, ``unsent()``
     For a graceful stop (would a read find anything?) and the stalled-output check (the kernel's send queue).
 
-What comes next plugs in as follows.  A TLS transport wraps the accepted socket in a non-blocking
-``SSLSocket`` (or drives an ``SSLObject`` over the socket); its handshake runs as the connection's first read
-strategy, which hands over to the chosen one when the handshake completes (see :mod:`servers.readers`).  A
-PROXY-protocol header reader is a read strategy that runs before everything: it reads exactly the header
-(``proxyproto.ProxyParser.wanted`` bytes at a time, so nothing of the stream behind it is taken), records the
-real peer on the connection, and hands over to the TLS handshake or to the chosen strategy.
+How the layers get there: a listener's first stages (:class:`servers.connection.Connection`) run before
+the service's strategy.  The PROXY-protocol stage (:mod:`servers.proxystage`) reads exactly the header off the
+plain socket (``proxyproto.ProxyParser.wanted`` bytes at a time, so nothing of the stream behind it is taken)
+and records the real peer; the TLS stage (:mod:`servers.tls`) then runs the handshake and leaves a
+``TLSTransport`` in ``conn.transport``, over which the connection picks its strategy.
 """
 
 from __future__ import annotations

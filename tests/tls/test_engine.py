@@ -481,3 +481,31 @@ def test_files_service_beyond_loopback_warns_unless_tls_and_authentication(
             cfg.build_file_service(cfg.ServeConfig(root=root, host="0.0.0.0", **values))  # type: ignore[arg-type]
         text = caplog.text
         assert (warned in text) if warned else text == "", (values, text)
+
+
+def test_a_proxy_header_then_tls(
+    tls_serve: Serve, pki: SimpleNamespace, client_ctx: ssl.SSLContext, engine: str, tmp_path: Path
+) -> None:
+    """Behind a balancer that sends a PROXY header (HAProxy's send-proxy-v2 order): the header in plain text,
+    then the TLS handshake; the real client stands in the access log; a client that skips the header and
+    starts TLS at once is closed, and the next one is served."""
+    log_path = tmp_path / "access.log"
+    server = tls_serve("--echo", "0", *tls_args(pki), "--proxy-protocol", "--trusted-proxy", "127.0.0.1/32",
+                       "--access-log", str(log_path), engine=engine)  # fmt: skip
+    header = b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 7007\r\n"
+    for payload in (b"first", b"x" * 70_000):
+        raw = socket.create_connection(server.addr("echo"), timeout=TIMEOUT)
+        raw.sendall(header)
+        with client_ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            send_frame(s, payload)
+            assert recv_frame(s) == payload
+    assert wait_until(lambda: log_path.exists() and log_path.read_text().count("peer=203.0.113.7:4242") == 2, TIMEOUT), (
+        log_path.read_text() if log_path.exists() else server.stderr()
+    )
+    with pytest.raises((ssl.SSLError, OSError)):
+        echo_once(server.addr("echo"), client_ctx)  # no header: a ClientHello is not a PROXY header
+    raw = socket.create_connection(server.addr("echo"), timeout=TIMEOUT)
+    raw.sendall(header)
+    with client_ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        send_frame(s, b"after")
+        assert recv_frame(s) == b"after"
