@@ -141,6 +141,8 @@ def _services(config: ServeConfig) -> List[Tuple[str, Any, List[Tuple[str, Servi
 def _stages(config: ServeConfig) -> List[Any]:
     """What runs first on every TCP connection: the PROXY header, with --proxy-protocol."""
     if not config.proxy_protocol:
+        if config.trusted_proxy:
+            log.warning("--trusted-proxy has no effect without --proxy-protocol: no PROXY header is read")
         return []
     if not config.trusted_proxy:
         raise ConfigError("--proxy-protocol needs at least one --trusted-proxy CIDR (the balancers' addresses)")

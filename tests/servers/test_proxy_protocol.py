@@ -165,6 +165,14 @@ def test_configuration_errors(args: list[str], message: str) -> None:
     assert "Traceback" not in run.stderr
 
 
+def test_trusted_proxies_without_the_switch_warn(serve) -> None:  # type: ignore[no-untyped-def]
+    server = serve("--echo", "0", "--trusted-proxy", "127.0.0.1/32")
+    assert wait_until(lambda: "--trusted-proxy has no effect without --proxy-protocol" in server.stderr(), TIMEOUT)
+    with client(server.port("echo")) as sock:  # and no header is expected
+        sock.sendall(FRAME)
+        assert recv_frame(sock) == b"hello"
+
+
 def test_the_command_services_log_names_the_real_client(serve, engine) -> None:  # type: ignore[no-untyped-def]
     proc = serve("--command", "0", "--allow", "sleep", "--command-timeout", "0.3", *TRUSTED, engine=engine)
     with client(proc.port("command")) as sock:
