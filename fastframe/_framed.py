@@ -9,7 +9,6 @@ import socket
 import sys
 import time
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._codec_choice import codec as _impl
 from ._framing import Framing
@@ -17,8 +16,12 @@ from .exceptions import BufferTooSmall, FrameError
 
 __all__ = ["FramedSocket"]
 
-Buffer = Union[bytes, bytearray, memoryview]
-Prefix = Union[str, Framing]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, ClassVar, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+    Buffer = Union[bytes, bytearray, memoryview]
+    Prefix = Union[str, Framing]
 
 #: Payloads at least this large go out by scatter-gather (header and payload in one sendmsg) instead of
 #: being copied behind their header.

@@ -46,12 +46,14 @@ from typing import (
 )  # fmt: skip
 
 from ._codec_choice import codec as _impl
-from ._framed import SCATTER_THRESHOLD, Buffer, Prefix, _flat, _Layout, _nbytes
+from ._framed import SCATTER_THRESHOLD, _flat, _Layout, _nbytes
 from ._framing import Framing
 from .exceptions import FrameError
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl as _ssl
+
+    from ._framed import Buffer, Prefix
 
 __all__ = [
     "FrameProtocol",
