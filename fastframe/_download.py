@@ -13,7 +13,8 @@ import errno
 import fcntl
 import os
 import select
-import socket
+
+import _socket
 
 from ._framed import FramedSocket
 from ._session import RemoteError, open_session, unexpected
@@ -29,7 +30,7 @@ __all__ = ["get_file", "part_path"]
 
 
 def _recv_into_file(
-    sock: socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
+    sock: _socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
 ) -> None:
     """Receive ``length`` bytes into one fixed buffer and write each chunk to ``fd``.
 
@@ -39,7 +40,7 @@ def _recv_into_file(
     buf = bytearray(min(_RECV_BUFFER, max(length, 1)))
     view = memoryview(buf)
     remaining = length
-    tls = type(sock) is not socket.socket and hasattr(sock, "pending")
+    tls = _is_tls(sock)
     while remaining:
         want = min(remaining, len(buf))
         n = sock.recv_into(view, want)
@@ -60,18 +61,23 @@ def _recv_into_file(
             progress(done, size)
 
 
-def _readable_now(sock: socket.socket) -> bool:
+def _is_tls(sock: _socket.socket) -> bool:
+    """An ``ssl.SSLSocket`` (what :func:`~fastframe._session.open_session` gives with ``ssl=``), not a plain one."""
+    return hasattr(sock, "pending")
+
+
+def _readable_now(sock: _socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
 def _splice_into(
-    sock: socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
+    sock: _socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
 ) -> int:
     """Move up to ``length`` bytes from the socket to ``fd`` through a pipe with ``splice`` (Linux): the kernel
     hands the pages over and no byte is copied through user space.  Returns how many bytes it moved; 0
     when splice is unavailable here (the caller then receives the rest with recv_into)."""
     splice = getattr(os, "splice", None)
-    if splice is None or not length or type(sock) is not socket.socket:  # no splice, or a TLS socket
+    if splice is None or not length or _is_tls(sock):  # no splice, or a TLS socket
         return 0
     r, w = os.pipe()
     moved = 0
@@ -88,7 +94,7 @@ def _splice_into(
                 n = splice(sock.fileno(), w, min(length - moved, _RECV_BUFFER))
             except BlockingIOError:  # a socket with a timeout is non-blocking underneath
                 if not poller.poll(None if timeout is None else timeout * 1000):
-                    raise socket.timeout("timed out") from None
+                    raise _socket.timeout("timed out") from None
                 continue
             except OSError as exc:
                 if moved == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
@@ -206,9 +212,9 @@ def get_file(
     fd = os.open(tmp, flags, 0o644)
     try:
         offset = os.lseek(fd, 0, os.SEEK_END)
-        with open_session(host, port, secret, timeout, ssl, server_hostname) as sock:
-            # Frames read exactly (header, then payload), never ahead: the raw file bytes follow the metadata.
-            fs = FramedSocket(sock, max_frame=MAX_METADATA, read_ahead=False)
+        # Frames read exactly (header, then payload), never ahead: the raw file bytes follow the metadata.
+        sock = open_session(host, port, secret, timeout, ssl, server_hostname)
+        with FramedSocket(sock, max_frame=MAX_METADATA, read_ahead=False) as fs:
             fs.send(request_frame(path, offset, saved, trailer=True))
             meta = fs.recv()
             if meta[:1] != METADATA:

@@ -14,14 +14,15 @@ handshake (hashlib, hmac, secrets) only with a secret, typing never.
 
 from __future__ import annotations
 
-import socket
+import _socket  # the C module: socket.py (enum, selectors, its IntEnum tables) is a start-up cost
 
 from .wire.errors import is_error, parse_error
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
+    import socket
     import ssl as _ssl
-    from typing import Optional, Tuple
+    from typing import List, Optional, Tuple
 
     SSLContext = Optional[_ssl.SSLContext]
 
@@ -33,6 +34,7 @@ __all__ = [
     "open_session",
     "parse_address",
     "resolvable",
+    "tcp_connect",
     "unexpected",
 ]
 
@@ -73,6 +75,28 @@ def resolvable(host: str) -> "str | bytes":
     return host.encode("ascii")
 
 
+def tcp_connect(host: str, port: int, timeout: Optional[float]) -> _socket.socket:
+    """``socket.create_connection`` with the C socket type, and TCP_NODELAY set: each address ``host`` resolves
+    to is tried in turn, and if none connects, the first one's error is raised.
+
+    The C type does all a client here needs (it lacks only ``makefile`` and the ``with`` statement), and
+    socket.py is not imported: its import (enum, selectors, and the IntEnum tables it builds from the C
+    module's constants) costs a plain client command a third of the interpreter's own start-up."""
+    errors: List[OSError] = []
+    for family, kind, proto, _, address in _socket.getaddrinfo(resolvable(host), port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        return sock
+    raise errors[0] if errors else OSError("getaddrinfo returned no address")
+
+
 def connect(
     host: str,
     port: int,
@@ -82,8 +106,11 @@ def connect(
 ) -> socket.socket:
     """A connected TCP socket (TCP_NODELAY, ``timeout`` on each call); with ``ssl``, a TLS socket whose
     handshake is complete (the certificate checked against ``server_hostname``, default ``host``)."""
-    sock = socket.create_connection((resolvable(host), port), timeout=timeout)  # type: ignore[arg-type]
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    import socket
+
+    raw = tcp_connect(host, port, timeout)
+    sock = socket.socket(raw.family, raw.type, raw.proto, raw.detach())
+    sock.settimeout(timeout)
     if ssl is not None:
         from ._tls import connect as tls_connect
 
@@ -122,10 +149,11 @@ def open_session(
     timeout: Optional[float],
     ssl: "SSLContext" = None,
     server_hostname: Optional[str] = None,
-) -> socket.socket:
+) -> _socket.socket:
     """Connect (with ``ssl``: and complete the TLS handshake) and, with a secret, authenticate (mutually, inside
-    TLS when both are set) before anything else is sent."""
-    sock = connect(host, port, timeout, ssl, server_hostname)
+    TLS when both are set) before anything else is sent.  Without ``ssl`` the socket is of the C type
+    (:func:`tcp_connect`): close it, or hand it to a FramedSocket that does."""
+    sock = connect(host, port, timeout, ssl, server_hostname) if ssl is not None else tcp_connect(host, port, timeout)
     try:
         if secret is not None:
             from .wire.auth import HandshakeError, client_handshake

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
+
+import _socket  # (socket.timeout, without socket.py: a start-up cost a plain client command does without)
 
 from . import IMPLEMENTATION, __version__
 from .exceptions import FrameError
@@ -441,7 +442,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except socket.timeout:
+    except _socket.timeout:
         print("fastframe: error: timed out", file=sys.stderr)
         return 1
     except (OSError, FrameError, EOFError, ValueError, RemoteError) as exc:

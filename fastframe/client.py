@@ -15,8 +15,9 @@ inside TLS.  A failed TLS handshake raises ``fastframe._tls.TLSError`` (a Connec
 
 from __future__ import annotations
 
-import socket
 import sys
+
+import _socket  # (not socket.py: its import is a start-up cost, see fastframe._session)
 
 from ._download import get_file, part_path
 from ._framed import FramedSocket
@@ -57,7 +58,7 @@ def echo(
 ) -> List[bytes]:
     """Send each message as a frame to a framed echo service; return the replies in order."""
     items = list(messages)
-    with FramedSocket(connect(host, port, timeout, ssl, server_hostname)) as fs:
+    with FramedSocket(open_session(host, port, None, timeout, ssl, server_hostname)) as fs:
         fs.send_many(items)
         return [fs.recv() for _ in items]
 
@@ -75,7 +76,7 @@ def echo_raw(
     with connect(host, port, timeout, ssl, server_hostname) as sock:
         sock.sendall(data)
         if ssl is None:
-            sock.shutdown(socket.SHUT_WR)  # (TLS has no half-close: the replies are counted instead)
+            sock.shutdown(_socket.SHUT_WR)  # (TLS has no half-close: the replies are counted instead)
         chunks = []
         got = 0
         while got < len(data):
@@ -110,12 +111,15 @@ def get_time(
                     break
                 reply += chunk
     else:
-        family = socket.getaddrinfo(resolvable(host), port, type=socket.SOCK_DGRAM)[0][0]
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect((host, port))
-            sock.send(b"")
-            reply = sock.recv(64)
+        family = _socket.getaddrinfo(resolvable(host), port, type=_socket.SOCK_DGRAM)[0][0]
+        udp = _socket.socket(family, _socket.SOCK_DGRAM)
+        try:
+            udp.settimeout(timeout)
+            udp.connect((host, port))
+            udp.send(b"")
+            reply = udp.recv(64)
+        finally:
+            udp.close()
     return decode_time(reply, fmt)
 
 

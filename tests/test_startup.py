@@ -37,9 +37,11 @@ NEVER = (
 )
 #: Never needed by a plain client command line without --tls: argparse (with gettext, locale, and shutil for
 #: the terminal width) reads only the unusual ones, typing and json are never imported at run time, an ASCII
-#: host name is resolved without the idna codec, and TLS is loaded by --tls only.
+#: host name is resolved without the idna codec, the sockets are the C module's (socket.py brings enum and
+#: selectors, and builds its IntEnum tables at import), and TLS is loaded by --tls only.
 CLIENT_NEVER = NEVER + (
-    "argparse", "gettext", "locale", "shutil", "typing", "json", "encodings.idna", "fastframe._tls",
+    "argparse", "gettext", "locale", "shutil", "typing", "json", "encodings.idna", "socket", "selectors", "enum",
+    "fastframe._tls",
 )  # fmt: skip
 #: Needed only by the commands that use them (get: json and the file protocol; exec: shlex and the command
 #: protocol; a secret: the HMAC handshake).
