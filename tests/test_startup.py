@@ -38,10 +38,12 @@ NEVER = (
 #: Never needed by a plain client command line without --tls: argparse (with gettext, locale, and shutil for
 #: the terminal width) reads only the unusual ones, typing and json are never imported at run time, an ASCII
 #: host name is resolved without the idna codec, the sockets are the C module's (socket.py brings enum and
-#: selectors, and builds its IntEnum tables at import), and TLS is loaded by --tls only.
+#: selectors, and builds its IntEnum tables at import), the codec is chosen without importlib and warnings, and
+#: TLS is loaded by --tls only.  (An editable install's import hook loads some of these before the probe runs:
+#: loaded_by() leaves those out, so this list bites fully on a regular install.)
 CLIENT_NEVER = NEVER + (
     "argparse", "gettext", "locale", "shutil", "typing", "json", "encodings.idna", "socket", "selectors", "enum",
-    "fastframe._tls",
+    "importlib", "warnings", "fastframe._tls",
 )  # fmt: skip
 #: Needed only by the commands that use them (get: json and the file protocol; exec: shlex and the command
 #: protocol; a secret: the HMAC handshake).
