@@ -225,49 +225,6 @@ def _cmd_exec(args: argparse.Namespace) -> int:
     return status if status >= 0 else 128 - status
 
 
-class _ProgressBar:
-    """``[#######.......]  52%  530.0 MiB / 1.0 GiB  210.4 MiB/s`` on one terminal line, redrawn 10 times a second."""
-
-    def __init__(self, stream: "object", min_size: int = 1 << 20) -> None:
-        self.stream = stream
-        self.min_size = min_size
-        self.start = time.monotonic()
-        self.first: Optional[int] = None
-        self.last_draw = 0.0
-        self.drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.first is None:
-            self.first = done
-        if total < self.min_size:
-            return
-        now = time.monotonic()
-        if done < total and now - self.last_draw < 0.1:
-            return
-        self.last_draw = now
-        frac = done / total if total else 1.0
-        width = 30
-        filled = int(frac * width)
-        rate = (done - self.first) / max(now - self.start, 1e-6)
-        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%  {_human(done)} / {_human(total)}  {_human(rate)}/s"
-        self.stream.write(line + "  ")  # type: ignore[attr-defined]
-        self.stream.flush()  # type: ignore[attr-defined]
-        self.drawn = True
-
-    def finish(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")  # type: ignore[attr-defined]
-            self.stream.flush()  # type: ignore[attr-defined]
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
-
-
 def _cmd_get(args: argparse.Namespace) -> int:
     import os
 
@@ -281,7 +238,11 @@ def _cmd_get(args: argparse.Namespace) -> int:
             raise CliError(f"cannot name the output after {args.path!r}; give -o OUT")
         out = os.path.join(out or ".", name)
     tls = _tls_options(args)
-    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+    bar = None
+    if sys.stderr.isatty() and not args.quiet:
+        from ._progress import ProgressBar
+
+        bar = ProgressBar(sys.stderr)
     try:
         get_file(host, port, args.path, out, resume=args.resume, secret=_read_secret(args.secret_file),
                  progress=bar, timeout=args.timeout, **tls)  # fmt: skip
