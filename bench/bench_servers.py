@@ -1177,10 +1177,20 @@ def _size(text: str) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": MiB, "g": GiB}[m.group(2)]
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default once: not when the help already states it, nor when it is None (decided later)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description="Framed-echo server benchmark (default) or file-transfer benchmark (--files); see bench/README.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     p.add_argument("--servers", type=_list(SERVER_NAMES), default=None, metavar="LIST",
                    help=f"servers to measure, in this order (default: all): {','.join(SERVER_NAMES)}")  # fmt: skip

@@ -21,6 +21,14 @@ Theory of operation
   byte a second), closed with the service's error frame; output that makes no progress for ``idle_timeout``
   (neither our sends nor the kernel's send queue move: the client stopped reading), reset -- even while the
   service has work in flight (a download).
+* **First stages.**  A listener may put stages in front of the service (:attr:`Listener.stages
+  <servers.listen.Listener.stages>`): a PROXY-protocol header, a TLS handshake.  Each is a factory that makes a
+  :class:`~servers.readers.Reader` for the connection; the first reads from the start, and each, when done,
+  calls :meth:`Connection.stage_done`, which starts the next or, after the last, picks the service's read
+  strategy (over whatever transport the stages left in ``conn.transport``) and tells the service
+  ``connection_made``.  A connection still in a stage has ``stage`` set (its name, for the logs); the sweep
+  closes it once ``stage_deadline`` passes (``frame_timeout`` after the accept); a graceful stop closes it at
+  once; the service hears nothing of a connection that never got past its stages.
 * **Closing.**  A close after the last byte shuts our side first (``shutdown_write``) and lingers a second,
   reading and dropping what the client still sends, so that the client reads every reply before the end of
   the stream rather than a reset.  A graceful stop closes each connection at a frame boundary, once nothing
@@ -30,7 +38,7 @@ Theory of operation
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from fastframe import Decoder, encode_many
 from fastframe.exceptions import FrameError
@@ -43,12 +51,16 @@ from .readers import DiscardReader, Reader, make_reader
 from .service import Address, Service, Timer
 from .transport import Transport
 
-__all__ = ["Connection", "FrameTimeout"]
+__all__ = ["Connection", "FrameTimeout", "Stage"]
 
 log = logging.getLogger("fastframe.server")
 
 _LINGER = 1.0  # seconds a gracefully closed connection may take to read our last replies
 _READABLE = READ | HUP_ERR
+
+
+Stage = Callable[["Connection"], Reader]
+"""A first stage: makes the reader that runs it (give the factory a ``name`` attribute for the logs)."""
 
 
 class FrameTimeout(FrameError):
@@ -61,8 +73,8 @@ class Connection(Output):
     __slots__ = (
         "loop", "transport", "fd", "service", "prefix", "decoder", "reader", "state", "peer", "limits", "counts",
         "events", "closed", "close_after_flush", "user_paused", "lingering", "unsent", "frame_start",
-        "frames_seen", "watched", "timers",
-        "_busy", "_read_handler", "_on_close",
+        "frames_seen", "watched", "timers", "stage", "stage_deadline",
+        "_busy", "_read_handler", "_on_close", "_stages", "_made",
     )  # fmt: skip
 
     def __init__(
@@ -74,6 +86,7 @@ class Connection(Output):
         limits: Limits | None = None,
         counts: Counts | None = None,
         on_close: Callable[[Connection], None] | None = None,
+        stages: Sequence[Stage] = (),
     ) -> None:
         super().__init__(loop)
         self.loop = loop
@@ -98,13 +111,41 @@ class Connection(Output):
         self.timers: set[TimerHandle] = set()  # scheduled for this connection: cancelled when it closes
         self._busy = False
         self._on_close = on_close
-        self.reader: Reader = make_reader(self)
+        self._stages = list(stages)
+        self._made = False  # the service heard connection_made
+        self.stage = ""
+        self.stage_deadline = 0.0
+        self.reader: Reader = DiscardReader(self, loop, transport, service) if stages else make_reader(self)
         self._read_handler: Handler = self.reader.on_readable
 
     def start(self) -> None:
-        """Start reading, and tell the service (which may greet, or close at once)."""
+        """Start reading: the first stage, or the service (which may greet, or close at once)."""
         self.events = READ
         self.loop.add(self.fd, READ, self._read_handler)
+        if self._stages:
+            self.stage_deadline = self.loop.now + self.limits.frame_timeout
+            self.stage_done()
+        else:
+            self._made_for_service()
+
+    def stage_done(self) -> None:
+        """The current first stage is done (or none has started): start the next, or hand over to the service."""
+        if self.closed:
+            return
+        if self._stages:
+            factory = self._stages.pop(0)
+            self.stage = getattr(factory, "name", "stage")
+            self.set_reader(factory(self))
+            return
+        self.stage = ""
+        self.fd = self.transport.fileno
+        self.set_reader(make_reader(self))
+        self._made_for_service()
+        if not self.closed and self.transport.pending():
+            self.loop.call_soon(self.read_now)  # bytes a stage's layer already holds: the poller will not say
+
+    def _made_for_service(self) -> None:
+        self._made = True
         try:
             self.service.connection_made(self)
         except Exception:
@@ -272,6 +313,12 @@ class Connection(Output):
     def check_deadlines(self, now: float) -> None:
         """The sweep's look at this connection: stalled output, an unfinished frame, idleness."""
         limits = self.limits
+        if self.stage:
+            if now > self.stage_deadline:
+                log.info("%s: closing %s: %s not finished within %g s", self.service.name, self.peer, self.stage,
+                         limits.frame_timeout)  # fmt: skip
+                self.close_now()
+            return
         if self.out or self.sending is not None:
             # Output waits for the client.  The loop sees progress only when the kernel takes more, which can be
             # seconds after the client started reading again (writability needs a third of the send buffer
@@ -309,6 +356,9 @@ class Connection(Output):
         """While stopping gracefully: close at a frame boundary with nothing in flight and nothing more received.
         True if a look found input (it was read: answered first, closed on a later look)."""
         if self.closed or self.lingering or self.close_after_flush or self.busy or self.out:
+            return False
+        if self.stage:
+            self.close_now()  # it never reached the service: nothing is owed
             return False
         if self.decoder is not None and self.decoder.pending:
             return False  # wait for the frame the client is sending
@@ -358,6 +408,8 @@ class Connection(Output):
                 record.done(ConnectionError("connection closed during sendfile"))
             except Exception:
                 log.exception("%s: sendfile callback failed", self.service.name)
+        if not self._made:
+            return
         try:
             self.service.connection_lost(self)
         except Exception:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from .connection import Connection, FrameTimeout
+from .connection import Connection, FrameTimeout, Stage
 from .counts import Counts, WorkerShare
 from .limits import Limits
 from .listen import Listener
@@ -163,6 +163,7 @@ class SelectEngine:
     def _accept_handler(self, listener: Listener) -> Handler:
         lsock = listener.sock
         service = listener.service
+        stages = listener.stages
         limits = self.limits
         balancer = self.balancer
         # A prefork worker takes one connection per wake-up and then steps back in line, so that accepts
@@ -195,7 +196,7 @@ class SelectEngine:
                     )
                     sock.close()
                     continue
-                self._add_connection(sock, addr, service)
+                self._add_connection(sock, addr, service, stages)
             return False
 
         def on_accept(events: int) -> None:
@@ -209,7 +210,9 @@ class SelectEngine:
         self._acceptors[fd] = accept
         return on_accept
 
-    def _add_connection(self, sock: socket.socket, addr: Address, service: Service) -> None:
+    def _add_connection(
+        self, sock: socket.socket, addr: Address, service: Service, stages: Sequence[Stage] = ()
+    ) -> None:
         sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
             try:
@@ -217,7 +220,7 @@ class SelectEngine:
             except OSError:
                 pass
         conn = Connection(
-            self.loop, SocketTransport(sock), addr, service, self.limits, self.counts, self._connection_closed
+            self.loop, SocketTransport(sock), addr, service, self.limits, self.counts, self._connection_closed, stages
         )
         self._conns[conn.fd] = conn
         conn.start()

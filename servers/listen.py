@@ -7,9 +7,12 @@ import errno
 import logging
 import os
 import socket
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .service import Address, Service
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import Stage
 
 log = logging.getLogger("fastframe.server")
 
@@ -20,11 +23,16 @@ SD_LISTEN_FDS_START = 3
 
 
 class Listener:
-    """A bound socket and the service it serves (TCP: listening; UDP: bound)."""
+    """A bound socket and the service it serves (TCP: listening; UDP: bound).
 
-    def __init__(self, sock: socket.socket, service: Service) -> None:
+    ``stages``: what runs on each accepted connection before the service hears of it, in order (a PROXY-protocol
+    header, then a TLS handshake): factories of read strategies, see :class:`servers.connection.Connection`.
+    """
+
+    def __init__(self, sock: socket.socket, service: Service, stages: Sequence[Stage] = ()) -> None:
         self.sock = sock
         self.service = service
+        self.stages: Tuple[Stage, ...] = tuple(stages)
 
     @property
     def address(self) -> Address:

@@ -12,6 +12,7 @@ from typing import Any, List, Optional
 import pytest
 
 from fastframe import aio
+from fastframe._aio_streams import _StreamProtocol
 from fastframe.exceptions import FrameTooLarge, IncompleteFrame
 
 TIMEOUT = 20.0
@@ -496,7 +497,7 @@ def test_protocol_frames_before_a_bad_header_are_answered_in_one_write(ref: Simp
 
 async def stream_pair(high_water: int = aio.DEFAULT_HIGH_WATER) -> Any:
     reader = aio.FrameReader(high_water)
-    proto = aio._StreamProtocol(reader, "!I", None)
+    proto = _StreamProtocol(reader, "!I", None)
     transport = FakeTransport()
     proto.connection_made(transport)
     assert proto.writer is not None

@@ -17,7 +17,8 @@ import pytest
 from fastframe.servers.connection import Connection
 from fastframe.servers.echo import EchoService, RawEchoService
 from fastframe.servers.loop import Loop
-from fastframe.servers.readers import FramedReader, MirrorReader, RawReader
+from fastframe.servers.limits import Limits
+from fastframe.servers.readers import FramedReader, MirrorReader, RawReader, Reader
 from fastframe.servers.service import Service
 from fastframe.servers.transport import SocketTransport, Transport
 
@@ -113,3 +114,111 @@ def test_a_plain_socket_gets_the_strategy_of_its_service(service, strategy):
         assert reply == request
     else:
         assert reply == b"".join(frame(p.upper() if service.upper else p) for p in PAYLOADS)
+
+
+# -- first stages (what a listener runs before its service: a PROXY header, a TLS handshake) ------------------
+
+
+class TokenStage(Reader):
+    """A first stage that reads exactly ``token`` (never a byte more) and hands over."""
+
+    def __init__(self, conn: Connection, token: bytes, seen: list[bytes]) -> None:
+        super().__init__(conn, conn.loop, conn.fd)
+        self.token = token
+        self.got = b""
+        self.seen = seen
+
+    def on_readable(self, events: int) -> None:
+        data = self.conn.transport.recv(len(self.token) - len(self.got))
+        if not data:
+            self.conn.close_now()
+            return
+        self.got += data
+        if len(self.got) == len(self.token):
+            self.seen.append(self.got)
+            self.conn.stage_done()
+
+
+def token_stage(token: bytes, seen: list[bytes]) -> Callable[[Connection], Reader]:
+    def make(conn: Connection) -> Reader:
+        return TokenStage(conn, token, seen)
+
+    make.name = f"token {token!r}"  # type: ignore[attr-defined]
+    return make
+
+
+class Recording(EchoService):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def connection_made(self, conn) -> None:
+        self.calls.append("made")
+        super().connection_made(conn)
+
+    def connection_lost(self, conn) -> None:
+        self.calls.append("lost")
+        super().connection_lost(conn)
+
+
+def test_stages_run_in_order_then_the_service_reads_what_follows():
+    seen: list[bytes] = []
+    service = Recording()
+    request = b"".join(frame(p) for p in PAYLOADS)
+    stages = [token_stage(b"FIRST", seen), token_stage(b"2nd", seen)]
+    loop = Loop()
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(10)
+    ours.setblocking(False)
+    conn = Connection(loop, SocketTransport(ours), ("peer",), service, stages=stages)
+    try:
+        conn.start()
+        assert conn.stage == "token b'FIRST'" and service.calls == []
+        theirs.sendall(b"FIRST2nd" + request)  # in one send: each stage must take only its own bytes
+        theirs.shutdown(socket.SHUT_WR)
+        loop.add_check(lambda: loop.stop() if conn.closed else None)
+        loop.call_later(10.0, loop.stop)
+        loop.run()
+        reply = b"".join(iter(lambda: theirs.recv(65536), b""))
+    finally:
+        conn.close_now()
+        loop.close()
+        theirs.close()
+    assert seen == [b"FIRST", b"2nd"]
+    assert conn.stage == "" and service.calls == ["made", "lost"]
+    assert reply == request
+
+
+def test_a_connection_stuck_in_a_stage_is_closed_at_its_deadline_and_the_service_never_hears_of_it():
+    service = Recording()
+    loop = Loop()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    conn = Connection(loop, SocketTransport(ours), ("peer",), service, Limits(frame_timeout=5), stages=[token_stage(b"HI", [])])
+    try:
+        conn.start()
+        conn.check_deadlines(loop.now + 4)
+        assert not conn.closed, "closed before its deadline"
+        conn.check_deadlines(loop.now + 6)
+        assert conn.closed
+        assert service.calls == []
+    finally:
+        conn.close_now()
+        loop.close()
+        theirs.close()
+
+
+def test_a_graceful_stop_closes_a_connection_still_in_a_stage():
+    service = Recording()
+    loop = Loop()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    conn = Connection(loop, SocketTransport(ours), ("peer",), service, stages=[token_stage(b"HI", [])])
+    try:
+        conn.start()
+        conn.finish_when_quiet()
+        assert conn.closed and service.calls == []
+    finally:
+        conn.close_now()
+        loop.close()
+        theirs.close()
