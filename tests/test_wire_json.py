@@ -93,3 +93,27 @@ def test_dumps_is_json_dumps_byte_for_byte(obj: dict[str, Any]) -> None:
 def test_dumps_hands_anything_else_to_json() -> None:
     obj = {"a": [1, 2], "b": 1.5}
     assert _minijson.dumps(obj) == json.dumps(obj)
+
+
+def test_refusals_in_a_process_without_the_json_package() -> None:
+    """The C scanner raises its errors through json.decoder, and only if that module is already imported (else a
+    SystemError): a server or client that never imported json must still get a ValueError (found by the fuzz
+    test of the file service, raw request b'"')."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from fastframe.wire import _minijson\n"
+        "assert 'json' not in sys.modules and 'json.decoder' not in sys.modules\n"
+        f"for text in {INVALID!r}:\n"
+        "    try:\n"
+        "        _minijson.loads(text)\n"
+        "    except ValueError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError(text)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

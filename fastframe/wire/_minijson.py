@@ -13,8 +13,9 @@ before the first byte is sent.  What the json package does with a string is done
   ``JSONDecoder`` gives it (strict strings, ``float`` for fractions, ``NaN``/``Infinity`` as floats), so it
   accepts exactly what ``json.loads`` accepts and builds the same objects.  Leading and trailing JSON
   whitespace is skipped as the decoder skips it; a BOM, a missing value or extra data raise ``ValueError``
-  (the scanner's own errors are ``json.JSONDecodeError``, a ``ValueError`` too: the json package is imported
-  then, on the error path only).  Deep nesting raises ``RecursionError``, as with ``json.loads``.
+  (the scanner reports its own errors through ``json.decoder`` and only if that module is already imported,
+  so on any error the text goes to ``json.loads``, which raises ``json.JSONDecodeError``, a ``ValueError``:
+  the json package is imported on the error path only).  Deep nesting raises ``RecursionError``, as with ``json.loads``.
 - :func:`dumps` is ``json.dumps`` with its defaults for the values the protocol sends (an object of
   strings, integers, booleans and None): the same ``", "`` and ``": "`` separators, ASCII output with the
   C string escaper, byte for byte.  Anything else is handed to ``json.dumps``.
@@ -73,6 +74,12 @@ def loads(text: str, parse_int: Callable[[str], Any] = int) -> Any:
         value, end = scan(text, start)
     except StopIteration as exc:
         raise ValueError(f"Expecting value: char {exc.value}") from None
+    except (ValueError, SystemError):
+        # The scanner raises its errors (json.JSONDecodeError) through json.decoder, found only if already imported
+        # (if not: a SystemError with no message).  On the error path, the json package says what is wrong.
+        import json
+
+        return json.loads(text, parse_int=parse_int)
     if text[end:].strip(_WHITESPACE):
         raise ValueError(f"Extra data: char {end}")
     return value
