@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import ModuleType
-from typing import ClassVar, Iterable, List, Optional
+from typing import TYPE_CHECKING, ClassVar, Iterable, List, Optional
 
 from ._codec_choice import codec as _impl
-from ._framed import SCATTER_THRESHOLD, Buffer, Prefix, _flat, _Layout, _nbytes
+from ._framed import SCATTER_THRESHOLD, _flat, _Layout, _nbytes
 from ._framing import Framing
 from .exceptions import FrameError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._framed import Buffer, Prefix  # (annotations only: _framed defines them for type checkers)
 
 __all__ = ["DEFAULT_HIGH_WATER", "WRITE_BATCH_LIMIT", "FrameProtocol"]
 

@@ -25,11 +25,13 @@ from typing import (
 )
 
 from ._aio_protocol import DEFAULT_HIGH_WATER, WRITE_BATCH_LIMIT, FrameProtocol
-from ._framed import SCATTER_THRESHOLD, Buffer, Prefix, _flat, _nbytes
+from ._framed import SCATTER_THRESHOLD, _flat, _nbytes
 from .exceptions import FrameError
 
 if TYPE_CHECKING:  # pragma: no cover
     import ssl as _ssl
+
+    from ._framed import Buffer, Prefix  # (annotations only: _framed defines them for type checkers)
 
 __all__ = [
     "ConnectedCallback", "FrameReader", "FrameWriter", "open_connection", "open_unix_connection", "start_server",

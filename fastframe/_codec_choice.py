@@ -19,10 +19,8 @@ The choice is made once, here, at import; the package (``fastframe/__init__.py``
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-import warnings
 from types import ModuleType
 
 __all__ = [
@@ -42,6 +40,13 @@ __all__ = [
 _EXTENSION = f"{__package__}._codec"
 
 
+def _import(name: str) -> ModuleType:
+    """``importlib.import_module(name)`` for an absolute name, by the same machinery, without importing importlib
+    and warnings at start-up (a client command's start-up is most of a small request)."""
+    __import__(name)
+    return sys.modules[name]
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
@@ -49,7 +54,7 @@ def _env_flag(name: str) -> bool:
 def built_without_extensions() -> bool:
     """True when this copy of fastframe was built with ``FASTFRAME_NO_EXTENSIONS=1`` (pure by choice)."""
     try:
-        info = importlib.import_module(f"{__package__}._build_info")
+        info = _import(f"{__package__}._build_info")
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}._build_info":
             raise
@@ -59,9 +64,9 @@ def built_without_extensions() -> bool:
 
 def _choose() -> tuple[ModuleType, str]:
     if _env_flag("FASTFRAME_PURE_PYTHON"):
-        return importlib.import_module(f"{__package__}._codec_py"), "python"
+        return _import(f"{__package__}._codec_py"), "python"
     try:
-        return importlib.import_module(_EXTENSION), "cython"
+        return _import(_EXTENSION), "cython"
     except ImportError as exc:
         missing = isinstance(exc, ModuleNotFoundError) and exc.name == _EXTENSION
         if missing and built_without_extensions():
@@ -74,13 +79,15 @@ def _choose() -> tuple[ModuleType, str]:
                 )
             else:
                 why = f"the C extension {_EXTENSION} is installed but failed to load ({exc})"
+            import warnings
+
             warnings.warn(
                 f"fastframe: {why}. Using the pure-Python codec, which is slower. Reinstall fastframe; to run without "
                 "the extension on purpose, build it with FASTFRAME_NO_EXTENSIONS=1 or set FASTFRAME_PURE_PYTHON=1.",
                 RuntimeWarning,
                 stacklevel=4,
             )
-        return importlib.import_module(f"{__package__}._codec_py"), "python"
+        return _import(f"{__package__}._codec_py"), "python"
 
 
 codec: ModuleType

@@ -5,11 +5,11 @@ from __future__ import annotations
 import collections
 import os
 import select
-import socket
 import sys
 import time
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import _socket  # (socket.py, with enum and selectors behind it, is a start-up cost the CLI does without)
 
 from ._codec_choice import codec as _impl
 from ._framing import Framing
@@ -17,8 +17,13 @@ from .exceptions import BufferTooSmall, FrameError
 
 __all__ = ["FramedSocket"]
 
-Buffer = Union[bytes, bytearray, memoryview]
-Prefix = Union[str, Framing]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    import socket
+    from typing import Any, Callable, ClassVar, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+    Buffer = Union[bytes, bytearray, memoryview]
+    Prefix = Union[str, Framing]
 
 #: Payloads at least this large go out by scatter-gather (header and payload in one sendmsg) instead of
 #: being copied behind their header.
@@ -117,7 +122,7 @@ class FramedSocket:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: _socket.socket,
         prefix: Prefix = "!I",
         max_frame: Optional[int] = None,
         *,
@@ -142,7 +147,7 @@ class FramedSocket:
         self._error: Optional[BaseException] = None
 
     @property
-    def sock(self) -> socket.socket:
+    def sock(self) -> _socket.socket:
         """The wrapped socket, for options, timeouts and ``getpeername()``."""
         return self._sock
 
@@ -336,7 +341,7 @@ class FramedSocket:
                 finally:
                     sock.settimeout(previous)
             else:
-                n = sock.recv_into(view, limit, getattr(socket, "MSG_DONTWAIT", 0))
+                n = sock.recv_into(view, limit, getattr(_socket, "MSG_DONTWAIT", 0))
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:

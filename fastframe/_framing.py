@@ -16,7 +16,16 @@ from __future__ import annotations
 
 import operator
 import sys
-from typing import Any, Dict, Optional, Tuple, final
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Optional, Tuple, final
+else:
+
+    def final(cls: type) -> type:
+        """typing.final at run time: marks the class, checks nothing."""
+        cls.__final__ = True
+        return cls
 
 __all__ = ["Framing"]
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
-import socket
 import sys
 import time
-from typing import List, Optional
+
+import _socket  # (socket.timeout, without socket.py: a start-up cost a plain client command does without)
 
 from . import IMPLEMENTATION, __version__
 from .exceptions import FrameError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+    Spec = Tuple[Tuple[str, ...], Dict[str, Any]]
+
 # Start-up is most of a small download, so this module imports only what every command needs: each command
-# imports its own modules (the servers, the clients, logging, re) when it runs, and main() builds only the
-# parser of the command asked for (tests/test_startup.py keeps it that way).
+# imports its own modules (the servers, the clients, logging, re) when it runs; a plain client command line is
+# read without argparse (fastframe._quickargs), and otherwise main() builds only the parser of the command
+# asked for (tests/test_startup.py keeps it that way).
 
 __all__ = ["build_parser", "main"]
 
@@ -22,13 +29,19 @@ class CliError(Exception):
     """An error worth one line on stderr and a non-zero exit, not a traceback."""
 
 
+def _type_error(message: str) -> Exception:
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise _type_error(f"not a number: {text!r}") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
+        raise _type_error("must be positive")
     return value
 
 
@@ -84,19 +97,44 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # -- clients --------------------------------------------------------------------------------------------
 
 
-def _add_tls(p: argparse.ArgumentParser) -> None:
-    t = p.add_argument_group("TLS")
-    t.add_argument("--tls", action="store_true",
-                   help="connect with TLS, verifying the server's certificate and name")  # fmt: skip
-    t.add_argument("--cafile", metavar="FILE",
-                   help="trust the CA certificates in FILE (PEM) instead of the system's")  # fmt: skip
-    t.add_argument("--cert", metavar="FILE", help="present the client certificate in FILE (PEM), for mutual TLS")
-    t.add_argument("--key", metavar="FILE", help="the private key of --cert (default: inside --cert)")
-    t.add_argument("--server-name", metavar="NAME",
-                   help="the name the server's certificate must carry (default: the HOST given)")  # fmt: skip
-    t.add_argument("--insecure", action="store_true",
-                   help="do not verify the server's certificate or name (anyone on the path can read and change "
-                        "the connection)")  # fmt: skip
+def _arg(*names: str, **kwargs: Any) -> Spec:
+    """One ``add_argument`` call as data: argparse and the quick parser (fastframe._quickargs) read the same."""
+    return names, kwargs
+
+
+_TLS_ARGS = [
+    _arg("--tls", action="store_true", help="connect with TLS, verifying the server's certificate and name"),
+    _arg("--cafile", metavar="FILE", help="trust the CA certificates in FILE (PEM) instead of the system's"),
+    _arg("--cert", metavar="FILE", help="present the client certificate in FILE (PEM), for mutual TLS"),
+    _arg("--key", metavar="FILE", help="the private key of --cert (default: inside --cert)"),
+    _arg("--server-name", metavar="NAME",
+         help="the name the server's certificate must carry (default: the HOST given)"),  # fmt: skip
+    _arg("--insecure", action="store_true",
+         help="do not verify the server's certificate or name (anyone on the path can read and change "
+              "the connection)"),  # fmt: skip
+]
+
+
+class _Client:
+    """A client subcommand: its parser's texts, its arguments (the TLS group last) and the function it runs."""
+
+    def __init__(self, help: str, description: str, args: List[Spec], run: Callable[[Any], int],
+                 epilog: Optional[str] = None) -> None:  # fmt: skip
+        self.help, self.description, self.epilog = help, description, epilog
+        self.args = args
+        self.run = run
+
+    def specs(self) -> List[Spec]:
+        return [*self.args, *_TLS_ARGS]
+
+    def add(self, sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str) -> None:
+        p = sub.add_parser(name, help=self.help, description=self.description, epilog=self.epilog)
+        for names, kwargs in self.args:
+            p.add_argument(*names, **kwargs)
+        group = p.add_argument_group("TLS")
+        for names, kwargs in _TLS_ARGS:
+            group.add_argument(*names, **kwargs)
+        p.set_defaults(func=self.run)
 
 
 def _tls_options(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
@@ -131,21 +169,7 @@ def _address(text: str) -> tuple:  # type: ignore[type-arg]
     try:
         return parse_address(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_echo(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser(
-        "echo",
-        help="send messages to an echo service and print the replies",
-        description="Send each MESSAGE as one frame (or, without messages, each line of stdin) and print each reply on its own line.",
-    )
-    p.add_argument("address", type=_address, metavar="HOST:PORT")
-    p.add_argument("messages", nargs="*", metavar="MESSAGE")
-    p.add_argument("--raw", action="store_true", help="talk to a raw (RFC 862) echo service: no framing")
-    p.add_argument("--timeout", type=_positive, default=10.0, metavar="S", help="give up after S seconds")
-    _add_tls(p)
-    p.set_defaults(func=_cmd_echo)
+        raise _type_error(str(exc)) from None
 
 
 def _cmd_echo(args: argparse.Namespace) -> int:
@@ -168,18 +192,6 @@ def _cmd_echo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_time(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser("time", help="ask a time service for the time",
-                       description="Ask an RFC 868 time service (UDP unless --tcp or --tls) and print the time it "
-                                   "sent. With --tls it is the TCP flavour inside TLS.")  # fmt: skip
-    p.add_argument("address", type=_address, metavar="HOST:PORT")
-    p.add_argument("--time-format", choices=("unix", "rfc868"), default="unix", help="what the server sends")
-    p.add_argument("--tcp", action="store_true", help="use the TCP flavour (connect, read 4 bytes)")
-    p.add_argument("--timeout", type=_positive, default=5.0, metavar="S", help="give up after S seconds")
-    _add_tls(p)
-    p.set_defaults(func=_cmd_time)
-
-
 def _cmd_time(args: argparse.Namespace) -> int:
     from .client import get_time
 
@@ -188,30 +200,6 @@ def _cmd_time(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     print(f"{stamp} ({seconds})")
     return 0
-
-
-def _add_exec(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser(
-        "exec",
-        help="run an allowed command on a command service",
-        description=(
-            "Run CMD ARGS... on a command service (put them after '--'). The words are sent quoted, so the server "
-            "runs exactly them -- it never uses a shell. The command's stdout and stderr are copied here as they "
-            "arrive."
-        ),
-        epilog=(
-            "Exit status: the remote command's status; 128+N if signal N killed it; 127 if the server refused it "
-            "(not-allowed) or could not execute it (not-found); 124 if it hit the server's timeout; 1 for any other "
-            "error (output-cap, busy, bad-request, auth, connection problems), with one line on stderr."
-        ),
-    )
-    p.add_argument("address", type=_address, metavar="HOST:PORT", help="the command service")
-    p.add_argument("command", nargs="+", metavar="CMD", help="the program and its arguments (after '--')")
-    p.add_argument("--secret-file", metavar="FILE", help="authenticate with the shared secret in FILE")
-    p.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
-                   help="give up when the server sends nothing for S seconds")  # fmt: skip
-    _add_tls(p)
-    p.set_defaults(func=_cmd_exec)
 
 
 _EXEC_ERROR_STATUS = {"not-allowed": 127, "not-found": 127, "timeout": 124}
@@ -237,72 +225,6 @@ def _cmd_exec(args: argparse.Namespace) -> int:
     return status if status >= 0 else 128 - status
 
 
-def _add_get(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser(
-        "get",
-        help="download a file from a file service",
-        description=(
-            "Download PATH (relative to the server's root) into OUT. The bytes go to OUT.part first and OUT appears "
-            "only when the download is complete; an interrupted download leaves OUT.part, which --resume continues. "
-            "A progress bar is drawn on stderr for large files when stderr is a terminal."
-        ),
-    )
-    p.add_argument("address", type=_address, metavar="HOST:PORT", help="the file service")
-    p.add_argument("path", metavar="PATH", help="the file, relative to the served root")
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="where to save it (default: PATH's last component in the current directory; a directory: inside it)")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue from OUT.part if it exists")
-    p.add_argument("--secret-file", metavar="FILE", help="authenticate with the shared secret in FILE")
-    p.add_argument("--timeout", type=_positive, default=60.0, metavar="S",
-                   help="give up when the server sends nothing for S seconds")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_tls(p)
-    p.set_defaults(func=_cmd_get)
-
-
-class _ProgressBar:
-    """``[#######.......]  52%  530.0 MiB / 1.0 GiB  210.4 MiB/s`` on one terminal line, redrawn 10 times a second."""
-
-    def __init__(self, stream: "object", min_size: int = 1 << 20) -> None:
-        self.stream = stream
-        self.min_size = min_size
-        self.start = time.monotonic()
-        self.first: Optional[int] = None
-        self.last_draw = 0.0
-        self.drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.first is None:
-            self.first = done
-        if total < self.min_size:
-            return
-        now = time.monotonic()
-        if done < total and now - self.last_draw < 0.1:
-            return
-        self.last_draw = now
-        frac = done / total if total else 1.0
-        width = 30
-        filled = int(frac * width)
-        rate = (done - self.first) / max(now - self.start, 1e-6)
-        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {frac * 100:3.0f}%  {_human(done)} / {_human(total)}  {_human(rate)}/s"
-        self.stream.write(line + "  ")  # type: ignore[attr-defined]
-        self.stream.flush()  # type: ignore[attr-defined]
-        self.drawn = True
-
-    def finish(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")  # type: ignore[attr-defined]
-            self.stream.flush()  # type: ignore[attr-defined]
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover
-
-
 def _cmd_get(args: argparse.Namespace) -> int:
     import os
 
@@ -316,7 +238,11 @@ def _cmd_get(args: argparse.Namespace) -> int:
             raise CliError(f"cannot name the output after {args.path!r}; give -o OUT")
         out = os.path.join(out or ".", name)
     tls = _tls_options(args)
-    bar = _ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.quiet else None
+    bar = None
+    if sys.stderr.isatty() and not args.quiet:
+        from ._progress import ProgressBar
+
+        bar = ProgressBar(sys.stderr)
     try:
         get_file(host, port, args.path, out, resume=args.resume, secret=_read_secret(args.secret_file),
                  progress=bar, timeout=args.timeout, **tls)  # fmt: skip
@@ -326,9 +252,81 @@ def _cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The command and file services: a shared secret, and a timeout per reply rather than for the whole session.
+_SESSION_ARGS = [
+    _arg("--secret-file", metavar="FILE", help="authenticate with the shared secret in FILE"),
+    _arg("--timeout", type=_positive, default=60.0, metavar="S",
+         help="give up when the server sends nothing for S seconds"),  # fmt: skip
+]
+_ECHO = _Client(
+    help="send messages to an echo service and print the replies",
+    description="Send each MESSAGE as one frame (or, without messages, each line of stdin) and print each reply on its own line.",
+    args=[
+        _arg("address", type=_address, metavar="HOST:PORT"),
+        _arg("messages", nargs="*", metavar="MESSAGE"),
+        _arg("--raw", action="store_true", help="talk to a raw (RFC 862) echo service: no framing"),
+        _arg("--timeout", type=_positive, default=10.0, metavar="S", help="give up after S seconds"),
+    ],
+    run=_cmd_echo,
+)
+_TIME = _Client(
+    help="ask a time service for the time",
+    description="Ask an RFC 868 time service (UDP unless --tcp or --tls) and print the time it sent. With --tls it "
+                "is the TCP flavour inside TLS.",  # fmt: skip
+    args=[
+        _arg("address", type=_address, metavar="HOST:PORT"),
+        _arg("--time-format", choices=("unix", "rfc868"), default="unix", help="what the server sends"),
+        _arg("--tcp", action="store_true", help="use the TCP flavour (connect, read 4 bytes)"),
+        _arg("--timeout", type=_positive, default=5.0, metavar="S", help="give up after S seconds"),
+    ],
+    run=_cmd_time,
+)
+_EXEC = _Client(
+    help="run an allowed command on a command service",
+    description=(
+        "Run CMD ARGS... on a command service (put them after '--'). The words are sent quoted, so the server "
+        "runs exactly them -- it never uses a shell. The command's stdout and stderr are copied here as they "
+        "arrive."
+    ),
+    epilog=(
+        "Exit status: the remote command's status; 128+N if signal N killed it; 127 if the server refused it "
+        "(not-allowed) or could not execute it (not-found); 124 if it hit the server's timeout; 1 for any other "
+        "error (output-cap, busy, bad-request, auth, connection problems), with one line on stderr."
+    ),
+    args=[
+        _arg("address", type=_address, metavar="HOST:PORT", help="the command service"),
+        _arg("command", nargs="+", metavar="CMD", help="the program and its arguments (after '--')"),
+        *_SESSION_ARGS,
+    ],
+    run=_cmd_exec,
+)
+_GET = _Client(
+    help="download a file from a file service",
+    description=(
+        "Download PATH (relative to the server's root) into OUT. The bytes go to OUT.part first and OUT appears "
+        "only when the download is complete; an interrupted download leaves OUT.part, which --resume continues. "
+        "A progress bar is drawn on stderr for large files when stderr is a terminal."
+    ),
+    args=[
+        _arg("address", type=_address, metavar="HOST:PORT", help="the file service"),
+        _arg("path", metavar="PATH", help="the file, relative to the served root"),
+        _arg("-o", "--output", metavar="OUT",
+             help="where to save it (default: PATH's last component in the current directory; a directory: inside it)"),  # fmt: skip
+        _arg("--resume", action="store_true", help="continue from OUT.part if it exists"),
+        *_SESSION_ARGS,
+        _arg("--quiet", action="store_true", help="no progress bar"),
+    ],
+    run=_cmd_get,
+)
+#: The client subcommands, in the order --help lists them (after serve).
+_CLIENTS = {"echo": _ECHO, "time": _TIME, "exec": _EXEC, "get": _GET}
+
+
 # -- main -----------------------------------------------------------------------------------------------
 
 def build_parser(only: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="fastframe",
         description="Length-prefixed framing for TCP: servers, clients and tools.",
@@ -341,13 +339,15 @@ def build_parser(only: Optional[List[str]] = None) -> argparse.ArgumentParser:
     )
     # prog given: argparse would otherwise format the usage (and import shutil for the terminal width) to make it
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", prog=parser.prog)
-    for name, add in _COMMANDS.items():
+    if only is None or "serve" in only:
+        _add_serve(sub)
+    for name, client in _CLIENTS.items():
         if only is None or name in only:
-            add(sub)
+            client.add(sub, name)
     return parser
 
 
-_COMMANDS = {"serve": _add_serve, "echo": _add_echo, "time": _add_time, "exec": _add_exec, "get": _add_get}
+_COMMANDS = ("serve", *_CLIENTS)
 
 
 def _needed_commands(argv: List[str]) -> Optional[List[str]]:
@@ -372,12 +372,28 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _quick_args(argv: Sequence[str]) -> Optional[Any]:
+    """The parsed arguments of a plain client command line (fastframe._quickargs), or None: then argparse."""
+    client = _CLIENTS.get(argv[0]) if argv else None
+    if client is None:
+        return None
+    from types import SimpleNamespace
+
+    from ._quickargs import quick_parse
+
+    values = quick_parse(client.specs(), argv[1:])
+    return None if values is None else SimpleNamespace(subcommand=argv[0], func=client.run, **values)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser(_needed_commands(sys.argv[1:] if argv is None else list(argv)))
-    args = parser.parse_args(argv)
-    if args.subcommand is None:
-        parser.print_help()
-        return 2
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = _quick_args(words)
+    if args is None:
+        parser = build_parser(_needed_commands(words))
+        args = parser.parse_args(argv)
+        if args.subcommand is None:
+            parser.print_help()
+            return 2
     from .client import RemoteError
 
     try:
@@ -387,7 +403,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except socket.timeout:
+    except _socket.timeout:
         print("fastframe: error: timed out", file=sys.stderr)
         return 1
     except (OSError, FrameError, EOFError, ValueError, RemoteError) as exc:

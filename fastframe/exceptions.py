@@ -6,7 +6,9 @@ same class whichever implementation raised it.
 
 from __future__ import annotations
 
-from typing import List, Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import List, Optional
 
 __all__ = ["BufferTooSmall", "FrameError", "FrameTooLarge", "IncompleteFrame"]
 

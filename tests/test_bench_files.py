@@ -27,6 +27,10 @@ def test_files_bench_quick_has_the_latency_and_64_mib_rows(tmp_path: Path) -> No
     # Every download was checked (size and digest) by the bench; the small row is a batch of them.
     assert len(small["runs"]) == data["meta"]["small_batch"] and all(r["ok"] for r in small["runs"])
     assert small["x_python_pass"] == small["chosen"]["seconds"] / data["meta"]["python_pass_s"]
+    # The floors are timed in the same rounds, and printed as rows of the small table.
+    assert data["meta"]["floors_s"]["python -c pass"] == data["meta"]["python_pass_s"]
+    assert "python -c 'import re' (pip's script wrapper)" in data["meta"]["floors_s"]
+    assert "\npython -c pass " in proc.stdout
     assert large["s_per_gib"] > 0
     assert "4 KiB file" in proc.stdout and "64 MiB file" in proc.stdout and "x py -c pass" in proc.stdout
     failed = [r for r in data["results"] if r["status"] == "failed"]

@@ -39,6 +39,8 @@ import secrets
 import socket
 from typing import Optional
 
+import _socket
+
 from .._framed import FramedSocket
 from .errors import error_frame, is_error, parse_error
 
@@ -162,7 +164,7 @@ def load_secret(path: str) -> bytes:
 # -- the blocking client ------------------------------------------------------------------------------------
 
 
-def client_handshake(sock: socket.socket, secret: bytes) -> None:
+def client_handshake(sock: _socket.socket, secret: bytes) -> None:
     """Run the client side on a connected blocking socket; raise HandshakeError if it fails.
 
     Nothing beyond the server's last handshake frame is read.  The server allows HANDSHAKE_TIMEOUT seconds for

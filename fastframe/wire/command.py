@@ -39,9 +39,12 @@ into an argv or the error frame that answers it.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import error_frame, short
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "EXIT",

@@ -31,7 +31,9 @@ parses.  The codes, each used by the services named:
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Tuple
 
 __all__ = ["CODES", "ERROR", "WireError", "error_frame", "is_error", "parse_error", "short"]
 

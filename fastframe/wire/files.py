@@ -49,11 +49,14 @@ Requests on one connection are answered one after another, in order.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Dict, List, NamedTuple, Optional
 
+from . import _minijson as json  # json.loads and json.dumps, without the json package's import time
 from .errors import WireError, error_frame, short
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, NamedTuple, Optional
 
 __all__ = [
     "MAX_FILE_REQUEST",
@@ -83,19 +86,26 @@ TRAILER_OK = b"T"
 _MAX_DIGITS = 20  # an offset never needs more; int() of a long digit string is quadratic before Python 3.11
 
 
-class FileRequest(NamedTuple):
-    parts: List[str]  # the path's components, never empty, never "." or ".."
-    offset: int
-    validator: Optional[str]  # of the download being resumed
-    trailer: bool  # the client wants a trailer frame after the bytes
+if TYPE_CHECKING:  # pragma: no cover
 
+    class FileRequest(NamedTuple):
+        parts: List[str]  # the path's components, never empty, never "." or ".."
+        offset: int
+        validator: Optional[str]  # of the download being resumed
+        trailer: bool  # the client wants a trailer frame after the bytes
 
-class FileMeta(NamedTuple):
-    size: int
-    offset: int  # where the bytes that follow start: the request's offset, or 0 if the file changed since
-    length: int  # how many raw bytes follow: size - offset
-    validator: Optional[str]  # None from a server that sends none
-    trailer: bool  # a trailer frame follows the bytes
+    class FileMeta(NamedTuple):
+        size: int
+        offset: int  # where the bytes that follow start: the request's offset, or 0 if the file changed since
+        length: int  # how many raw bytes follow: size - offset
+        validator: Optional[str]  # None from a server that sends none
+        trailer: bool  # a trailer frame follows the bytes
+
+else:  # the same tuples, made without typing (whose import is a start-up cost for the CLI)
+    from collections import namedtuple
+
+    FileRequest = namedtuple("FileRequest", ["parts", "offset", "validator", "trailer"])
+    FileMeta = namedtuple("FileMeta", ["size", "offset", "length", "validator", "trailer"])
 
 
 def _parse_int(digits: str) -> int:

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
 
 __all__ = ["FORMATS", "RFC868_OFFSET", "REPLY_SIZE", "decode_time", "encode_time"]
 

@@ -129,7 +129,7 @@ def test_download_over_tls_in_large_blocks(
         writes.append(len(data))
         return real_write(fd, data)
 
-    monkeypatch.setattr(client.os, "write", counting_write)
+    monkeypatch.setattr(os, "write", counting_write)  # (the module the download writes with)
     out = tmp_path / "big.bin"
     size = client.get_file("127.0.0.1", services.port("files"), "big.bin", str(out), **tls(client_ctx))
     expected = (files_root / "big.bin").read_bytes()
