@@ -16,7 +16,7 @@ import time
 import pytest
 
 #: Debian package for each tool whose package is not named after it.
-PACKAGES = {"nc": "netcat-openbsd", "systemd-notify": "systemd"}
+PACKAGES = {"nc": "netcat-openbsd", "systemd-notify": "systemd", "ngx_stream_module": "libnginx-mod-stream"}
 
 
 def require_tool(name: str) -> str:

@@ -21,7 +21,15 @@ the same):
       default ports rewritten to this module's servers, a 60 s timeout, exit status 0; a ``# prints X`` comment
       means the output must be X, and ``fastframe time`` must print the current time.
     - ``cd DIR`` is skipped: the test runs outside the source tree already, which is what such lines are for.
+    - ``fastframe serve ... &`` stays up for the rest of the block (``kill $!`` stops it gracefully, exit status
+      0): each port it names is served on a free one, and the later commands of the block have that number
+      rewritten to it; ``sleep N;`` before a command is dropped (the test waits for the listening lines).
+    - ``/tmp/fastframe-...`` paths (Unix sockets) are mapped into the test's directory.
 - ``toml``: must parse (and is used by the commands after it, above).
+- ``haproxy``: ``haproxy -c`` accepts it; ``nginx``: ``nginx -t`` accepts it inside a minimal main
+  configuration that loads the stream module; ``ini`` (a systemd unit): it parses, is ``Type=notify``, and the
+  ``fastframe serve`` line of its ``ExecStart`` is accepted by the parser of ``serve``; ``conf`` (logrotate):
+  ``logrotate --debug`` accepts it.
 - ``text``: output and diagrams, nothing to run.  A block without a language fails: say ``text``.
 
 Example paths are mapped to what the test makes: ``/srv/share`` to the served root (which holds
@@ -63,9 +71,10 @@ NOT_RUN = {
     "FASTFRAME_NO_EXTENSIONS=1 pip install": "a pure-Python install: .ci/run builds and tests exactly that",
     "pytest": "the suite itself, which is what is running this test",
     "apt-get install": "installs a Debian package (root, network): the first step of .ci/run",
-    # The lead removes these two at the merge of the TLS branch, which brings `fastframe serve --tls-*`.
-    "fastframe echo 127.0.0.1:4433": "needs a TLS server, which `fastframe serve` gets with the TLS branch",
-    "fastframe get 127.0.0.1:4434": "needs a TLS server, which `fastframe serve` gets with the TLS branch",
+    "fastframe serve --host 10.0.0.11": "an application host's own address; tests/deploy/test_scaleout.py serves "
+    "these flags on loopback (127.0.0.11-13) behind a real HAProxy",
+    'echo "set server': "HAProxy's runtime API on a deployed balancer; test_scaleout.py drains through it",
+    "systemctl restart": "a systemd host's unit; test_scaleout.py restarts the servers itself",
 }
 
 #: Python blocks that are compiled but not run, by (file, a line of theirs), and why.
@@ -73,11 +82,8 @@ COMPILE_ONLY = {
     ("README.md", "while True:"): "the shape of an event loop: forever, around the socket of the block above",
     ("README.md", "# PostgreSQL: a type byte"): "talks to PostgreSQL and MariaDB on their ports; "
     "tests/test_live_servers.py has the same conversation with throwaway servers",
-    # The lead removes this one at the merge of the TLS branch, which brings `fastframe serve --tls-*`.
-    (
-        "README.md",
-        'ssl=client_context("server.pem")',
-    ): "needs a TLS server, which `fastframe serve` gets with the TLS branch",
+    ("README.md", 'ssl=client_context("server.pem")'): "the asyncio client of the TLS server the block above "
+    "starts (server.pem from its openssl line); tests/tls/test_aio_tls.py runs the same calls against a TLS server",
 }
 
 
@@ -267,6 +273,36 @@ def start_and_stop_serve(where: str, argv: List[str], workdir: Path) -> None:
         server.stop()
 
 
+def start_in_background(where: str, argv: List[str], workdir: Path, block_ports: Dict[int, int]) -> harness.ServerProcess:
+    """``fastframe serve ... &``: serve each port it names on a free one (recorded in ``block_ports``)."""
+    args, named = [], []
+    for arg in argv[2:]:
+        if args and args[-1].lstrip("-") in ("echo", "time", "command", "files") and arg.isdigit() and arg != "0":
+            named.append((args[-1].lstrip("-"), int(arg)))
+            arg = "0"
+        args.append(arg)
+    server = harness.ServerProcess(args, expect=len(named) or 1, cwd=str(workdir))
+    for name, port in named:
+        block_ports[port] = server.port(name)
+    assert harness.wait_until(lambda: "serving with" in server.stderr()), f"{where}: {shlex.join(argv)!r} never served"
+    return server
+
+
+def stop_background(where: str, server: harness.ServerProcess) -> None:
+    try:
+        server.signal(signal.SIGTERM)
+        code, _ = harness.wait_exit(server, 15)
+        assert code == 0, f"{where}: the background server exited {code} on SIGTERM:\n{server.stderr()[-2000:]}"
+    finally:
+        server.stop()
+
+
+def with_block_ports(text: str, ports: Dict[int, int]) -> str:
+    for old, new in ports.items():
+        text = re.sub(rf"(?<![\d.]){old}(?![\d])", str(new), text)
+    return text
+
+
 def run_command(where: str, command: str, comment: str, env: Env, workdir: Path) -> None:
     if command.split()[0] in ("rdate", "openssl"):
         require_tool(command.split()[0])
@@ -296,21 +332,100 @@ def run_sh(block: Block, env: Env, workdir: Path) -> int:
                 text = with_ports(with_paths(earlier.text, env.root, env.secret), serve_ports)
                 (workdir / name.group(1)).write_text(text)
     ran = 0
-    for command, comment in commands(block.text):
-        if not command or not_run_reason(command) is not None:
-            continue
-        command = with_paths(command, env.root, env.secret)
-        argv = shlex.split(command)
-        if argv[0] == "cd":
-            pass
-        elif argv[:2] == ["fastframe", "serve"]:
-            start_and_stop_serve(block.where, shlex.split(with_ports(command, serve_ports)), workdir)
-        elif argv[0] == "python" and argv[1].endswith(".py") and "/bench/" in "/" + argv[1]:
-            check_bench_arguments(block.where, argv, workdir)
-        else:
-            run_command(block.where, command, comment, env, workdir)
-        ran += 1
+    background: List[harness.ServerProcess] = []
+    block_ports: Dict[int, int] = {}
+    try:
+        for command, comment in commands(block.text):
+            ran += run_one(block, command, comment, env, workdir, background, block_ports)
+    finally:
+        for server in background:
+            server.stop()
     return ran
+
+
+def run_one(block: Block, command: str, comment: str, env: Env, workdir: Path,
+            background: List[harness.ServerProcess], block_ports: Dict[int, int]) -> int:  # fmt: skip
+    """Run one command of a shell block (see the module docstring); 1 if it ran, 0 if excused."""
+    if not command or not_run_reason(command) is not None:
+        return 0
+    command = re.sub(r"^sleep [\d.]+;\s*", "", command)
+    command = with_block_ports(with_paths(command, env.root, env.secret), block_ports)
+    command = command.replace("/tmp/fastframe-", f"{workdir}/fastframe-")
+    argv = shlex.split(command)
+    if argv == ["kill", "$!"]:
+        assert background, f"{block.where}: `kill $!` with nothing in the background"
+        stop_background(block.where, background.pop())
+    elif argv[:2] == ["fastframe", "serve"] and argv[-1] == "&":
+        background.append(start_in_background(block.where, argv[:-1], workdir, block_ports))
+    else:
+        run_plain(block, command, comment, env, workdir)
+    return 1
+
+
+def run_plain(block: Block, command: str, comment: str, env: Env, workdir: Path) -> None:
+    argv = shlex.split(command)
+    if argv[0] == "cd":
+        pass
+    elif argv[:2] == ["fastframe", "serve"]:
+        start_and_stop_serve(block.where, shlex.split(with_ports(command, dict.fromkeys(DEFAULT_PORTS, 0))), workdir)
+    elif argv[0] == "python" and argv[1].endswith(".py") and "/bench/" in "/" + argv[1]:
+        check_bench_arguments(block.where, argv, workdir)
+    else:
+        run_command(block.where, command, comment, env, workdir)
+
+
+# -- configuration files ------------------------------------------------------------------------------------
+
+
+def check_haproxy(block: Block, workdir: Path) -> None:
+    haproxy = require_tool("haproxy")
+    path = workdir / "haproxy.cfg"
+    path.write_text(block.text)
+    proc = run(block.where, [haproxy, "-c", "-f", str(path)], workdir)
+    assert proc.returncode == 0, f"{block.where}: haproxy -c refuses it:\n{proc.stdout}{proc.stderr}"
+
+
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+def check_nginx(block: Block, workdir: Path) -> None:
+    nginx = require_tool("nginx")
+    if not os.path.exists(STREAM_MODULE):
+        require_tool("ngx_stream_module")  # not a command: fails in CI, skips elsewhere, naming the package
+    path = workdir / "nginx.conf"
+    path.write_text(f"load_module {STREAM_MODULE};\nerror_log stderr;\npid {workdir}/nginx.pid;\n"
+                    f"events {{}}\n{block.text}")  # fmt: skip
+    proc = run(block.where, [nginx, "-t", "-c", str(path), "-p", str(workdir)], workdir)
+    assert proc.returncode == 0, f"{block.where}: nginx -t refuses it:\n{proc.stdout}{proc.stderr}"
+
+
+def check_unit(block: Block, workdir: Path) -> None:
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(block.text.replace("\\\n", " "))
+    assert unit["Service"]["Type"] == "notify", f"{block.where}: not a Type=notify unit"
+    argv = shlex.split(unit["Service"]["ExecStart"])
+    assert argv[0].endswith("/fastframe") and argv[1] == "serve", f"{block.where}: ExecStart is not fastframe serve"
+    proc = run(block.where, [sys.executable, "-c", ARGUMENTS_ONLY.replace("runpy.run_path(sys.argv[0]",
+               "runpy.run_module('fastframe'"), "fastframe", *argv[1:]], workdir)  # fmt: skip
+    assert proc.returncode == 0 and "arguments accepted" in proc.stdout, (
+        f"{block.where}: serve refuses the unit's ExecStart:\n{proc.stdout}{proc.stderr[-2000:]}"
+    )
+
+
+def check_logrotate(block: Block, workdir: Path) -> None:
+    logrotate = require_tool("logrotate")
+    path = workdir / "fastframe.logrotate"
+    path.write_text(block.text)
+    proc = run(block.where, [logrotate, "--debug", "--state", str(workdir / "state"), str(path)], workdir)
+    assert proc.returncode == 0 and "error" not in proc.stderr.lower(), (
+        f"{block.where}: logrotate refuses it:\n{proc.stdout}{proc.stderr}"
+    )
+
+
+CONFIG_CHECKS = {"haproxy": check_haproxy, "nginx": check_nginx, "ini": check_unit, "conf": check_logrotate}
 
 
 # -- the tests ----------------------------------------------------------------------------------------------
@@ -327,6 +442,8 @@ def test_block_runs_as_written(block: Block, env: Env, tmp_path: Path) -> None:
         assert ran == len(runnable), f"{block.where}: {len(runnable) - ran} commands skipped without a reason"
     elif block.lang == "toml":
         tomllib.loads(block.text)
+    elif block.lang in CONFIG_CHECKS:
+        CONFIG_CHECKS[block.lang](block, tmp_path)
     else:
         assert block.lang == "text", f"{block.where}: no rule for a `{block.lang}` block (see this test's docstring)"
 
