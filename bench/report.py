@@ -398,7 +398,7 @@ def files_summary(data: dict[str, Any]) -> str:
             times = [x["seconds"] for x in ok_runs(r)]
             ratio = c["seconds"] / base if base else None
             vs = "1.00" if ratio is not None and abs(ratio - 1) < 1e-12 else (
-                "-" if ratio is None else f"{ratio:.2f}x {'slower' if ratio > 1 else 'faster'}")  # fmt: skip
+                "-" if ratio is None else f"{ratio:.2f}x slower" if ratio > 1 else f"{1 / ratio:.2f}x faster")  # fmt: skip
             note = failed_note(r)
             out.append(f"| {label} | {c['seconds'] / (size / GiB):.3f} | {c['seconds']:.3f} ({min(times):.3f}-"
                        f"{max(times):.3f}){' ' + note if note else ''} | {vs} |")  # fmt: skip
