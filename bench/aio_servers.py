@@ -27,7 +27,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import Any, Callable, List
+from typing import Any, Callable
 
 HOST = "127.0.0.1"
 MAX_FRAME = 16 * 1024 * 1024
@@ -57,7 +57,7 @@ def make_batch_protocol(handler: Callable[[bytes], bytes]) -> Any:
         def __init__(self) -> None:
             super().__init__(max_frame=MAX_FRAME)
 
-        def frames_received(self, frames: List[bytes]) -> None:
+        def frames_received(self, frames: list[bytes]) -> None:
             self.send_frames([handler(f) for f in frames])
 
     return BatchEcho
@@ -92,7 +92,7 @@ async def serve(kind: str, port: int, handler: Callable[[bytes], bytes]) -> None
     server.close()
 
 
-def main(argv: List[str]) -> int:
+def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="fastframe.aio framed echo servers for the server bench.")
     p.add_argument("kind", choices=["protocol", "batch", "streams"])
     p.add_argument("port", type=int, nargs="?", default=0)

@@ -341,16 +341,35 @@ def all_servers(workers: int) -> list[ServerSpec]:
         ServerSpec("prefork", f"fastframe prefork x{workers}", "fastframe", F, f"--engine prefork --workers {workers}"),
         ServerSpec("select-purepy", "fastframe select, pure-Py", "fastframe-py", F, "FASTFRAME_PURE_PYTHON=1"),
         ServerSpec("select-unix", "fastframe select, Unix socket", "fastframe", F, "--echo unix:PATH"),
-        ServerSpec("select-metrics", "fastframe select --metrics", "fastframe", F, "--metrics, not scraped",
-                   "prometheus_client"),  # fmt: skip
-        ServerSpec("select-metrics-scraped", "fastframe select --metrics, scraped 1/s", "fastframe", F,
-                   "--metrics, GET /metrics once a second", "prometheus_client"),  # fmt: skip
+        ServerSpec(
+            "select-metrics",
+            "fastframe select --metrics",
+            "fastframe",
+            F,
+            "--metrics, not scraped",
+            "prometheus_client",
+        ),  # fmt: skip
+        ServerSpec(
+            "select-metrics-scraped",
+            "fastframe select --metrics, scraped 1/s",
+            "fastframe",
+            F,
+            "--metrics, GET /metrics once a second",
+            "prometheus_client",
+        ),  # fmt: skip
         ServerSpec("c-epoll", "C epoll echo (ceiling)", "c", F, "bench/echo_c.c"),
         ServerSpec("uvloop", "uvloop Protocol", "peer", F, "asyncio.Protocol + '!I' parser on uvloop", "uvloop"),
-        ServerSpec("uvloop-raw", "uvloop raw echo (no framing)", "peer", F,
-                   "data_received -> write(data): parses nothing", "uvloop"),  # fmt: skip
-        ServerSpec("asyncio-raw", "asyncio raw echo (no framing)", "peer", F,
-                   "data_received -> write(data): parses nothing"),  # fmt: skip
+        ServerSpec(
+            "uvloop-raw",
+            "uvloop raw echo (no framing)",
+            "peer",
+            F,
+            "data_received -> write(data): parses nothing",
+            "uvloop",
+        ),  # fmt: skip
+        ServerSpec(
+            "asyncio-raw", "asyncio raw echo (no framing)", "peer", F, "data_received -> write(data): parses nothing"
+        ),  # fmt: skip
         ServerSpec("asyncio-protocol", "asyncio Protocol", "peer", F, "asyncio.Protocol + '!I' parser"),
         ServerSpec("asyncio-streams", "asyncio streams", "peer", F, "readexactly + write + drain"),
         ServerSpec("twisted", "Twisted Int32String", "peer", F, "Int32StringReceiver", "twisted"),
@@ -358,27 +377,67 @@ def all_servers(workers: int) -> list[ServerSpec]:
         ServerSpec("threading", "ThreadingTCPServer", "peer", F, "socketserver, thread per connection"),
         # the general path: bytes.upper() per frame everywhere, checked by the load generator
         ServerSpec("select-upper", "fastframe select", "fastframe", G, "fastframe serve --engine select --upper"),
-        ServerSpec("prefork-upper", f"fastframe prefork x{workers}", "fastframe", G,
-                   f"--engine prefork --workers {workers} --upper"),  # fmt: skip
-        ServerSpec("select-purepy-upper", "fastframe select, pure-Py", "fastframe-py", G,
-                   "FASTFRAME_PURE_PYTHON=1 --upper"),  # fmt: skip
+        ServerSpec(
+            "prefork-upper",
+            f"fastframe prefork x{workers}",
+            "fastframe",
+            G,
+            f"--engine prefork --workers {workers} --upper",
+        ),  # fmt: skip
+        ServerSpec(
+            "select-purepy-upper", "fastframe select, pure-Py", "fastframe-py", G, "FASTFRAME_PURE_PYTHON=1 --upper"
+        ),  # fmt: skip
         ServerSpec("uvloop-upper", "uvloop Protocol", "peer", G, "asyncio.Protocol + '!I' parser on uvloop", "uvloop"),
         ServerSpec("asyncio-protocol-upper", "asyncio Protocol", "peer", G, "asyncio.Protocol + '!I' parser"),
         ServerSpec("twisted-upper", "Twisted Int32String", "peer", G, "Int32StringReceiver", "twisted"),
-        ServerSpec("aio-protocol-uvloop", "fastframe.aio FrameProtocol, uvloop", "fastframe-aio", G,
-                   "frame_received -> send_frame", "uvloop"),  # fmt: skip
-        ServerSpec("aio-batch-uvloop", "fastframe.aio frames_received, uvloop", "fastframe-aio", G,
-                   "frames_received(list) -> send_frames", "uvloop"),  # fmt: skip
-        ServerSpec("aio-streams-uvloop", "fastframe.aio streams, uvloop", "fastframe-aio", G,
-                   "async for frame in reader: write_frame + drain", "uvloop"),  # fmt: skip
-        ServerSpec("uvloop-streams-upper", "uvloop streams readexactly", "peer", G, "readexactly + write + drain",
-                   "uvloop"),  # fmt: skip
-        ServerSpec("aio-protocol-asyncio", "fastframe.aio FrameProtocol, asyncio", "fastframe-aio", G,
-                   "frame_received -> send_frame"),  # fmt: skip
-        ServerSpec("aio-batch-asyncio", "fastframe.aio frames_received, asyncio", "fastframe-aio", G,
-                   "frames_received(list) -> send_frames"),  # fmt: skip
-        ServerSpec("aio-streams-asyncio", "fastframe.aio streams, asyncio", "fastframe-aio", G,
-                   "async for frame in reader: write_frame + drain"),  # fmt: skip
+        ServerSpec(
+            "aio-protocol-uvloop",
+            "fastframe.aio FrameProtocol, uvloop",
+            "fastframe-aio",
+            G,
+            "frame_received -> send_frame",
+            "uvloop",
+        ),  # fmt: skip
+        ServerSpec(
+            "aio-batch-uvloop",
+            "fastframe.aio frames_received, uvloop",
+            "fastframe-aio",
+            G,
+            "frames_received(list) -> send_frames",
+            "uvloop",
+        ),  # fmt: skip
+        ServerSpec(
+            "aio-streams-uvloop",
+            "fastframe.aio streams, uvloop",
+            "fastframe-aio",
+            G,
+            "async for frame in reader: write_frame + drain",
+            "uvloop",
+        ),  # fmt: skip
+        ServerSpec(
+            "uvloop-streams-upper", "uvloop streams readexactly", "peer", G, "readexactly + write + drain", "uvloop"
+        ),  # fmt: skip
+        ServerSpec(
+            "aio-protocol-asyncio",
+            "fastframe.aio FrameProtocol, asyncio",
+            "fastframe-aio",
+            G,
+            "frame_received -> send_frame",
+        ),  # fmt: skip
+        ServerSpec(
+            "aio-batch-asyncio",
+            "fastframe.aio frames_received, asyncio",
+            "fastframe-aio",
+            G,
+            "frames_received(list) -> send_frames",
+        ),  # fmt: skip
+        ServerSpec(
+            "aio-streams-asyncio",
+            "fastframe.aio streams, asyncio",
+            "fastframe-aio",
+            G,
+            "async for frame in reader: write_frame + drain",
+        ),  # fmt: skip
         ServerSpec("asyncio-streams-upper", "asyncio streams readexactly", "peer", G, "readexactly + write + drain"),
     ]
 

@@ -154,8 +154,10 @@ def run_tls(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    print(f"fastframe TLS bench - {date} - {bs._cpu_model()}, {os.cpu_count()} CPUs; "
-          f"{'load generator on CPU %d, server on CPU %d' % (cpu_list[0], cpu_list[1]) if two else 'not pinned'}")
+    print(
+        f"fastframe TLS bench - {date} - {bs._cpu_model()}, {os.cpu_count()} CPUs; "
+        f"{f'load generator on CPU {cpu_list[0]}, server on CPU {cpu_list[1]}' if two else 'not pinned'}"
+    )
     print(f"\nTLS framed echo, {args.connections} connections x 64 B ({args.duration:g} s window, median of "
           f"{args.repeat})")  # fmt: skip
     head = f"{'server':<34} {'depth':>5} {'req/s':>9} {'CPU us/req':>10} {'x select':>8} {'lg CPU':>6}  negotiated"
@@ -169,11 +171,14 @@ def run_tls(args: argparse.Namespace) -> int:
         label = "fastframe select --tls-cert" if r["server"] == "select-tls" else "uvloop Protocol, ssl="
         print(f"{label:<34} {r['depth']:>5} {r['req_per_s']:>9.0f} {r['cpu_us_per_req']:>10.2f} "
               f"{bs.fmt_ratio(r['ratio_req_s']):>8} {r['loadgen_cpu_util']:>6.2f}  {r.get('tls', '')}")  # fmt: skip
-    print("x select: fastframe's req/s / this row's (above 1: fastframe faster); lg CPU: the Python load "
-          "generator's CPU share (near 1.00: it, not the server, was the limit)")
+    print(
+        "x select: fastframe's req/s / this row's (above 1: fastframe faster); lg CPU: the Python load "
+        "generator's CPU share (near 1.00: it, not the server, was the limit)"
+    )
     if downloads:
-        print(f"\nTLS download of {bs.fmt_bytes(args.file_size)} (median of {args.repeat}); fastframe path: "
-              f"{path_ran()}")
+        print(
+            f"\nTLS download of {bs.fmt_bytes(args.file_size)} (median of {args.repeat}); fastframe path: {path_ran()}"
+        )
         for row in downloads:
             c = row["chosen"]
             label = "fastframe serve --tls + get --tls" if row["server"] == "fastframe" else "nginx ssl + curl"

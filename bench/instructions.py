@@ -109,8 +109,13 @@ def measure(spec: Any, ctx: Any, depth: int, size: int, requests: int, outdir: s
 def main(argv: list[str] | None = None) -> int:
     names = [s.name for s in bench_servers.all_servers(2) if not s.name.startswith("prefork")]
     p = argparse.ArgumentParser(description="User-space instructions per request under callgrind (see the docstring).")
-    p.add_argument("--servers", type=bench_servers._list(names), default=DEFAULT_SERVERS, metavar="LIST",
-                   help=f"rows of the server bench, comma-separated (default {','.join(DEFAULT_SERVERS)})")
+    p.add_argument(
+        "--servers",
+        type=bench_servers._list(names),
+        default=DEFAULT_SERVERS,
+        metavar="LIST",
+        help=f"rows of the server bench, comma-separated (default {','.join(DEFAULT_SERVERS)})",
+    )
     p.add_argument("--depths", default="1,16", help="requests in flight per connection, comma-separated")
     p.add_argument("--sizes", default="64", help="payload sizes, comma-separated (64, 16K, ...)")
     p.add_argument("--requests", type=int, default=3000, help="measured requests per (server, depth, size)")

@@ -31,7 +31,8 @@ import math
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 NOISE_CORES = 0.25  # other processes using more than this (in CPUs) during a window get the row flagged
 FAST = "fast"
@@ -175,8 +176,7 @@ def servers_summary(data: dict[str, Any]) -> str:
     out: list[str] = []
     for path in paths_of(rows):
         cols = " | ".join(
-            f"({k}) {fmt_bytes(data['scenarios'][k]['size'])}, depth {data['scenarios'][k]['depth']}: "
-            "req/s, CPU µs/req"
+            f"({k}) {fmt_bytes(data['scenarios'][k]['size'])}, depth {data['scenarios'][k]['depth']}: req/s, CPU µs/req"
             for k in keys
         )
         if out:
@@ -355,8 +355,9 @@ def plot_servers(data: dict[str, Any], png: str) -> str | None:
     fig.suptitle(
         f"fastframe server bench, {meta['date']} - {meta['cpu_count']} CPUs, {meta.get('pinning_short', '')}; "
         f"{meta['duration']:g} s per run; bar: the median-req/s run of {meta['repeat']}, whiskers: min-max of the "
-        f"runs\n" + "".join(f"{PATH_TITLES[p].split(':')[0]}: {PATH_NOTES[p]}\n" for p in paths) +
-        f"'N% CPU': the server's CPU use in the window (below ~95%: it was not saturated); '~': other processes "
+        f"runs\n"
+        + "".join(f"{PATH_TITLES[p].split(':')[0]}: {PATH_NOTES[p]}\n" for p in paths)
+        + f"'N% CPU': the server's CPU use in the window (below ~95%: it was not saturated); '~': other processes "
         f"used > {NOISE_CORES:g} CPU meanwhile",
         fontsize=8.5,
     )
@@ -591,10 +592,16 @@ def tls_summary(data: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if data["downloads"]:
         size = fmt_bytes(data["downloads"][0]["size"])
-        lines += ["", f"| server + client, {size} over TLS | seconds | server CPU s | client CPU s |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"| server + client, {size} over TLS | seconds | server CPU s | client CPU s |",
+            "|---|---|---|---|",
+        ]
         for row in data["downloads"]:
             c = row.get("chosen")
-            cells = [f"{c['seconds']:.2f}", f"{c['server_cpu_s']:.2f}", f"{c['client_cpu_s']:.2f}"] if c else ["failed"] * 3
+            cells = (
+                [f"{c['seconds']:.2f}", f"{c['server_cpu_s']:.2f}", f"{c['client_cpu_s']:.2f}"] if c else ["failed"] * 3
+            )
             lines.append(f"| {TLS_LABELS.get(row['server'], row['server'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

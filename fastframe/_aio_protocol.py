@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from types import ModuleType
-from typing import TYPE_CHECKING, ClassVar, Iterable, List, Optional
+from typing import TYPE_CHECKING, ClassVar
 
 from ._codec_choice import codec as _impl
 from ._framed import SCATTER_THRESHOLD, _flat, _Layout, _nbytes
@@ -54,11 +55,11 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def __init__(
         self,
         prefix: Prefix = "!I",
-        max_frame: Optional[int] = None,
+        max_frame: int | None = None,
         *,
         offset: int = 0,
         adjust: int = 0,
-        strip: Optional[int] = None,
+        strip: int | None = None,
     ) -> None:
         codec = self.codec
         if offset or adjust or strip is not None:
@@ -72,8 +73,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._scatter = wire.scatter
         self._encode = codec.encode
         self._encode_many = codec.encode_many
-        self._transport: Optional[asyncio.Transport] = None
-        self._batch: Optional[List[bytes]] = None  # small payloads sent during this read's callbacks
+        self._transport: asyncio.Transport | None = None
+        self._batch: list[bytes] | None = None  # small payloads sent during this read's callbacks
         cls = type(self)
         # Per read, the loop makes two calls into the protocol and the protocol one per frame: spare Python
         # frames where nothing was overridden (the loop calls the decoder's get_buffer itself, and
@@ -88,7 +89,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return self._decoder.framing.replace(max_frame=self._decoder.max_frame)  # type: ignore[no-any-return]
 
     @property
-    def transport(self) -> Optional[asyncio.Transport]:
+    def transport(self) -> asyncio.Transport | None:
         """The connection's transport (None before ``connection_made``).
 
         Reading it first writes the frames collected so far, so that what is done with it comes after them.
@@ -98,7 +99,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return self._transport
 
     @transport.setter
-    def transport(self, transport: Optional[asyncio.Transport]) -> None:
+    def transport(self, transport: asyncio.Transport | None) -> None:
         self._transport = transport
 
     # -- asyncio.BufferedProtocol ---------------------------------------------------------------------
@@ -110,7 +111,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return self._decoder.get_buffer(sizehint)  # type: ignore[no-any-return]
 
     def buffer_updated(self, nbytes: int) -> None:
-        error: Optional[FrameError] = None
+        error: FrameError | None = None
         try:
             frames = self._decoder.buffer_updated(nbytes)
         except FrameError as exc:
@@ -140,7 +141,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._batch = []
         self._transport.write(self._encode_many(batch, self._layout))
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> bool | None:
         try:
             self._decoder.close()
         except FrameError as exc:
@@ -149,7 +150,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     # -- frames ---------------------------------------------------------------------------------------
 
-    def frames_received(self, frames: List[bytes]) -> None:
+    def frames_received(self, frames: list[bytes]) -> None:
         """Called once per read with the frames it completed (a non-empty list, in order).
 
         The default calls :meth:`frame_received` for each.  Override it to handle a batch at once, e.g.

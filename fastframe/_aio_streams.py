@@ -9,18 +9,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import (
     TYPE_CHECKING,
     Any,
-    AsyncIterator,
-    Awaitable,
     Callable,
-    Deque,
-    Dict,
-    Iterable,
-    List,
-    Optional,
-    Tuple,
     Union,
 )
 
@@ -34,7 +27,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._framed import Buffer, Prefix  # (annotations only: _framed defines them for type checkers)
 
 __all__ = [
-    "ConnectedCallback", "FrameReader", "FrameWriter", "open_connection", "open_unix_connection", "start_server",
+    "ConnectedCallback",
+    "FrameReader",
+    "FrameWriter",
+    "open_connection",
+    "open_unix_connection",
+    "start_server",
     "start_unix_server",
 ]
 
@@ -45,16 +43,16 @@ class FrameReader:
     """Incoming frames of one connection; created by :func:`open_connection` and :func:`start_server`."""
 
     def __init__(self, high_water: int = DEFAULT_HIGH_WATER) -> None:
-        self._frames: Deque[bytes] = collections.deque()
+        self._frames: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._high_water = high_water
-        self._waiter: Optional[asyncio.Future[None]] = None
-        self._exception: Optional[BaseException] = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._exception: BaseException | None = None
         self._eof = False
-        self._transport: Optional[asyncio.Transport] = None
+        self._transport: asyncio.Transport | None = None
         self._paused = False
         # Set by the protocol: asyncio.get_running_loop() costs a getpid() system call on every wait.
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -66,7 +64,7 @@ class FrameReader:
     def _feed(self, frame: bytes) -> None:
         self._feed_many([frame])
 
-    def _feed_many(self, frames: List[bytes]) -> None:
+    def _feed_many(self, frames: list[bytes]) -> None:
         self._frames.extend(frames)
         self._queued += sum(map(len, frames))
         if not self._paused and self._queued > self._high_water and self._transport is not None:
@@ -118,7 +116,7 @@ class FrameReader:
             self._taken(0)
         return frame
 
-    async def read_frames(self) -> List[bytes]:
+    async def read_frames(self) -> list[bytes]:
         """Return every frame received so far, waiting for at least one (errors as :meth:`read_frame`)."""
         if not self._frames:
             await self._wait()
@@ -155,7 +153,7 @@ class FrameWriter:
     asyncio's does.
     """
 
-    def __init__(self, transport: asyncio.Transport, protocol: "_StreamProtocol") -> None:
+    def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
 
@@ -221,7 +219,7 @@ class FrameWriter:
     async def wait_closed(self) -> None:
         await self._protocol._closed
 
-    async def __aenter__(self) -> "FrameWriter":
+    async def __aenter__(self) -> FrameWriter:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -239,8 +237,8 @@ class _StreamProtocol(FrameProtocol):
         self,
         reader: FrameReader,
         prefix: Prefix,
-        max_frame: Optional[int],
-        on_connect: Optional[ConnectedCallback] = None,
+        max_frame: int | None,
+        on_connect: ConnectedCallback | None = None,
         **options: Any,
     ) -> None:
         super().__init__(prefix, max_frame, **options)
@@ -250,14 +248,14 @@ class _StreamProtocol(FrameProtocol):
         self._loop = loop
         reader._loop = loop
         self._closed: asyncio.Future[None] = loop.create_future()
-        self._drain_waiters: Deque[asyncio.Future[None]] = collections.deque()
+        self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._paused = False
-        self._lost: Optional[BaseException] = None
-        self._task: Optional[asyncio.Task[None]] = None
-        self.writer: Optional[FrameWriter] = None
-        self._out: List[bytes] = []  # small payloads written by the FrameWriter, not yet given to the transport
+        self._lost: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.writer: FrameWriter | None = None
+        self._out: list[bytes] = []  # small payloads written by the FrameWriter, not yet given to the transport
         self._out_size = 0
-        self._flush_handle: Optional[asyncio.Handle] = None
+        self._flush_handle: asyncio.Handle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -269,7 +267,7 @@ class _StreamProtocol(FrameProtocol):
                 self._task = self._loop.create_task(result)
                 self._task.add_done_callback(self._callback_done)
 
-    def _callback_done(self, task: "asyncio.Task[None]") -> None:
+    def _callback_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         exc = task.exception()
@@ -315,7 +313,7 @@ class _StreamProtocol(FrameProtocol):
 
     # -- reading ------------------------------------------------------------------------------------------
 
-    def frames_received(self, frames: List[bytes]) -> None:
+    def frames_received(self, frames: list[bytes]) -> None:
         self._reader._feed_many(frames)
 
     def frame_received(self, frame: bytes) -> None:
@@ -326,7 +324,7 @@ class _StreamProtocol(FrameProtocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> bool | None:
         try:
             self._decoder.close()
         except FrameError as exc:
@@ -334,7 +332,7 @@ class _StreamProtocol(FrameProtocol):
         self._reader._feed_eof()
         return None
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         if exc is not None:
             self._reader._set_exception(exc)
         self._reader._feed_eof()
@@ -372,15 +370,13 @@ class _StreamProtocol(FrameProtocol):
             raise ConnectionResetError("connection lost") from self._lost
 
 
-def _options(
-    prefix: Prefix, max_frame: Optional[int], offset: int, adjust: int, strip: Optional[int]
-) -> Dict[str, Any]:
+def _options(prefix: Prefix, max_frame: int | None, offset: int, adjust: int, strip: int | None) -> dict[str, Any]:
     """The layout options, checked now (a mistake raises here, before any connection, with the codec's message)."""
     FrameProtocol.codec.Decoder(prefix, max_frame, offset=offset, adjust=adjust, strip=strip)
     return {"prefix": prefix, "max_frame": max_frame, "offset": offset, "adjust": adjust, "strip": strip}
 
 
-def _tls_kwds(kwds: Dict[str, Any], ssl: Any, server_hostname: Optional[str] = None) -> Dict[str, Any]:
+def _tls_kwds(kwds: dict[str, Any], ssl: Any, server_hostname: str | None = None) -> dict[str, Any]:
     if ssl is not None:
         kwds["ssl"] = ssl
     if server_hostname is not None:
@@ -388,8 +384,8 @@ def _tls_kwds(kwds: Dict[str, Any], ssl: Any, server_hostname: Optional[str] = N
     return kwds
 
 
-async def _open(create: Callable[..., Awaitable[Any]], target: Tuple[Any, ...], high_water: int,
-                options: Dict[str, Any], kwds: Dict[str, Any]) -> Tuple[FrameReader, FrameWriter]:  # fmt: skip
+async def _open(create: Callable[..., Awaitable[Any]], target: tuple[Any, ...], high_water: int,
+                options: dict[str, Any], kwds: dict[str, Any]) -> tuple[FrameReader, FrameWriter]:  # fmt: skip
     """The client side of :func:`open_connection` and :func:`open_unix_connection`: ``create`` is the loop's."""
     reader = FrameReader(high_water)
     _, protocol = await create(lambda: _StreamProtocol(reader, **options), *target, **kwds)
@@ -397,25 +393,25 @@ async def _open(create: Callable[..., Awaitable[Any]], target: Tuple[Any, ...], 
     return reader, protocol.writer
 
 
-def _serving(callback: ConnectedCallback, high_water: int, options: Dict[str, Any]) -> Callable[[], _StreamProtocol]:
+def _serving(callback: ConnectedCallback, high_water: int, options: dict[str, Any]) -> Callable[[], _StreamProtocol]:
     """The protocol factory of :func:`start_server` and :func:`start_unix_server`."""
     return lambda: _StreamProtocol(FrameReader(high_water), on_connect=callback, **options)
 
 
 async def open_connection(
-    host: Optional[str] = None,
-    port: Optional[int] = None,
+    host: str | None = None,
+    port: int | None = None,
     *,
     prefix: Prefix = "!I",
-    max_frame: Optional[int] = None,
+    max_frame: int | None = None,
     offset: int = 0,
     adjust: int = 0,
-    strip: Optional[int] = None,
+    strip: int | None = None,
     high_water: int = DEFAULT_HIGH_WATER,
-    ssl: "Union[_ssl.SSLContext, bool, None]" = None,
-    server_hostname: Optional[str] = None,
+    ssl: _ssl.SSLContext | bool | None = None,
+    server_hostname: str | None = None,
     **kwds: Any,
-) -> Tuple[FrameReader, FrameWriter]:
+) -> tuple[FrameReader, FrameWriter]:
     """Connect to ``host:port`` and return a (FrameReader, FrameWriter) pair.
 
     ``prefix`` (or a :class:`~fastframe.Framing`), ``max_frame``, ``offset``, ``adjust`` and ``strip`` describe
@@ -430,18 +426,18 @@ async def open_connection(
 
 
 async def open_unix_connection(
-    path: Optional[str] = None,
+    path: str | None = None,
     *,
     prefix: Prefix = "!I",
-    max_frame: Optional[int] = None,
+    max_frame: int | None = None,
     offset: int = 0,
     adjust: int = 0,
-    strip: Optional[int] = None,
+    strip: int | None = None,
     high_water: int = DEFAULT_HIGH_WATER,
-    ssl: "Union[_ssl.SSLContext, bool, None]" = None,
-    server_hostname: Optional[str] = None,
+    ssl: _ssl.SSLContext | bool | None = None,
+    server_hostname: str | None = None,
     **kwds: Any,
-) -> Tuple[FrameReader, FrameWriter]:
+) -> tuple[FrameReader, FrameWriter]:
     """:func:`open_connection` for a Unix domain socket at ``path`` (``loop.create_unix_connection``).
 
     With ``ssl``, ``server_hostname`` is required (a Unix socket has no host name to default to)."""
@@ -452,16 +448,16 @@ async def open_unix_connection(
 
 async def start_server(
     client_connected_cb: ConnectedCallback,
-    host: Optional[str] = None,
-    port: Optional[int] = None,
+    host: str | None = None,
+    port: int | None = None,
     *,
     prefix: Prefix = "!I",
-    max_frame: Optional[int] = None,
+    max_frame: int | None = None,
     offset: int = 0,
     adjust: int = 0,
-    strip: Optional[int] = None,
+    strip: int | None = None,
     high_water: int = DEFAULT_HIGH_WATER,
-    ssl: "Optional[_ssl.SSLContext]" = None,
+    ssl: _ssl.SSLContext | None = None,
     **kwds: Any,
 ) -> asyncio.AbstractServer:
     """Start a server calling ``client_connected_cb(reader, writer)`` for every connection.
@@ -479,15 +475,15 @@ async def start_server(
 
 async def start_unix_server(
     client_connected_cb: ConnectedCallback,
-    path: Optional[str] = None,
+    path: str | None = None,
     *,
     prefix: Prefix = "!I",
-    max_frame: Optional[int] = None,
+    max_frame: int | None = None,
     offset: int = 0,
     adjust: int = 0,
-    strip: Optional[int] = None,
+    strip: int | None = None,
     high_water: int = DEFAULT_HIGH_WATER,
-    ssl: "Optional[_ssl.SSLContext]" = None,
+    ssl: _ssl.SSLContext | None = None,
     **kwds: Any,
 ) -> asyncio.AbstractServer:
     """:func:`start_server` on a Unix domain socket at ``path`` (``loop.create_unix_server``)."""

@@ -4,18 +4,26 @@ The pure-Python twin ``fastframe._codec_py`` has the same names and signatures; 
 the wire format.
 """
 
-from typing import Iterable, List, Optional, Tuple, Union, final
+from collections.abc import Iterable
+from typing import final
 
 from fastframe._framing import Framing as Framing
 
 __all__ = [
-    "DEFAULT_MAX_FRAME", "LARGE_FRAME", "PREFIXES", "Decoder", "Framing", "encode", "encode_many", "header",
+    "DEFAULT_MAX_FRAME",
+    "LARGE_FRAME",
+    "PREFIXES",
+    "Decoder",
+    "Framing",
+    "encode",
+    "encode_many",
+    "header",
     "write_frames",
 ]
 
 # Private aliases: they exist only in the stub (stubtest ignores underscore names).
-_Buffer = Union[bytes, bytearray, memoryview]
-_Prefix = Union[str, Framing]
+_Buffer = bytes | bytearray | memoryview
+_Prefix = str | Framing
 
 DEFAULT_MAX_FRAME: int
 """Default ``max_frame`` of a Decoder: 8 MiB."""
@@ -23,7 +31,7 @@ DEFAULT_MAX_FRAME: int
 LARGE_FRAME: int
 """Frames of at least this many payload bytes (64 KiB) are received straight into their own object."""
 
-PREFIXES: Tuple[str, ...]
+PREFIXES: tuple[str, ...]
 """Every accepted prefix: ``"!B" ">B" "<B" "!H" ">H" "<H" "!3" ">3" "<3" "!I" ">I" "<I" "!Q" ">Q" "<Q" "varint"``."""
 
 # Everywhere a prefix goes, a Framing may go instead (the keyword options are then left at their defaults).
@@ -49,7 +57,7 @@ def encode_many(payloads: Iterable[_Buffer], prefix: _Prefix = "!I", *, offset: 
 
 def write_frames(
     fd: int, payloads: Iterable[_Buffer], prefix: _Prefix = "!I", *, offset: int = 0, adjust: int = 0
-) -> Optional[memoryview]:
+) -> memoryview | None:
     """Encode ``payloads`` as frames and ``send`` them to socket ``fd`` in one call, never blocking.
 
     Returns None when the kernel took everything, else a memoryview of what it did not take (all of it if
@@ -75,11 +83,11 @@ class Decoder:
     def __init__(
         self,
         prefix: _Prefix = "!I",
-        max_frame: Optional[int] = None,
+        max_frame: int | None = None,
         *,
         offset: int = 0,
         adjust: int = 0,
-        strip: Optional[int] = None,
+        strip: int | None = None,
     ) -> None: ...
     @property
     def prefix(self) -> str:
@@ -91,7 +99,7 @@ class Decoder:
     def adjust(self) -> int:
         """Body bytes = field value + adjust."""
     @property
-    def strip(self) -> Optional[int]:
+    def strip(self) -> int | None:
         """Bytes cut from the front of each frame; None: through the length field."""
     @property
     def framing(self) -> Framing:
@@ -111,7 +119,7 @@ class Decoder:
     @property
     def closed(self) -> bool:
         """True once close() was called."""
-    def feed(self, data: _Buffer) -> List[bytes]:
+    def feed(self, data: _Buffer) -> list[bytes]:
         """Take any bytes-like object; return the payloads of every frame it completes, in order.
 
         On a FrameError the exception's ``frames`` attribute holds the frames completed before it.
@@ -122,9 +130,9 @@ class Decoder:
         Valid until the next call on this decoder; report the bytes written with buffer_updated().  Memory
         nobody wrote reads as zeros, and a view used late never changes a frame already returned.
         """
-    def buffer_updated(self, nbytes: int) -> List[bytes]:
+    def buffer_updated(self, nbytes: int) -> list[bytes]:
         """Account for ``nbytes`` written at the start of the last get_buffer(); return completed frames."""
-    def read_from(self, fd: int) -> Optional[List[bytes]]:
+    def read_from(self, fd: int) -> list[bytes] | None:
         """One ``recv`` from socket ``fd`` straight into the decoder's memory, never blocking.
 
         Returns the frames completed ([] if none), or None at end of stream (then call close()).  Raises
@@ -138,7 +146,7 @@ class Decoder:
         echoes, which pass frames on unchanged without an object per frame.  The extension returns a view
         of its own memory, never reused while the view is alive; the pure twin returns a copy.
         """
-    def read_wire_from(self, fd: int) -> Optional[memoryview]:
+    def read_wire_from(self, fd: int) -> memoryview | None:
         """One ``recv`` from socket ``fd`` (never blocking), then what feed_wire() would return.
 
         None at end of stream; BlockingIOError when nothing was ready; OSError on failure.
@@ -146,7 +154,7 @@ class Decoder:
     @property
     def completed(self) -> int:
         """Frames completed since the decoder was made (a progress counter, e.g. for frame deadlines)."""
-    def relay(self, fd: int, out_fd: int = -1) -> Optional[bytes]:
+    def relay(self, fd: int, out_fd: int = -1) -> bytes | None:
         """One ``recv`` from socket ``fd``, then ``send`` the whole frames it completed to ``out_fd``
         (default: back to ``fd``, an echo) straight from the decoder's memory -- never blocking.
 

@@ -80,7 +80,8 @@ import operator
 import os
 import struct
 import sys
-from typing import Any, Iterable, List, Optional, Tuple, Union, final
+from collections.abc import Iterable
+from typing import Any, Union, final
 
 from . import _framing
 from ._framing import DEFAULT_MAX_FRAME, PREFIXES, Framing
@@ -137,7 +138,7 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _header(n: int, fmt: Tuple[int, bool]) -> bytes:
+def _header(n: int, fmt: tuple[int, bool]) -> bytes:
     width = fmt[0]
     if n > _max_length(width):
         raise FrameTooLarge(n, _max_length(width))
@@ -158,7 +159,7 @@ def _view(data: Buffer) -> memoryview:
     return mv
 
 
-def _encoding(prefix: Prefix, offset: int, adjust: int, where: str) -> Tuple[Tuple[int, bool], int, int]:
+def _encoding(prefix: Prefix, offset: int, adjust: int, where: str) -> tuple[tuple[int, bool], int, int]:
     """(format, offset, adjust) from a prefix and keyword options, or from a Framing."""
     if isinstance(prefix, Framing):
         if offset != 0 or adjust != 0:
@@ -181,7 +182,7 @@ def _field(n: int, offset: int, adjust: int) -> int:
     return value
 
 
-def _frame(mv: memoryview, fmt: Tuple[int, bool], offset: int, adjust: int) -> List[Buffer]:
+def _frame(mv: memoryview, fmt: tuple[int, bool], offset: int, adjust: int) -> list[Buffer]:
     head = _header(_field(mv.nbytes, offset, adjust), fmt)
     if offset:
         return [mv[:offset], head, mv[offset:]]
@@ -221,7 +222,7 @@ def encode(payload: Buffer, prefix: Prefix = "!I", *, offset: int = 0, adjust: i
 def encode_many(payloads: Iterable[Buffer], prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0) -> bytes:
     """Return the frames of all ``payloads``, back to back, in one bytes object (one ``send``)."""
     fmt, offset, adjust = _encoding(prefix, offset, adjust, "encode_many()")
-    parts: List[Buffer] = []
+    parts: list[Buffer] = []
     for payload in payloads:
         parts.extend(_frame(_view(payload), fmt, offset, adjust))
     return b"".join(parts)
@@ -229,7 +230,7 @@ def encode_many(payloads: Iterable[Buffer], prefix: Prefix = "!I", *, offset: in
 
 def write_frames(
     fd: int, payloads: Iterable[Buffer], prefix: Prefix = "!I", *, offset: int = 0, adjust: int = 0
-) -> Optional[memoryview]:
+) -> memoryview | None:
     """Encode ``payloads`` as frames and send them to the non-blocking socket ``fd`` in one call.
 
     Returns None when the kernel took everything, else a memoryview of what it did not take (all of it if
@@ -248,8 +249,8 @@ def write_frames(
 
 
 def _decoding(
-    prefix: Prefix, max_frame: Optional[int], offset: int, adjust: int, strip: Optional[int]
-) -> Tuple[str, int, bool, int, int, int, int]:
+    prefix: Prefix, max_frame: int | None, offset: int, adjust: int, strip: int | None
+) -> tuple[str, int, bool, int, int, int, int]:
     """The spec tuple of a Framing (see fastframe._framing) from a Decoder's arguments."""
     if isinstance(prefix, Framing):
         if max_frame is not None or offset != 0 or adjust != 0 or strip is not None:
@@ -300,11 +301,11 @@ class Decoder:
     def __init__(
         self,
         prefix: Prefix = "!I",
-        max_frame: Optional[int] = None,
+        max_frame: int | None = None,
         *,
         offset: int = 0,
         adjust: int = 0,
-        strip: Optional[int] = None,
+        strip: int | None = None,
     ) -> None:
         name, width, little, offset, adjust, strip, limit = _decoding(prefix, max_frame, offset, adjust, strip)
         self._prefix = name
@@ -321,18 +322,18 @@ class Decoder:
         self._start = 0
         self._end = 0
         self._head_ok = False
-        self._large: Optional[List[Buffer]] = None  # the pieces of a large frame, or None
+        self._large: list[Buffer] | None = None  # the pieces of a large frame, or None
         self._large_size = 0  # its size as returned
         self._large_filled = 0  # bytes of it collected
         self._large_skip = 0  # its wire bytes not returned (the stripped header), for `pending`
-        self._large_chunk: Optional[bytearray] = None  # the piece get_buffer() lends from, being filled
+        self._large_chunk: bytearray | None = None  # the piece get_buffer() lends from, being filled
         self._large_used = 0  # bytes of it filled
         self._win_kind = 0  # what the last get_buffer() lent: 0 nothing, 1 the read buffer, 2 a large frame
         self._win_len = 0
         self._header_only = False
         self._scanned = 0
         self._completed = 0
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._closed = False
 
     @property
@@ -348,7 +349,7 @@ class Decoder:
         return self._adjust
 
     @property
-    def strip(self) -> Optional[int]:
+    def strip(self) -> int | None:
         return None if self._strip < 0 else self._strip
 
     @property
@@ -406,7 +407,7 @@ class Decoder:
 
     # -- header parsing -------------------------------------------------------------------------------
 
-    def _parse_header(self, buf: Buffer, pos: int, avail: int) -> Tuple[int, int]:
+    def _parse_header(self, buf: Buffer, pos: int, avail: int) -> tuple[int, int]:
         """(value, field length) of the length field at buf[pos:], or (-1, 0) if it is incomplete."""
         width = self._width
         if width:
@@ -451,7 +452,7 @@ class Decoder:
             raise FrameTooLarge(body, self._max_frame)
         return body
 
-    def _parse(self, buf: Buffer, pos: int, end: int, out: List[bytes], wire: bool = False) -> int:
+    def _parse(self, buf: Buffer, pos: int, end: int, out: list[bytes], wire: bool = False) -> int:
         """Cut every complete frame out of buf[pos:end]; return the new position.
 
         A large frame whose body is incomplete takes the rest of the bytes.  With ``wire``, frames are only
@@ -461,7 +462,7 @@ class Decoder:
             return self._parse_general(buf, pos, end, out, wire)
         return self._parse_plain(buf, pos, end, out, wire)
 
-    def _parse_plain(self, buf: Buffer, pos: int, end: int, out: List[bytes], wire: bool) -> int:
+    def _parse_plain(self, buf: Buffer, pos: int, end: int, out: list[bytes], wire: bool) -> int:
         max_frame = self._max_frame
         first = pos
         held = False
@@ -490,7 +491,7 @@ class Decoder:
         self._head_ok = held
         return pos
 
-    def _parse_general(self, buf: Buffer, pos: int, end: int, out: List[bytes], wire: bool) -> int:
+    def _parse_general(self, buf: Buffer, pos: int, end: int, out: list[bytes], wire: bool) -> int:
         offset = self._offset
         adjust = self._adjust
         strip = self._strip
@@ -582,7 +583,7 @@ class Decoder:
         self._buf[self._end : self._end + n] = data
         self._end += n
 
-    def _seal(self) -> List[Buffer]:
+    def _seal(self) -> list[Buffer]:
         """The large frame's pieces, the one being filled included (as far as it is filled)."""
         parts = self._large
         chunk = self._large_chunk
@@ -591,13 +592,13 @@ class Decoder:
             self._large_chunk = None
         return parts  # type: ignore[return-value]
 
-    def _finish_large(self, out: List[bytes]) -> None:
+    def _finish_large(self, out: list[bytes]) -> None:
         out.append(b"".join(self._seal()))
         self._completed += 1
         self._large = None
         self._header_only = True
 
-    def _parse_buffer(self, out: List[bytes]) -> None:
+    def _parse_buffer(self, out: list[bytes]) -> None:
         with memoryview(self._buf) as mv:
             start = self._parse(mv, self._start, self._end, out)
         if start == self._end:
@@ -613,19 +614,19 @@ class Decoder:
         if self._closed:
             raise FrameError("decoder is closed")
 
-    def _fail(self, exc: BaseException, out: List[bytes]) -> None:
+    def _fail(self, exc: BaseException, out: list[bytes]) -> None:
         """Lock the decoder after any failure; a FrameError carries the frames completed before it."""
         if isinstance(exc, FrameError):
             exc.frames = out
         self._error = exc
 
-    def feed(self, data: Buffer) -> List[bytes]:
+    def feed(self, data: Buffer) -> list[bytes]:
         """Take any bytes-like object; return every frame it completes, in order."""
         self._check()
         self._win_kind = 0
         self._win_len = 0
         mv = _view(data)
-        out: List[bytes] = []
+        out: list[bytes] = []
         try:
             self._consume(mv, out)
         except BaseException as exc:
@@ -633,7 +634,7 @@ class Decoder:
             raise
         return out
 
-    def _consume(self, mv: memoryview, out: List[bytes]) -> None:
+    def _consume(self, mv: memoryview, out: list[bytes]) -> None:
         pos = 0
         n = len(mv)
         while pos < n:
@@ -695,7 +696,7 @@ class Decoder:
         self._win_kind = 1
         return memoryview(self._buf)[self._end : self._end + self._win_len]
 
-    def buffer_updated(self, nbytes: int) -> List[bytes]:
+    def buffer_updated(self, nbytes: int) -> list[bytes]:
         """Account for ``nbytes`` written at the start of the last get_buffer(); return completed frames."""
         self._check()
         nbytes = operator.index(nbytes)
@@ -704,7 +705,7 @@ class Decoder:
         kind = self._win_kind
         self._win_kind = 0
         self._win_len = 0
-        out: List[bytes] = []
+        out: list[bytes] = []
         if not nbytes:
             return out
         try:
@@ -723,7 +724,7 @@ class Decoder:
             raise
         return out
 
-    def _take_tail(self, out: List[bytes]) -> None:
+    def _take_tail(self, out: list[bytes]) -> None:
         """Move the large frame's bytes from the read buffer (its tail window lies there) into its pieces."""
         k = min(self._large_size - self._large_filled, self._end - self._start)
         self._seal().append(bytes(self._buf[self._start : self._start + k]))
@@ -732,7 +733,7 @@ class Decoder:
         if self._large_filled == self._large_size:
             self._finish_large(out)
 
-    def read_from(self, fd: int) -> Optional[List[bytes]]:
+    def read_from(self, fd: int) -> list[bytes] | None:
         """One ``recv`` from the non-blocking socket ``fd`` straight into the decoder's memory.
 
         Returns the frames completed ([] if none), or None at end of stream (then call close()).  Raises
@@ -767,7 +768,7 @@ class Decoder:
             try:
                 pos = self._parse(mv, start, self._end, [], wire=True)
             except BaseException as exc:
-                out: List[bytes] = []
+                out: list[bytes] = []
                 if self._scanned > start and isinstance(exc, FrameError):
                     before = self._completed
                     self._parse(mv, start, self._scanned, out)
@@ -796,7 +797,7 @@ class Decoder:
         self._append(_view(data))
         return self._take_wire()
 
-    def read_wire_from(self, fd: int) -> Optional[memoryview]:
+    def read_wire_from(self, fd: int) -> memoryview | None:
         """One ``recv`` from the non-blocking socket ``fd``, then what feed_wire() would return.
 
         None at end of stream; BlockingIOError when nothing was ready; OSError on failure.
@@ -815,7 +816,7 @@ class Decoder:
         self._end += n
         return self._take_wire()
 
-    def relay(self, fd: int, out_fd: int = -1) -> Optional[bytes]:
+    def relay(self, fd: int, out_fd: int = -1) -> bytes | None:
         """One ``recv`` from socket ``fd``, then ``send`` the whole frames it completed to ``out_fd``
         (default: back to ``fd``, an echo) -- never blocking.
 
@@ -844,7 +845,7 @@ class Decoder:
         received = self.pending
         if received:
             if self._large is not None:
-                expected: Optional[int] = self._large_skip + self._large_size
+                expected: int | None = self._large_skip + self._large_size
             else:
                 total = self._measure(self._buf, self._start, received)
                 expected = None if total < 0 else total

@@ -9,12 +9,11 @@ resume never splices two versions of a file together.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import fcntl
 import os
 import select
-
-import _socket
 
 from ._framed import FramedSocket
 from ._session import RemoteError, open_session, unexpected
@@ -22,7 +21,7 @@ from .wire import _minijson
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Callable, Optional
+    from typing import Callable
 
     from ._session import SSLContext
 
@@ -30,7 +29,7 @@ __all__ = ["get_file", "part_path"]
 
 
 def _recv_into_file(
-    sock: _socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
+    sock: _socket.socket, fd: int, length: int, done: int, size: int, progress: Callable[[int, int], None] | None
 ) -> None:
     """Receive ``length`` bytes into one fixed buffer and write each chunk to ``fd``.
 
@@ -71,7 +70,7 @@ def _readable_now(sock: _socket.socket) -> bool:
 
 
 def _splice_into(
-    sock: _socket.socket, fd: int, length: int, done: int, size: int, progress: Optional[Callable[[int, int], None]]
+    sock: _socket.socket, fd: int, length: int, done: int, size: int, progress: Callable[[int, int], None] | None
 ) -> int:
     """Move up to ``length`` bytes from the socket to ``fd`` through a pipe with ``splice`` (Linux): the kernel
     hands the pages over and no byte is copied through user space.  Returns how many bytes it moved; 0
@@ -135,7 +134,7 @@ def _meta_path(tmp: str) -> str:
     return tmp + ".meta"
 
 
-def _read_validator(meta_path: str) -> Optional[str]:
+def _read_validator(meta_path: str) -> str | None:
     """The validator saved beside a partial download, or None (no file, unreadable, or an old server's)."""
     try:
         with open(meta_path, "rb") as f:
@@ -146,7 +145,7 @@ def _read_validator(meta_path: str) -> Optional[str]:
     return found if isinstance(found, str) else None
 
 
-def _write_validator(meta_path: str, found: Optional[str], size: int) -> None:
+def _write_validator(meta_path: str, found: str | None, size: int) -> None:
     if found is None:
         _unlink(meta_path)  # an old server: nothing to check a later resume against
         return
@@ -171,13 +170,13 @@ def get_file(
     path: str,
     out_path: str,
     resume: bool = False,
-    secret: Optional[bytes] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
-    timeout: Optional[float] = 60.0,
+    secret: bytes | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    timeout: float | None = 60.0,
     fsync: bool = False,
     *,
-    ssl: "SSLContext" = None,
-    server_hostname: Optional[str] = None,
+    ssl: SSLContext = None,
+    server_hostname: str | None = None,
 ) -> int:
     """Download ``path`` from a file service into ``out_path``; return the file's size.
 

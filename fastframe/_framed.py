@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import _socket  # (socket.py, with enum and selectors behind it, is a start-up cost the CLI does without)
 import collections
 import os
 import select
 import sys
 import time
 from types import ModuleType
-
-import _socket  # (socket.py, with enum and selectors behind it, is a start-up cost the CLI does without)
 
 from ._codec_choice import codec as _impl
 from ._framing import Framing
@@ -19,8 +18,8 @@ __all__ = ["FramedSocket"]
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    import socket
-    from typing import Any, Callable, ClassVar, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+    from collections.abc import Iterable, Iterator, Sequence
+    from typing import Any, Callable, ClassVar, Union
 
     Buffer = Union[bytes, bytearray, memoryview]
     Prefix = Union[str, Framing]
@@ -51,7 +50,7 @@ def _varint_len(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
 
 
-_PLAIN_LAYOUTS: Dict[Tuple[ModuleType, str], "_Layout"] = {}
+_PLAIN_LAYOUTS: dict[tuple[ModuleType, str], _Layout] = {}
 
 
 class _Layout:
@@ -75,7 +74,7 @@ class _Layout:
         self.header = codec.header
 
     @classmethod
-    def of(cls, codec: ModuleType, prefix: Prefix, decoder: Any) -> "_Layout":
+    def of(cls, codec: ModuleType, prefix: Prefix, decoder: Any) -> _Layout:
         """The layout of ``decoder`` (made with ``prefix``); one shared object per codec and plain prefix
         string, so that a connection in the default layout costs no Framing."""
         if type(prefix) is str and decoder.offset == 0 and decoder.adjust == 0:
@@ -86,7 +85,7 @@ class _Layout:
             return layout
         return cls(codec, decoder.framing)
 
-    def scatter(self, payload: Buffer, n: int) -> List[Buffer]:
+    def scatter(self, payload: Buffer, n: int) -> list[Buffer]:
         """[leading bytes + header, rest of the payload] for a payload of ``n`` bytes, never copied."""
         off = self.offset
         if not off:
@@ -124,11 +123,11 @@ class FramedSocket:
         self,
         sock: _socket.socket,
         prefix: Prefix = "!I",
-        max_frame: Optional[int] = None,
+        max_frame: int | None = None,
         *,
         offset: int = 0,
         adjust: int = 0,
-        strip: Optional[int] = None,
+        strip: int | None = None,
         read_ahead: bool = True,
     ) -> None:
         codec = self.codec
@@ -143,8 +142,8 @@ class FramedSocket:
         self._read_ahead = bool(read_ahead)
         self._encode = codec.encode
         self._encode_many = codec.encode_many
-        self._frames: Deque[bytes] = collections.deque()
-        self._error: Optional[BaseException] = None
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._error: BaseException | None = None
 
     @property
     def sock(self) -> _socket.socket:
@@ -192,8 +191,8 @@ class FramedSocket:
         if all(_nbytes(p) < SCATTER_THRESHOLD for p in items):
             self._sock.sendall(self._encode_many(items, self._layout))
             return
-        vector: List[Buffer] = []
-        small: List[Buffer] = []
+        vector: list[Buffer] = []
+        small: list[Buffer] = []
         for p in items:
             n = _nbytes(p)
             if n < SCATTER_THRESHOLD:
@@ -293,13 +292,13 @@ class FramedSocket:
         width = f.header_size
         return f.offset + _varint_len(value) + len(frame) if width is None else width + len(frame)
 
-    def _tls_pending(self) -> Optional[Callable[[], int]]:
+    def _tls_pending(self) -> Callable[[], int] | None:
         ssl = sys.modules.get("ssl")  # (an SSLSocket exists only if ssl was imported)
         if ssl is not None and isinstance(self._sock, ssl.SSLSocket):
             return self._sock.pending  # type: ignore[no-any-return]
         return None
 
-    def poll(self, timeout: Optional[float] = 0.0) -> bool:
+    def poll(self, timeout: float | None = 0.0) -> bool:
         """True when the next ``recv()`` will return a frame (or raise EOFError or a FrameError) without
         blocking.  Reads what is already readable into the decoder to find out, and waits at most
         ``timeout`` seconds for more (None: until then), like ``multiprocessing.connection.Connection.poll``.
@@ -314,7 +313,7 @@ class FramedSocket:
             if not self._read_available() and remaining == 0.0:
                 return False  # (readable, yet nothing to read: a TLS record still incomplete)
 
-    def _readable(self, timeout: Optional[float]) -> bool:
+    def _readable(self, timeout: float | None) -> bool:
         tls = self._tls_pending()
         if tls is not None and tls():
             return True
@@ -396,7 +395,7 @@ class FramedSocket:
         frames.popleft()
         return n
 
-    def recv_many(self) -> List[bytes]:
+    def recv_many(self) -> list[bytes]:
         """Return every payload already received, waiting for at least one."""
         frames = self._frames
         if not frames:
@@ -418,7 +417,7 @@ class FramedSocket:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> "FramedSocket":
+    def __enter__(self) -> FramedSocket:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

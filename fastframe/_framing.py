@@ -19,7 +19,7 @@ import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Dict, Optional, Tuple, final
+    from typing import Any, final
 else:
 
     def final(cls: type) -> type:
@@ -27,10 +27,11 @@ else:
         cls.__final__ = True
         return cls
 
+
 __all__ = ["Framing"]
 
 # prefix -> (width of the length field in bytes, little-endian); width 0 is varint (LEB128, 1-10 bytes)
-FORMATS: Dict[str, Tuple[int, bool]] = {
+FORMATS: dict[str, tuple[int, bool]] = {
     "!B": (1, False), ">B": (1, False), "<B": (1, True),
     "!H": (2, False), ">H": (2, False), "<H": (2, True),
     "!3": (3, False), ">3": (3, False), "<3": (3, True),
@@ -48,7 +49,7 @@ MIN_ADJUST = -(2**31)
 MAX_ADJUST = 2**31 - 1
 
 
-def lookup(prefix: object) -> Tuple[int, bool]:
+def lookup(prefix: object) -> tuple[int, bool]:
     try:
         return FORMATS[prefix]  # type: ignore[index]
     except (KeyError, TypeError):
@@ -76,7 +77,7 @@ def check_adjust(adjust: object) -> int:
     return adjust
 
 
-def check_strip(strip: object, prefix: str, width: int, offset: int) -> Optional[int]:
+def check_strip(strip: object, prefix: str, width: int, offset: int) -> int | None:
     if strip is None:
         return None
     strip = _integer("strip", strip)
@@ -117,11 +118,11 @@ class Framing:
     _prefix: str
     _offset: int
     _adjust: int
-    _strip: Optional[int]
+    _strip: int | None
     _max_frame: int
     # What the codecs read, in one attribute: (prefix, width, little-endian, offset, adjust,
     # strip or -1 for "through the length field", max_frame).
-    _spec: Tuple[str, int, bool, int, int, int, int]
+    _spec: tuple[str, int, bool, int, int, int, int]
 
     def __init__(
         self,
@@ -129,7 +130,7 @@ class Framing:
         *,
         offset: int = 0,
         adjust: int = 0,
-        strip: Optional[int] = None,
+        strip: int | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
         width, little = lookup(prefix)
@@ -164,7 +165,7 @@ class Framing:
         return self._adjust
 
     @property
-    def strip(self) -> Optional[int]:
+    def strip(self) -> int | None:
         """Bytes cut from the front of each decoded frame; None: through the length field (payload only)."""
         return self._strip
 
@@ -174,12 +175,12 @@ class Framing:
         return self._max_frame
 
     @property
-    def header_size(self) -> Optional[int]:
+    def header_size(self) -> int | None:
         """``offset`` + the length field's width: the bytes before the body; None for ``"varint"``."""
         width = self._spec[1]
         return self._offset + width if width else None
 
-    def replace(self, **changes: Any) -> "Framing":
+    def replace(self, **changes: Any) -> Framing:
         """A copy with the given options changed (checked like the constructor's)."""
         fields = {
             "prefix": self._prefix,
@@ -209,10 +210,10 @@ class Framing:
     def __hash__(self) -> int:
         return hash(self._key())
 
-    def _key(self) -> Tuple[object, ...]:
+    def _key(self) -> tuple[object, ...]:
         return (self._prefix, self._offset, self._adjust, self._strip, self._max_frame)
 
-    def __reduce__(self) -> Tuple[Any, ...]:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, self._key())
 
     def __repr__(self) -> str:
@@ -227,6 +228,5 @@ class Framing:
         return f"Framing({', '.join(parts)})"
 
 
-def _rebuild(prefix: str, offset: int, adjust: int, strip: Optional[int], max_frame: int) -> Framing:
+def _rebuild(prefix: str, offset: int, adjust: int, strip: int | None, max_frame: int) -> Framing:
     return Framing(prefix, offset=offset, adjust=adjust, strip=strip, max_frame=max_frame)
-

@@ -10,7 +10,7 @@ import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Optional
+    pass
 
 __all__ = ["ProgressBar"]
 
@@ -18,11 +18,11 @@ __all__ = ["ProgressBar"]
 class ProgressBar:
     """``[#######.......]  52%  530.0 MiB / 1.0 GiB  210.4 MiB/s`` on one terminal line, redrawn 10 times a second."""
 
-    def __init__(self, stream: "object", min_size: int = 1 << 20) -> None:
+    def __init__(self, stream: object, min_size: int = 1 << 20) -> None:
         self.stream = stream
         self.min_size = min_size
         self.start = time.monotonic()
-        self.first: Optional[int] = None
+        self.first: int | None = None
         self.last_draw = 0.0
         self.drawn = False
 

@@ -31,16 +31,17 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Dict, List, Optional, Sequence, Tuple
+    from collections.abc import Sequence
+    from typing import Any
 
-    Spec = Tuple[Tuple[str, ...], Dict[str, Any]]
+    Spec = tuple[tuple[str, ...], dict[str, Any]]
 
 __all__ = ["dest_of", "quick_parse"]
 
 _VARIADIC = ("*", "+")
 
 
-def dest_of(names: Sequence[str], kwargs: Dict[str, Any]) -> str:
+def dest_of(names: Sequence[str], kwargs: dict[str, Any]) -> str:
     """The attribute argparse stores an argument under: ``dest``, the first long option, or the name."""
     if "dest" in kwargs:
         return str(kwargs["dest"])
@@ -54,7 +55,7 @@ class _Unsure(Exception):
     """The command line is not plain: leave it to argparse."""
 
 
-def _convert(kwargs: Dict[str, Any], text: str) -> Any:
+def _convert(kwargs: dict[str, Any], text: str) -> Any:
     convert = kwargs.get("type")
     try:
         value = text if convert is None else convert(text)
@@ -65,7 +66,7 @@ def _convert(kwargs: Dict[str, Any], text: str) -> Any:
     return value
 
 
-def quick_parse(specs: Sequence[Spec], argv: Sequence[str]) -> Optional[Dict[str, Any]]:
+def quick_parse(specs: Sequence[Spec], argv: Sequence[str]) -> dict[str, Any] | None:
     """``vars(parser.parse_args(argv))`` for a parser declared by ``specs``, or None if ``argv`` is not plain."""
     try:
         return _parse(specs, list(argv))
@@ -73,10 +74,10 @@ def quick_parse(specs: Sequence[Spec], argv: Sequence[str]) -> Optional[Dict[str
         return None
 
 
-def _parse(specs: Sequence[Spec], argv: List[str]) -> Dict[str, Any]:
-    options: Dict[str, Tuple[str, Dict[str, Any]]] = {}
-    positionals: List[Tuple[str, Dict[str, Any]]] = []
-    values: Dict[str, Any] = {}
+def _parse(specs: Sequence[Spec], argv: list[str]) -> dict[str, Any]:
+    options: dict[str, tuple[str, dict[str, Any]]] = {}
+    positionals: list[tuple[str, dict[str, Any]]] = []
+    values: dict[str, Any] = {}
     for names, kwargs in specs:
         dest = dest_of(names, kwargs)
         if not names[0].startswith("-"):
@@ -97,7 +98,7 @@ def _parse(specs: Sequence[Spec], argv: List[str]) -> Dict[str, Any]:
         values[dest] = default
     if argv.count("--") > 1:
         raise _Unsure
-    words: List[str] = []
+    words: list[str] = []
     run_over = False  # an option came after the positional run began
     i = 0
     while i < len(argv):

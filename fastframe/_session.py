@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-
 if TYPE_CHECKING:  # pragma: no cover
     import socket
     import ssl as _ssl
-    from typing import List, Optional, Tuple
+    from typing import Optional
 
     SSLContext = Optional[_ssl.SSLContext]
 
@@ -41,7 +41,7 @@ __all__ = [
 DEFAULT_TIMEOUT = 10.0
 
 
-def parse_address(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]:
+def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """``HOST:PORT``, ``[v6]:PORT``, ``:PORT`` or ``PORT`` -> (host, port); ``unix:/path`` -> (``unix:/path``, 0),
     which :func:`connect` takes as a Unix stream socket."""
     text = text.strip()
@@ -65,7 +65,7 @@ def parse_address(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]
     return host or default_host, number
 
 
-def resolvable(host: str) -> "str | bytes":
+def resolvable(host: str) -> str | bytes:
     """``host`` as ``getaddrinfo`` takes it without loading the idna codec: the bytes the codec would give.
 
     getaddrinfo encodes a ``str`` with the "idna" codec, whose import (encodings.idna, stringprep,
@@ -80,7 +80,7 @@ def resolvable(host: str) -> "str | bytes":
     return host.encode("ascii")
 
 
-def tcp_connect(host: str, port: int, timeout: Optional[float]) -> _socket.socket:
+def tcp_connect(host: str, port: int, timeout: float | None) -> _socket.socket:
     """``socket.create_connection`` with the C socket type, and TCP_NODELAY set: each address ``host`` resolves
     to is tried in turn, and if none connects, the first one's error is raised.
 
@@ -100,7 +100,7 @@ def tcp_connect(host: str, port: int, timeout: Optional[float]) -> _socket.socke
             sock.close()
             raise
         return sock
-    errors: List[OSError] = []
+    errors: list[OSError] = []
     for family, kind, proto, _, address in _socket.getaddrinfo(resolvable(host), port, 0, _socket.SOCK_STREAM):
         sock = _socket.socket(family, kind, proto)
         try:
@@ -118,9 +118,9 @@ def tcp_connect(host: str, port: int, timeout: Optional[float]) -> _socket.socke
 def connect(
     host: str,
     port: int,
-    timeout: Optional[float] = DEFAULT_TIMEOUT,
-    ssl: "SSLContext" = None,
-    server_hostname: Optional[str] = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    ssl: SSLContext = None,
+    server_hostname: str | None = None,
 ) -> socket.socket:
     """A connected TCP socket (TCP_NODELAY, ``timeout`` on each call), or a Unix one for ``host`` ``unix:/path``
     (``port`` unused); with ``ssl``, a TLS socket whose
@@ -147,7 +147,7 @@ class RemoteError(Exception):
         self.message = message
 
     @classmethod
-    def from_frame(cls, frame: bytes) -> "RemoteError":
+    def from_frame(cls, frame: bytes) -> RemoteError:
         code, message = parse_error(frame)
         if code == "auth":
             return AuthError(message or "authentication failed")
@@ -164,10 +164,10 @@ class AuthError(RemoteError):
 def open_session(
     host: str,
     port: int,
-    secret: Optional[bytes],
-    timeout: Optional[float],
-    ssl: "SSLContext" = None,
-    server_hostname: Optional[str] = None,
+    secret: bytes | None,
+    timeout: float | None,
+    ssl: SSLContext = None,
+    server_hostname: str | None = None,
 ) -> _socket.socket:
     """Connect (with ``ssl``: and complete the TLS handshake) and, with a secret, authenticate (mutually, inside
     TLS when both are set) before anything else is sent.  Without ``ssl`` the socket is of the C type

@@ -21,7 +21,6 @@ from __future__ import annotations
 import socket
 import ssl
 import warnings
-from typing import Optional
 
 __all__ = [
     "InsecureTLSWarning",
@@ -69,7 +68,7 @@ def _no_password() -> str:
     raise TLSConfigError("encrypted")
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: str, key: Optional[str]) -> None:
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str | None) -> None:
     """``load_cert_chain`` with the mistakes named: OpenSSL's own messages ("PEM lib") name nothing."""
     cert_pem = _read(cert, "certificate")
     if b"-----BEGIN CERTIFICATE-----" not in cert_pem:
@@ -99,7 +98,7 @@ def _load_ca(ctx: ssl.SSLContext, cafile: str, what: str) -> None:
         raise TLSConfigError(f"cannot load the TLS {what} {cafile}: {_reason(exc)}") from None
 
 
-def server_context(cert: str, key: Optional[str] = None, client_ca: Optional[str] = None) -> ssl.SSLContext:
+def server_context(cert: str, key: str | None = None, client_ca: str | None = None) -> ssl.SSLContext:
     """The context of a TLS server: ``cert`` (a PEM chain, leaf first) and its ``key`` (None: in ``cert``).
 
     With ``client_ca``, every client must present a certificate signed by a CA in that PEM file."""
@@ -113,9 +112,9 @@ def server_context(cert: str, key: Optional[str] = None, client_ca: Optional[str
 
 
 def client_context(
-    cafile: Optional[str] = None,
-    cert: Optional[str] = None,
-    key: Optional[str] = None,
+    cafile: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
     insecure: bool = False,
 ) -> ssl.SSLContext:
     """The context of a TLS client.
@@ -146,7 +145,7 @@ def client_context(
 
 
 def connect(
-    sock: socket.socket, context: ssl.SSLContext, server_hostname: Optional[str], where: str = ""
+    sock: socket.socket, context: ssl.SSLContext, server_hostname: str | None, where: str = ""
 ) -> ssl.SSLSocket:
     """Wrap a connected blocking ``sock`` (its timeout applies) and complete the handshake.
 

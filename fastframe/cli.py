@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import _socket  # (socket.timeout, without socket.py: a start-up cost a plain client command does without)
 import sys
 import time
-
-import _socket  # (socket.timeout, without socket.py: a start-up cost a plain client command does without)
 
 from . import IMPLEMENTATION, __version__
 from .exceptions import FrameError
@@ -13,9 +12,10 @@ from .exceptions import FrameError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
-    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+    from collections.abc import Sequence
+    from typing import Any, Callable
 
-    Spec = Tuple[Tuple[str, ...], Dict[str, Any]]
+    Spec = tuple[tuple[str, ...], dict[str, Any]]
 
 # Start-up is most of a small download, so this module imports only what every command needs: each command
 # imports its own modules (the servers, the clients, logging, re) when it runs; a plain client command line is
@@ -48,7 +48,7 @@ def _positive(text: str) -> float:
 # -- serve ----------------------------------------------------------------------------------------------
 
 
-def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .servers.settings import DEFAULT_PORTS, add_arguments
 
     p = sub.add_parser(
@@ -71,7 +71,7 @@ def _add_serve(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.set_defaults(func=_cmd_serve)
 
 
-def _read_secret(path: Optional[str]) -> Optional[bytes]:
+def _read_secret(path: str | None) -> bytes | None:
     if not path:
         return None
     from .wire.auth import load_secret
@@ -107,27 +107,30 @@ _TLS_ARGS = [
     _arg("--cafile", metavar="FILE", help="trust the CA certificates in FILE (PEM) instead of the system's"),
     _arg("--cert", metavar="FILE", help="present the client certificate in FILE (PEM), for mutual TLS"),
     _arg("--key", metavar="FILE", help="the private key of --cert (default: inside --cert)"),
-    _arg("--server-name", metavar="NAME",
-         help="the name the server's certificate must carry (default: the HOST given)"),  # fmt: skip
-    _arg("--insecure", action="store_true",
-         help="do not verify the server's certificate or name (anyone on the path can read and change "
-              "the connection)"),  # fmt: skip
+    _arg(
+        "--server-name", metavar="NAME", help="the name the server's certificate must carry (default: the HOST given)"
+    ),  # fmt: skip
+    _arg(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's certificate or name (anyone on the path can read and change the connection)",
+    ),  # fmt: skip
 ]
 
 
 class _Client:
     """A client subcommand: its parser's texts, its arguments (the TLS group last) and the function it runs."""
 
-    def __init__(self, help: str, description: str, args: List[Spec], run: Callable[[Any], int],
-                 epilog: Optional[str] = None) -> None:  # fmt: skip
+    def __init__(self, help: str, description: str, args: list[Spec], run: Callable[[Any], int],
+                 epilog: str | None = None) -> None:  # fmt: skip
         self.help, self.description, self.epilog = help, description, epilog
         self.args = args
         self.run = run
 
-    def specs(self) -> List[Spec]:
+    def specs(self) -> list[Spec]:
         return [*self.args, *_TLS_ARGS]
 
-    def add(self, sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str) -> None:
+    def add(self, sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str) -> None:
         p = sub.add_parser(name, help=self.help, description=self.description, epilog=self.epilog)
         for names, kwargs in self.args:
             p.add_argument(*names, **kwargs)
@@ -255,8 +258,13 @@ def _cmd_get(args: argparse.Namespace) -> int:
 #: The command and file services: a shared secret, and a timeout per reply rather than for the whole session.
 _SESSION_ARGS = [
     _arg("--secret-file", metavar="FILE", help="authenticate with the shared secret in FILE"),
-    _arg("--timeout", type=_positive, default=60.0, metavar="S",
-         help="give up when the server sends nothing for S seconds"),  # fmt: skip
+    _arg(
+        "--timeout",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="give up when the server sends nothing for S seconds",
+    ),  # fmt: skip
 ]
 _ECHO = _Client(
     help="send messages to an echo service and print the replies",
@@ -272,7 +280,7 @@ _ECHO = _Client(
 _TIME = _Client(
     help="ask a time service for the time",
     description="Ask an RFC 868 time service (UDP unless --tcp or --tls) and print the time it sent. With --tls it "
-                "is the TCP flavour inside TLS.",  # fmt: skip
+    "is the TCP flavour inside TLS.",  # fmt: skip
     args=[
         _arg("address", type=_address, metavar="HOST:PORT"),
         _arg("--time-format", choices=("unix", "rfc868"), default="unix", help="what the server sends"),
@@ -310,8 +318,12 @@ _GET = _Client(
     args=[
         _arg("address", type=_address, metavar="HOST:PORT", help="the file service"),
         _arg("path", metavar="PATH", help="the file, relative to the served root"),
-        _arg("-o", "--output", metavar="OUT",
-             help="where to save it (default: PATH's last component in the current directory; a directory: inside it)"),  # fmt: skip
+        _arg(
+            "-o",
+            "--output",
+            metavar="OUT",
+            help="where to save it (default: PATH's last component in the current directory; a directory: inside it)",
+        ),  # fmt: skip
         _arg("--resume", action="store_true", help="continue from OUT.part if it exists"),
         *_SESSION_ARGS,
         _arg("--quiet", action="store_true", help="no progress bar"),
@@ -324,7 +336,8 @@ _CLIENTS = {"echo": _ECHO, "time": _TIME, "exec": _EXEC, "get": _GET}
 
 # -- main -----------------------------------------------------------------------------------------------
 
-def build_parser(only: Optional[List[str]] = None) -> argparse.ArgumentParser:
+
+def build_parser(only: list[str] | None = None) -> argparse.ArgumentParser:
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -350,7 +363,7 @@ def build_parser(only: Optional[List[str]] = None) -> argparse.ArgumentParser:
 _COMMANDS = ("serve", *_CLIENTS)
 
 
-def _needed_commands(argv: List[str]) -> Optional[List[str]]:
+def _needed_commands(argv: list[str]) -> list[str] | None:
     """The subcommands whose parsers ``argv`` needs: only the one it names first (its --help included), none
     for a bare ``--version``, and all of them (None) for anything else: --help, errors, no command.  pip loads
     its commands the same way; here it keeps ``fastframe get`` from importing the servers, whose defaults
@@ -372,7 +385,7 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _quick_args(argv: Sequence[str]) -> Optional[Any]:
+def _quick_args(argv: Sequence[str]) -> Any | None:
     """The parsed arguments of a plain client command line (fastframe._quickargs), or None: then argparse."""
     client = _CLIENTS.get(argv[0]) if argv else None
     if client is None:
@@ -385,7 +398,7 @@ def _quick_args(argv: Sequence[str]) -> Optional[Any]:
     return None if values is None else SimpleNamespace(subcommand=argv[0], func=client.run, **values)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     args = _quick_args(words)
     if args is None:

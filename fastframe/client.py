@@ -15,19 +15,26 @@ inside TLS.  A failed TLS handshake raises ``fastframe._tls.TLSError`` (a Connec
 
 from __future__ import annotations
 
-import sys
-
 import _socket  # (not socket.py: its import is a start-up cost, see fastframe._session)
+import sys
 
 from ._download import get_file, part_path
 from ._framed import FramedSocket
 from ._session import (
-    DEFAULT_TIMEOUT, AuthError, RemoteError, connect, open_session, parse_address, resolvable, unexpected,
+    DEFAULT_TIMEOUT,
+    AuthError,
+    RemoteError,
+    connect,
+    open_session,
+    parse_address,
+    resolvable,
+    unexpected,
 )  # fmt: skip
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, BinaryIO, Callable, Iterable, List, Optional, Sequence, Union
+    from collections.abc import Iterable, Sequence
+    from typing import Any, BinaryIO, Callable, Union
 
     from ._session import SSLContext
 
@@ -51,11 +58,11 @@ def echo(
     host: str,
     port: int,
     messages: Iterable[bytes],
-    timeout: Optional[float] = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
     *,
-    ssl: "SSLContext" = None,
-    server_hostname: Optional[str] = None,
-) -> List[bytes]:
+    ssl: SSLContext = None,
+    server_hostname: str | None = None,
+) -> list[bytes]:
     """Send each message as a frame to a framed echo service; return the replies in order."""
     items = list(messages)
     with FramedSocket(open_session(host, port, None, timeout, ssl, server_hostname)) as fs:
@@ -67,10 +74,10 @@ def echo_raw(
     host: str,
     port: int,
     data: bytes,
-    timeout: Optional[float] = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
     *,
-    ssl: "SSLContext" = None,
-    server_hostname: Optional[str] = None,
+    ssl: SSLContext = None,
+    server_hostname: str | None = None,
 ) -> bytes:
     """Send bytes to a raw (RFC 862) echo service and return as many bytes back."""
     with connect(host, port, timeout, ssl, server_hostname) as sock:
@@ -93,10 +100,10 @@ def get_time(
     port: int,
     fmt: str = "unix",
     tcp: bool = False,
-    timeout: Optional[float] = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
     *,
-    ssl: "SSLContext" = None,
-    server_hostname: Optional[str] = None,
+    ssl: SSLContext = None,
+    server_hostname: str | None = None,
 ) -> int:
     """Ask a time service (RFC 868, UDP by default; with ``ssl``, TCP inside TLS) and return seconds since
     1970."""
@@ -143,14 +150,14 @@ def _writer(sink: Sink, default: BinaryIO) -> Callable[[bytes], None]:
 def exec_command(
     host: str,
     port: int,
-    command: Union[str, Sequence[str]],
-    secret: Optional[bytes] = None,
+    command: str | Sequence[str],
+    secret: bytes | None = None,
     stdout: Sink = None,
     stderr: Sink = None,
-    timeout: Optional[float] = 60.0,
+    timeout: float | None = 60.0,
     *,
-    ssl: "SSLContext" = None,
-    server_hostname: Optional[str] = None,
+    ssl: SSLContext = None,
+    server_hostname: str | None = None,
 ) -> int:
     """Run ``command`` on a command service; stream its output; return its exit status.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import List, Optional
+    pass
 
 __all__ = ["BufferTooSmall", "FrameError", "FrameTooLarge", "IncompleteFrame"]
 
@@ -21,7 +21,7 @@ class FrameError(ValueError):
     has no resynchronisation point, and guessing where the next frame starts would hand garbage to the caller.
     """
 
-    frames: List[bytes]
+    frames: list[bytes]
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
@@ -51,7 +51,7 @@ class IncompleteFrame(FrameError):
     ``expected`` is the whole frame's size (header included) when its header had been read, else ``None``.
     """
 
-    def __init__(self, received: int, expected: Optional[int] = None) -> None:
+    def __init__(self, received: int, expected: int | None = None) -> None:
         if expected is None:
             msg = f"stream ended inside a frame header ({received} bytes received)"
         else:

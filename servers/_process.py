@@ -16,7 +16,8 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Protocol, Tuple
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     import subprocess
@@ -37,9 +38,9 @@ def become_subreaper() -> bool:
         return False
 
 
-def children(pid: int) -> List[int]:
+def children(pid: int) -> list[int]:
     """The direct children of ``pid``, zombies included (from /proc/PID/task/*/children)."""
-    out: List[int] = []
+    out: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -53,7 +54,7 @@ def children(pid: int) -> List[int]:
     return out
 
 
-def state_and_session(pid: int) -> Tuple[bytes, int]:
+def state_and_session(pid: int) -> tuple[bytes, int]:
     """The state letter (``b"Z"`` for a zombie) and the session ID of ``pid``, from /proc (``b""``, 0: gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -91,7 +92,7 @@ def kill_tree(pid: int) -> int:
 class Tracked(Protocol):
     """What the reaper needs of a child it tracks (the command service's record of a command)."""
 
-    proc: "subprocess.Popen[bytes]"
+    proc: subprocess.Popen[bytes]
     abandoned: bool  # its owner is gone: end it and reap it
     reaped: bool  # set by the reaper once it reaped it
 
@@ -110,7 +111,7 @@ class Reaper:
 
     def __init__(self, name: str) -> None:
         self.name = name  # for the log
-        self._tracked: Dict[int, Tracked] = {}  # every tracked child not yet reaped, by PID (= its session ID)
+        self._tracked: dict[int, Tracked] = {}  # every tracked child not yet reaped, by PID (= its session ID)
         self._setup_pid = 0
         self._sweeping = False
         self._pending = False
@@ -174,7 +175,7 @@ class Reaper:
         finally:
             self._sweeping = False
 
-    def leftovers(self) -> List[int]:
+    def leftovers(self) -> list[int]:
         """The children of this process to end and reap: abandoned tracked ones, and the others that are not
         (zombies aside) in the session of a tracked child still running."""
         running = {pid for pid, child in self._tracked.items() if not child.abandoned}  # = their session IDs

@@ -19,7 +19,7 @@ server hold at most one frame of that size (the command and file services take 1
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING
 
 from fastframe.wire.auth import (
     HANDSHAKE_MAX_FRAME,
@@ -44,7 +44,7 @@ log = logging.getLogger("fastframe.server")
 class _Pending:
     __slots__ = ("nonce", "timer", "failed")
 
-    def __init__(self, nonce: bytes, timer: Optional[Timer]) -> None:
+    def __init__(self, nonce: bytes, timer: Timer | None) -> None:
         self.nonce = nonce
         self.timer = timer
         self.failed = False
@@ -67,7 +67,7 @@ class AuthenticatedService(Service):
         self.prefix = inner.prefix
         self.max_request = inner.max_request
         # Connections still in the handshake.  The inner service owns ``conn.state``, so ours lives here.
-        self._pending: Dict[Conn, _Pending] = {}
+        self._pending: dict[Conn, _Pending] = {}
 
     def connection_made(self, conn: Conn) -> None:
         # Not HANDSHAKE_MAX_FRAME: requests pipelined behind the response arrive through the same decoder,
@@ -92,7 +92,7 @@ class AuthenticatedService(Service):
         conn.send_frames([refusal_frame(reason)])
         conn.close(flush=True)
 
-    def frames_received(self, conn: Conn, frames: List[bytes]) -> Optional[List[bytes]]:
+    def frames_received(self, conn: Conn, frames: list[bytes]) -> list[bytes] | None:
         pending = self._pending.get(conn)
         if pending is None:
             return self.inner.frames_received(conn, frames)
@@ -114,7 +114,7 @@ class AuthenticatedService(Service):
             return self.inner.frames_received(conn, rest)
         return None
 
-    def frame_error(self, conn: Conn, exc: "FrameError") -> Optional[List[bytes]]:
+    def frame_error(self, conn: Conn, exc: FrameError) -> list[bytes] | None:
         pending = self._pending.get(conn)
         if pending is None:
             return self.inner.frame_error(conn, exc)
@@ -144,5 +144,5 @@ class AuthenticatedService(Service):
     def describe(self) -> str:
         return f"{self.inner.describe()}, shared secret required"
 
-    def take_events(self) -> Dict[str, int]:
+    def take_events(self) -> dict[str, int]:
         return self.inner.take_events()

@@ -46,7 +46,8 @@ import shutil
 import signal
 import subprocess
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Callable
 
 from fastframe.wire.command import MAX_COMMAND_LINE, STDERR, STDOUT, exit_frame, parse_command
 from fastframe.wire.errors import error_frame, short
@@ -71,9 +72,9 @@ STOP_REAP_TIMEOUT = 1.0  # how long a stopping server waits for the trees it kil
 # -- processes --------------------------------------------------------------------------------------------
 
 
-def resolve_allow_list(names: Sequence[str], path: Optional[str] = None) -> Dict[str, str]:
+def resolve_allow_list(names: Sequence[str], path: str | None = None) -> dict[str, str]:
     """``{name: absolute path}`` for every allowed program, resolved once (``shutil.which``)."""
-    allowed: Dict[str, str] = {}
+    allowed: dict[str, str] = {}
     for name in names:
         if not name or "\x00" in name:
             raise ValueError(f"--allow {name!r}: not a program name")
@@ -90,16 +91,16 @@ class _Command:
     __slots__ = ("proc", "pid", "pipes", "watching", "pidfd", "timer", "poll_timer", "sent", "failure", "reaped",
                  "abandoned")  # fmt: skip
 
-    def __init__(self, proc: "subprocess.Popen[bytes]") -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid = proc.pid  # a new session: the child leads its own process group too
-        self.pipes: Dict[int, bytes] = {}  # open pipe fd -> frame tag (STDOUT / STDERR)
+        self.pipes: dict[int, bytes] = {}  # open pipe fd -> frame tag (STDOUT / STDERR)
         self.watching = False
         self.pidfd = -1
-        self.timer: Optional[Timer] = None
-        self.poll_timer: Optional[Timer] = None
+        self.timer: Timer | None = None
+        self.poll_timer: Timer | None = None
         self.sent = 0  # output bytes sent (stdout and stderr together)
-        self.failure: Optional[bytes] = None  # the error frame that ends this command instead of "X"
+        self.failure: bytes | None = None  # the error frame that ends this command instead of "X"
         self.reaped = False
         self.abandoned = False  # its connection is gone: killed, and reaped by a sweep
 
@@ -108,9 +109,9 @@ class _ConnState:
     __slots__ = ("queue", "admitted", "cmd", "paused", "closed")
 
     def __init__(self) -> None:
-        self.queue: Deque[bytes] = deque()
+        self.queue: deque[bytes] = deque()
         self.admitted = 0  # how many of the queued requests came before shutdown() (they still run)
-        self.cmd: Optional[_Command] = None
+        self.cmd: _Command | None = None
         self.paused = False
         self.closed = False
 
@@ -128,7 +129,7 @@ class CommandService(Service):
         output_cap: int = 1024 * 1024,
         max_commands: int = 8,
         max_request: int = MAX_COMMAND_LINE,
-        path: Optional[str] = None,
+        path: str | None = None,
     ) -> None:
         if not allow:
             raise ValueError("no --allow list given, so no command could run")
@@ -149,7 +150,7 @@ class CommandService(Service):
         self._pidfd_ok = hasattr(os, "pidfd_open")
         self._reaper = Reaper(self.name)  # every command child of this process not yet reaped, and the debris
 
-    def lookup(self, argv0: str) -> Optional[str]:
+    def lookup(self, argv0: str) -> str | None:
         """The executable to run for argv[0], or None if it is not allowed."""
         if "/" in argv0:
             return argv0 if argv0 in self._by_path else None
@@ -160,7 +161,7 @@ class CommandService(Service):
     def connection_made(self, conn: Conn) -> None:
         conn.state = _ConnState()
 
-    def frames_received(self, conn: Conn, frames: List[bytes]) -> Optional[List[bytes]]:
+    def frames_received(self, conn: Conn, frames: list[bytes]) -> list[bytes] | None:
         st: _ConnState = conn.state
         if st is None or st.closed:
             return None
@@ -177,19 +178,19 @@ class CommandService(Service):
         return None
 
     def eof_received(self, conn: Conn) -> None:
-        st: Optional[_ConnState] = conn.state
+        st: _ConnState | None = conn.state
         if st is not None and not st.closed and (st.cmd is not None or st.queue):
             log.info("%s: %s closed its side: cancelling its command", self.name, conn.peer)
             self._abandon(conn, st)
 
-    def frame_error(self, conn: Conn, exc: "FrameError") -> Optional[List[bytes]]:
-        st: Optional[_ConnState] = conn.state
+    def frame_error(self, conn: Conn, exc: FrameError) -> list[bytes] | None:
+        st: _ConnState | None = conn.state
         if st is not None:
             self._abandon(conn, st)
         return [error_frame("bad-request", str(exc))]
 
     def output_drained(self, conn: Conn) -> None:
-        st: Optional[_ConnState] = conn.state
+        st: _ConnState | None = conn.state
         if st is None:
             return
         cmd = st.cmd
@@ -197,7 +198,7 @@ class CommandService(Service):
             self._watch_pipes(conn, st, cmd)
 
     def connection_lost(self, conn: Conn) -> None:
-        st: Optional[_ConnState] = conn.state
+        st: _ConnState | None = conn.state
         if st is not None:
             self._abandon(conn, st)
 
@@ -228,7 +229,7 @@ class CommandService(Service):
             conn.resume_reading()
         conn.busy = st.cmd is not None or bool(st.queue)
 
-    def _start(self, conn: Conn, st: _ConnState, raw: bytes) -> Optional[bytes]:
+    def _start(self, conn: Conn, st: _ConnState, raw: bytes) -> bytes | None:
         parsed = parse_command(raw, self.lookup)
         if isinstance(parsed, bytes):
             return parsed

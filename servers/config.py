@@ -13,20 +13,21 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, List, Optional, Sequence, TextIO, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, TextIO
 
+from .accesslog import AccessLog, log_to_file
 from .auth import AuthenticatedService
 from .command import CommandService
 from .echo import EchoService, RawEchoService
 from .engine import Listener, SelectEngine
 from .files import FileService
-from .accesslog import AccessLog, log_to_file
 from .listen import bind_tcp, bind_tcp_udp_pair, bind_udp, match_systemd, systemd_sockets
 from .observe import Observer, totals
 from .pidfile import Pidfile, PidfileBusy
 from .prefork import PreforkEngine
-from .sdnotify import Notifier
 from .proxystage import TrustedProxies, proxy_stage
+from .sdnotify import Notifier
 from .service import Service
 from .settings import DEFAULT_PORTS, SERVICES, ConfigError, ServeConfig
 from .timeservice import TcpTimeService, TimeService
@@ -111,7 +112,7 @@ def _guarded(service: Service, config: ServeConfig) -> Service:
     return AuthenticatedService(service, config.secret) if config.secret else service
 
 
-def _services(config: ServeConfig) -> List[Tuple[str, Any, List[Tuple[str, Service]]]]:
+def _services(config: ServeConfig) -> list[tuple[str, Any, list[tuple[str, Service]]]]:
     """(name, port, [(transport, service)]) for every service to start."""
     explicit = bool(config.ports)
     wanted = dict(config.ports) if explicit else dict(DEFAULT_PORTS)
@@ -138,7 +139,7 @@ def _services(config: ServeConfig) -> List[Tuple[str, Any, List[Tuple[str, Servi
     return out
 
 
-def _stages(config: ServeConfig) -> List[Any]:
+def _stages(config: ServeConfig) -> list[Any]:
     """What runs first on every TCP connection: the PROXY header, with --proxy-protocol."""
     if not config.proxy_protocol:
         if config.trusted_proxy:
@@ -152,7 +153,7 @@ def _stages(config: ServeConfig) -> List[Any]:
         raise ConfigError(str(exc)) from None
 
 
-def _bind_unix(name: str, where: str, pairs: List[Tuple[str, Service]], config: ServeConfig) -> Listener:
+def _bind_unix(name: str, where: str, pairs: list[tuple[str, Service]], config: ServeConfig) -> Listener:
     if len(pairs) != 1:
         raise ConfigError(f"{name}: a Unix socket cannot carry its UDP half; give it a port")
     try:
@@ -163,12 +164,12 @@ def _bind_unix(name: str, where: str, pairs: List[Tuple[str, Service]], config: 
     return Listener(owner.sock, pairs[0][1], unix_file=owner)
 
 
-def build_listeners(config: ServeConfig) -> List[Listener]:
+def build_listeners(config: ServeConfig) -> list[Listener]:
     """Bind (or take over from systemd) one socket per service and transport."""
     plan = _services(config)
     stages = _stages(config)
     passed = systemd_sockets()
-    listeners: List[Listener] = []
+    listeners: list[Listener] = []
     try:
         if passed is not None:
             wanted = [(name, transport) for name, _, pairs in plan for transport, _ in pairs]
@@ -193,7 +194,9 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
                     socks = {"udp": udp, "tcp": tcp}
                 else:
                     transport = pairs[0][0]
-                    socks = {transport: bind_tcp(config.host, port) if transport == "tcp" else bind_udp(config.host, port)}
+                    socks = {
+                        transport: bind_tcp(config.host, port) if transport == "tcp" else bind_udp(config.host, port)
+                    }
             except OSError as exc:
                 raise ConfigError(f"cannot listen for {name} on {config.host}:{port}: {exc.strerror or exc}") from None
             for transport, svc in pairs:
@@ -207,7 +210,7 @@ def build_listeners(config: ServeConfig) -> List[Listener]:
         raise
 
 
-def _with_tls(config: ServeConfig, listeners: List[Listener]) -> List[Listener]:
+def _with_tls(config: ServeConfig, listeners: list[Listener]) -> list[Listener]:
     """With ``--tls-cert``: the TLS handshake as the last first stage of every TCP listener (UDP stays plain)."""
     if config.tls_context is not None:
         from .tls import tls_stage  # (ssl only when TLS is asked for)
@@ -219,7 +222,7 @@ def _with_tls(config: ServeConfig, listeners: List[Listener]) -> List[Listener]:
     return listeners
 
 
-def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional[Sequence[Listener]] = None) -> int:
+def serve(config: ServeConfig, out: TextIO | None = None, listeners: Sequence[Listener] | None = None) -> int:
     """Bind, print one line per listening socket (``echo tcp 127.0.0.1:40123``) and serve until stopped."""
     if listeners is None:
         listeners = build_listeners(config)
@@ -247,7 +250,7 @@ def serve(config: ServeConfig, out: Optional[TextIO] = None, listeners: Optional
             pidfile.remove()
 
 
-def build_observer(config: ServeConfig, services: Sequence[Service] = ()) -> Optional[Observer]:
+def build_observer(config: ServeConfig, services: Sequence[Service] = ()) -> Observer | None:
     """The access log, the error log file and the metrics of ``services``, opened (ConfigError if they cannot be);
     None without any of them."""
     if config.log_file:
@@ -273,7 +276,7 @@ def build_observer(config: ServeConfig, services: Sequence[Service] = ()) -> Opt
         raise
 
 
-def _with_metrics(config: ServeConfig, access: Optional[AccessLog], services: Sequence[Service]) -> Observer:
+def _with_metrics(config: ServeConfig, access: AccessLog | None, services: Sequence[Service]) -> Observer:
     """The observer with ``--metrics``: the endpoint's socket bound, prometheus_client loaded in the mode the
     engine needs (prefork: multiprocess, its directory chosen and wiped before the import)."""
     from fastframe._address import InetAddress, parse_address
@@ -306,7 +309,7 @@ def _with_metrics(config: ServeConfig, access: Optional[AccessLog], services: Se
     return observer
 
 
-def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO]) -> int:
+def _run(config: ServeConfig, listeners: Sequence[Listener], out: TextIO | None) -> int:
     observer = build_observer(config, list(dict.fromkeys(listener.service for listener in listeners)))
     try:
         return _run_engine(config, listeners, out, observer)
@@ -315,13 +318,13 @@ def _run(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextI
             observer.close()
 
 
-def _run_engine(config: ServeConfig, listeners: Sequence[Listener], out: Optional[TextIO],
-                observer: Optional[Observer]) -> int:  # fmt: skip
+def _run_engine(config: ServeConfig, listeners: Sequence[Listener], out: TextIO | None,
+                observer: Observer | None) -> int:  # fmt: skip
     # systemd's variables leave the environment now: no worker or command can notify on our behalf.
-    notifier: Optional[Notifier] = Notifier.from_environ()
+    notifier: Notifier | None = Notifier.from_environ()
     if notifier is not None and not notifier.enabled:
         notifier = None
-    engine: Union[PreforkEngine, SelectEngine]
+    engine: PreforkEngine | SelectEngine
     if config.engine == "prefork":
         described = f"prefork engine, {config.workers or os.cpu_count()} worker(s) (master pid {os.getpid()})"
         engine = PreforkEngine(listeners, config.workers, config.limits, observer=observer, notifier=notifier)

@@ -38,7 +38,8 @@ Theory of operation
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from fastframe import Decoder, encode_many
 from fastframe.exceptions import FrameError, FrameTooLarge

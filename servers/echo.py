@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 from .service import DEFAULT_MAX_REQUEST, Conn, Service
 
 __all__ = ["EchoService", "RawEchoService"]
@@ -20,13 +18,14 @@ class EchoService(Service):
         self.max_request = max_request
         self.prefix = prefix
 
-    def frames_received(self, conn: Conn, frames: List[bytes]) -> Optional[List[bytes]]:
+    def frames_received(self, conn: Conn, frames: list[bytes]) -> list[bytes] | None:
         if self.upper:
             return [f.upper() for f in frames]
         return frames
 
     def describe(self) -> str:
-        return "echo (framed %s%s, max request %d bytes)" % (self.prefix, ", upper-case" if self.upper else "", self.max_request)
+        upper = ", upper-case" if self.upper else ""
+        return f"echo (framed {self.prefix}{upper}, max request {self.max_request} bytes)"
 
 
 class RawEchoService(Service):
@@ -38,7 +37,7 @@ class RawEchoService(Service):
     def __init__(self, upper: bool = False) -> None:
         self.upper = upper
 
-    def data_received(self, conn: Conn, data: bytes) -> Optional[bytes]:
+    def data_received(self, conn: Conn, data: bytes) -> bytes | None:
         return data.upper() if self.upper else data
 
     def describe(self) -> str:

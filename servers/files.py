@@ -30,7 +30,7 @@ import logging
 import os
 import stat
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable
 
 from fastframe.wire.errors import WireError, error_frame, short
 from fastframe.wire.files import MAX_FILE_REQUEST, FileRequest, metadata_frame, parse_request, trailer_frame, validator
@@ -65,7 +65,7 @@ def _why(exc: OSError, dir_fd: int, name: str, path: str) -> WireError:
     return WireError("not-found", f"{short(path)}: {exc.strerror or exc}")
 
 
-def open_beneath(root_fd: int, parts: List[str], path: str) -> Tuple[int, os.stat_result]:
+def open_beneath(root_fd: int, parts: list[str], path: str) -> tuple[int, os.stat_result]:
     """Open the regular file ``parts`` under ``root_fd`` without following any symlink; (fd, fstat)."""
     cur = root_fd
     try:
@@ -109,7 +109,7 @@ class _ConnState:
     __slots__ = ("queue", "fd", "closed", "path", "opened", "trailer")
 
     def __init__(self) -> None:
-        self.queue: Deque[bytes] = deque()
+        self.queue: deque[bytes] = deque()
         self.fd = -1  # the file being sent
         self.closed = False
         self.path = ""  # ... its path, for the log
@@ -135,8 +135,8 @@ class FileService(Service):
     def connection_made(self, conn: Conn) -> None:
         conn.state = _ConnState()
 
-    def frames_received(self, conn: Conn, frames: List[bytes]) -> Optional[List[bytes]]:
-        st: Optional[_ConnState] = conn.state
+    def frames_received(self, conn: Conn, frames: list[bytes]) -> list[bytes] | None:
+        st: _ConnState | None = conn.state
         if st is None or st.closed:
             return None
         st.queue.extend(frames)
@@ -166,7 +166,7 @@ class FileService(Service):
                 self._body_done(conn, st, fd, offset, length)
         conn.busy = st.fd >= 0 or bool(st.queue)
 
-    def _open(self, raw: bytes) -> Union[bytes, Tuple[int, FileRequest, os.stat_result, int]]:
+    def _open(self, raw: bytes) -> bytes | tuple[int, FileRequest, os.stat_result, int]:
         try:
             request = parse_request(raw, self.allow_hidden)
             fd, info = open_beneath(self.root_fd, request.parts, "/".join(request.parts))
@@ -182,8 +182,8 @@ class FileService(Service):
 
     def _on_body_sent(
         self, conn: Conn, st: _ConnState, fd: int, start: int, tail: int, held: int
-    ) -> Callable[[Optional[BaseException]], None]:
-        def done(exc: Optional[BaseException]) -> None:
+    ) -> Callable[[BaseException | None], None]:
+        def done(exc: BaseException | None) -> None:
             if exc is not None or st.fd != fd or st.closed:
                 self._release(st, fd)  # the connection is closing
                 conn.busy = False
@@ -217,8 +217,8 @@ class FileService(Service):
             self.tally("download")
             self._release(st, fd)
 
-    def _on_tail_sent(self, conn: Conn, st: _ConnState, fd: int) -> Callable[[Optional[BaseException]], None]:
-        def done(exc: Optional[BaseException]) -> None:
+    def _on_tail_sent(self, conn: Conn, st: _ConnState, fd: int) -> Callable[[BaseException | None], None]:
+        def done(exc: BaseException | None) -> None:
             self._release(st, fd)
             if exc is None:
                 self.tally("download_bytes")  # the byte held back (see _next)
@@ -236,8 +236,8 @@ class FileService(Service):
             st.fd = -1
             os.close(fd)
 
-    def frame_error(self, conn: Conn, exc: "FrameError") -> Optional[List[bytes]]:
-        st: Optional[_ConnState] = conn.state
+    def frame_error(self, conn: Conn, exc: FrameError) -> list[bytes] | None:
+        st: _ConnState | None = conn.state
         if st is not None:
             st.queue.clear()
             if st.fd >= 0:
@@ -245,7 +245,7 @@ class FileService(Service):
         return [WireError("bad-request", str(exc)).frame()]
 
     def connection_lost(self, conn: Conn) -> None:
-        st: Optional[_ConnState] = conn.state
+        st: _ConnState | None = conn.state
         if st is None:
             return
         st.closed = True

@@ -6,7 +6,8 @@ error every bad value raises, with a message of one line.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from fastframe._address import parse_address
 
@@ -28,7 +29,7 @@ class Kind:
 
     #: What a TOML value must be, for the error message (``expected an integer``).
     expected = "a string"
-    toml_types: Tuple[type, ...] = (str,)
+    toml_types: tuple[type, ...] = (str,)
 
     def matches(self, value: Any) -> bool:
         """Whether a TOML value has the right type (a boolean is not an integer here, as it is in Python)."""
@@ -76,11 +77,11 @@ class _Number(Kind):
 
 class Integer(_Number):
     expected = "an integer"
-    toml_types: Tuple[type, ...] = (int,)
+    toml_types: tuple[type, ...] = (int,)
     convert = int
     noun = "a whole number"
 
-    def __init__(self, low: int, high: Optional[int] = None) -> None:
+    def __init__(self, low: int, high: int | None = None) -> None:
         self.low, self.high = low, high
 
     def check(self, value: int) -> int:
@@ -139,7 +140,7 @@ class Endpoint(Integer):
     """A port, or ``unix:/path`` for a Unix stream socket (the services that are TCP only)."""
 
     expected = 'a port number or "unix:/path"'
-    toml_types: Tuple[type, ...] = (int, str)
+    toml_types: tuple[type, ...] = (int, str)
 
     def __init__(self) -> None:
         super().__init__(0, 65535)

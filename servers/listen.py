@@ -7,7 +7,8 @@ import errno
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .service import Address, Service
 
@@ -30,11 +31,11 @@ class Listener:
     """
 
     def __init__(
-        self, sock: socket.socket, service: Service, stages: Sequence[Stage] = (), unix_file: Optional[Any] = None
+        self, sock: socket.socket, service: Service, stages: Sequence[Stage] = (), unix_file: Any | None = None
     ) -> None:
         self.sock = sock
         self.service = service
-        self.stages: Tuple[Stage, ...] = tuple(stages)
+        self.stages: tuple[Stage, ...] = tuple(stages)
         self.unix_file = unix_file  # a unix: listener's file (servers.unixsock.UnixListener), removed at exit
 
     @property
@@ -57,7 +58,7 @@ class Listener:
         return f"{self.service.name} {self.transport} {host}:{addr[1]}"
 
 
-def _resolve(host: str, port: int, kind: int) -> Tuple[int, Tuple[object, ...]]:
+def _resolve(host: str, port: int, kind: int) -> tuple[int, tuple[object, ...]]:
     infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, kind, 0, socket.AI_PASSIVE)
     if not infos:  # pragma: no cover - getaddrinfo raises instead
         raise OSError(f"cannot resolve {host!r}")
@@ -95,12 +96,12 @@ def bind_udp(host: str, port: int) -> socket.socket:
     return sock
 
 
-def bind_tcp_udp_pair(host: str, port: int, attempts: int = 20) -> Tuple[socket.socket, socket.socket]:
+def bind_tcp_udp_pair(host: str, port: int, attempts: int = 20) -> tuple[socket.socket, socket.socket]:
     """A UDP and a TCP socket on the same port number (RFC 868 uses one port for both).
 
     With port 0 the kernel picks the UDP port, and the TCP socket tries to take the same number.
     """
-    last: Optional[OSError] = None
+    last: OSError | None = None
     for _ in range(attempts if port == 0 else 1):
         udp = bind_udp(host, port)
         try:
@@ -116,7 +117,7 @@ def bind_tcp_udp_pair(host: str, port: int, attempts: int = 20) -> Tuple[socket.
     raise last
 
 
-def systemd_sockets() -> Optional[List[Tuple[Optional[str], socket.socket]]]:
+def systemd_sockets() -> list[tuple[str | None, socket.socket]] | None:
     """The sockets passed by systemd socket activation (LISTEN_FDS/LISTEN_PID), with their names.
 
     Returns None when the process was not socket-activated.  The variables are removed from the
@@ -136,7 +137,7 @@ def systemd_sockets() -> Optional[List[Tuple[Optional[str], socket.socket]]]:
     except ValueError:
         log.warning("ignoring malformed LISTEN_PID/LISTEN_FDS")
         return None
-    names: List[Optional[str]] = list(names_var.split(":")) if names_var else []
+    names: list[str | None] = list(names_var.split(":")) if names_var else []
     names += [None] * (n - len(names))
     out = []
     for i in range(n):
@@ -149,11 +150,11 @@ def systemd_sockets() -> Optional[List[Tuple[Optional[str], socket.socket]]]:
 
 
 def match_systemd(
-    wanted: List[Tuple[str, str]], passed: List[Tuple[Optional[str], socket.socket]]
-) -> Dict[Tuple[str, str], socket.socket]:
+    wanted: list[tuple[str, str]], passed: list[tuple[str | None, socket.socket]]
+) -> dict[tuple[str, str], socket.socket]:
     """Assign passed sockets to (service, transport) slots: by FileDescriptorName when given
     (``echo``, ``time``, ``time-tcp``, ``command``, ``files``), else in order, by socket type."""
-    result: Dict[Tuple[str, str], socket.socket] = {}
+    result: dict[tuple[str, str], socket.socket] = {}
     unnamed = []
     for name, sock in passed:
         transport = "udp" if sock.type == socket.SOCK_DGRAM else "tcp"

@@ -12,12 +12,12 @@ None), and the engine encodes every reply of one wake-up into one buffer and one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastframe.exceptions import FrameError
 
-Address = Tuple[Any, ...]
+Address = tuple[Any, ...]
 
 __all__ = ["Address", "Conn", "Service", "Timer"]
 
@@ -37,7 +37,7 @@ class Timer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def __lt__(self, other: "Timer") -> bool:
+    def __lt__(self, other: Timer) -> bool:
         return self.when < other.when
 
 
@@ -49,9 +49,9 @@ class Conn:
 
     peer: Address
     state: Any
-    service: "Service"
+    service: Service
 
-    def send_frames(self, payloads: List[bytes]) -> None:
+    def send_frames(self, payloads: list[bytes]) -> None:
         """Queue reply frames; they go out with the next flush (at the latest at the end of this wake-up)."""
         raise NotImplementedError
 
@@ -59,7 +59,7 @@ class Conn:
         """Queue unframed bytes."""
         raise NotImplementedError
 
-    def sendfile(self, fd: int, offset: int, count: int, done: Callable[[Optional[BaseException]], None]) -> None:
+    def sendfile(self, fd: int, offset: int, count: int, done: Callable[[BaseException | None], None]) -> None:
         """Send ``count`` bytes of file ``fd`` from ``offset`` with ``sendfile``, after what is queued.
 
         Reading from the client pauses until the transfer ends; ``done(None)`` is called when every byte
@@ -139,11 +139,11 @@ class Service:
     def connection_made(self, conn: Conn) -> None:
         """A client connected (greetings and handshakes start here)."""
 
-    def frames_received(self, conn: Conn, frames: List[bytes]) -> Optional[List[bytes]]:
+    def frames_received(self, conn: Conn, frames: list[bytes]) -> list[bytes] | None:
         """Every request frame completed by one read, in order; return reply payloads (or None)."""
         return None
 
-    def data_received(self, conn: Conn, data: bytes) -> Optional[bytes]:
+    def data_received(self, conn: Conn, data: bytes) -> bytes | None:
         """Unframed services: the bytes of one read; return bytes to send back (or None)."""
         return None
 
@@ -153,7 +153,7 @@ class Service:
         By default the replies still owed are sent and then the connection closes; a service whose protocol
         has no use for a half-closed client cancels its work here instead (and clears ``conn.busy``)."""
 
-    def frame_error(self, conn: Conn, exc: "FrameError") -> Optional[List[bytes]]:
+    def frame_error(self, conn: Conn, exc: FrameError) -> list[bytes] | None:
         """The client broke the framing (oversized, malformed, cut off or too slow a frame).
 
         Return frames to send before the connection is closed, where the protocol has a way to say so.
@@ -168,7 +168,7 @@ class Service:
 
     # -- UDP --------------------------------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: Address) -> Optional[bytes]:
+    def datagram_received(self, data: bytes, addr: Address) -> bytes | None:
         """Return the reply datagram (or None)."""
         return None
 
@@ -176,10 +176,10 @@ class Service:
 
     def tally(self, event: str, n: int = 1) -> None:
         """Count an event the metrics report (``command:ok``, ``download``, ``download_bytes``): one dict add."""
-        events: Dict[str, int] = self.__dict__.setdefault("_events", {})
+        events: dict[str, int] = self.__dict__.setdefault("_events", {})
         events[event] = events.get(event, 0) + n
 
-    def take_events(self) -> Dict[str, int]:
+    def take_events(self) -> dict[str, int]:
         """The events counted since the last call (and forget them)."""
         return self.__dict__.pop("_events", None) or {}
 

@@ -20,7 +20,8 @@ import argparse
 import dataclasses
 import difflib
 import sys
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any, Callable
 
 from fastframe.wire.auth import load_secret
 from fastframe.wire.timeformat import FORMATS
@@ -51,13 +52,13 @@ class Setting:
     kind: Kind
     default: Any
     help: str
-    meta: Optional[str] = None
-    shown_default: Optional[str] = None
+    meta: str | None = None
+    shown_default: str | None = None
     limit: bool = False
     in_file: bool = True
 
     @property
-    def flags(self) -> Tuple[str, ...]:
+    def flags(self) -> tuple[str, ...]:
         return ("--" + self.name.replace("_", "-"),)
 
     @property
@@ -86,7 +87,7 @@ _PORT = Integer(0, 65535)
 _AT_LEAST_ONE = Integer(1)
 _ENDPOINT = Endpoint()
 
-SETTINGS: Tuple[Setting, ...] = (
+SETTINGS: tuple[Setting, ...] = (
     Setting("config", SERVER, Text(), None, "read settings from this TOML file (keys like max_connections = 100); "
             "flags given here override it", meta="FILE", in_file=False),
     Setting("engine", SERVER, Choice(("select", "prefork")), "select",
@@ -150,7 +151,7 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("metrics", DEPLOY, Text(), None, "serve Prometheus metrics at http://HOST:PORT/metrics (needs "
             "prometheus_client)", meta="HOST:PORT"),
 )  # fmt: skip
-BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 FILE_KEYS = tuple(s.name for s in SETTINGS if s.in_file)
 
 
@@ -177,8 +178,8 @@ class ServeConfig:
     asked for: the services and listeners ask before anything is bound).
     """
 
-    def __init__(self, secret: Optional[bytes] = None, **values: Any) -> None:
-        settings: Dict[str, Any] = {s.name: (list(s.default) if s.repeatable else s.default) for s in SETTINGS}
+    def __init__(self, secret: bytes | None = None, **values: Any) -> None:
+        settings: dict[str, Any] = {s.name: (list(s.default) if s.repeatable else s.default) for s in SETTINGS}
         for key, value in values.items():
             if key not in settings:
                 raise TypeError(f"unknown setting {key!r}")
@@ -194,7 +195,7 @@ class ServeConfig:
             raise AttributeError(f"no setting {name!r}") from None
 
     @property
-    def ports(self) -> Dict[str, Any]:
+    def ports(self) -> dict[str, Any]:
         return {name: self._settings[name] for name in SERVICES if self._settings[name] is not None}
 
     @property
@@ -227,7 +228,7 @@ def _tls_context(settings: Mapping[str, Any]) -> Any:
 def config_from(given: Mapping[str, Any]) -> ServeConfig:
     """The configuration from the settings ``given`` on the command line (others are ignored), over those of
     the ``config`` file if one is given, over the defaults; ConfigError says what is wrong, in one line."""
-    values: Dict[str, Any] = {}
+    values: dict[str, Any] = {}
     path = given.get("config")
     if path:
         values.update(load_file(path))
@@ -258,12 +259,12 @@ def _converter(setting: Setting) -> Callable[[str], Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per setting, in one argument group per section.  No option has a default in the parser:
     the namespace holds only what the command line gave, so that it can override the file."""
-    groups: Dict[str, Any] = {}
+    groups: dict[str, Any] = {}
     for setting in SETTINGS:
         group = groups.get(setting.section)
         if group is None:
             group = groups[setting.section] = parser.add_argument_group(setting.section)
-        options: Dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS,
+        options: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS,
                                    "help": setting.help_text().replace("%", "%%")}  # fmt: skip
         kind = setting.kind
         if isinstance(kind, Flag):
@@ -280,7 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- the file ---------------------------------------------------------------------------------------------
 
 
-def load_file(path: str) -> Dict[str, Any]:
+def load_file(path: str) -> dict[str, Any]:
     """The settings in the TOML file ``path``, checked; ConfigError (one line) if it cannot be read, is not
     TOML, or holds an unknown key, a value of the wrong type or a bad value."""
     if sys.version_info >= (3, 11):
@@ -295,7 +296,7 @@ def load_file(path: str) -> Dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    values: Dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for key, value in data.items():
         setting = BY_NAME.get(key)
         if setting is not None and not setting.in_file:

@@ -7,7 +7,7 @@ UDP: any datagram, an empty one included, gets a 4-byte big-endian reply.  TCP: 
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 from fastframe.wire.timeformat import encode_time
 
@@ -27,7 +27,7 @@ class TimeService(Service):
         self.fmt = fmt
         self.clock = clock
 
-    def datagram_received(self, data: bytes, addr: Address) -> Optional[bytes]:
+    def datagram_received(self, data: bytes, addr: Address) -> bytes | None:
         return encode_time(self.fmt, self.clock())
 
     def describe(self) -> str:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from . import tlslayer
 from .loop import READ, WRITE
@@ -78,7 +78,7 @@ class TLSTransport(SocketTransport):
         self.recv_into = self._recv_into
         self.send = self._send
         self.send_many = self._send_many
-        self._rbuf: Optional[bytearray] = None
+        self._rbuf: bytearray | None = None
         self._plain = False  # the handshake failed: only the plain socket is left
         self._notified = False  # our close_notify went out (or must not: a reset)
 

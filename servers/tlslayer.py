@@ -50,7 +50,7 @@ import selectors
 import socket
 import ssl
 import time
-from typing import Optional, Union
+from typing import Union
 
 from fastframe._tls import describe
 
@@ -86,7 +86,7 @@ class TLSLayer:
         sock: socket.socket,
         context: ssl.SSLContext,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        now: Optional[float] = None,
+        now: float | None = None,
     ) -> None:
         sock.setblocking(False)
         self.sock: ssl.SSLSocket = context.wrap_socket(
@@ -97,7 +97,7 @@ class TLSLayer:
         self.established = False
         self.clean_eof = False
         self._owed = 0  # bytes the next write must repeat (a write cut short by want-read/want-write)
-        self._block: Optional[bytearray] = None  # the file block being written (sendfile)
+        self._block: bytearray | None = None  # the file block being written (sendfile)
         self._block_key = (-1, -1, 0, 0)  # (fd, file offset of the block, bytes in it, bytes of it written)
 
     def fileno(self) -> int:
@@ -123,7 +123,7 @@ class TLSLayer:
         self.wants = READ
         return 0
 
-    def check_deadline(self, now: Optional[float] = None) -> None:
+    def check_deadline(self, now: float | None = None) -> None:
         """Raise TLSFailure if the handshake is still under way past its deadline."""
         if not self.established and (time.monotonic() if now is None else now) >= self.deadline:
             raise TLSFailure("TLS handshake timed out")

@@ -27,7 +27,6 @@ import struct
 import sys
 import threading
 import time
-from typing import List, Optional, Tuple
 
 _LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -38,7 +37,7 @@ def _listener() -> socket.socket:
     return srv
 
 
-def _serve(srv: socket.socket, stop: threading.Event, counts: List[int]) -> None:
+def _serve(srv: socket.socket, stop: threading.Event, counts: list[int]) -> None:
     while not stop.is_set():
         try:
             conn, _ = srv.accept()
@@ -58,7 +57,7 @@ def _serve(srv: socket.socket, stop: threading.Event, counts: List[int]) -> None
         counts[0] += 1
 
 
-def _client(addr: Tuple[str, int], deadline: float, parent: int, rst: bool, counts: List[int], index: int) -> None:
+def _client(addr: tuple[str, int], deadline: float, parent: int, rst: bool, counts: list[int], index: int) -> None:
     while time.monotonic() < deadline and os.getppid() == parent:
         try:
             with socket.create_connection(addr, timeout=2.0) as sock:
@@ -71,7 +70,7 @@ def _client(addr: Tuple[str, int], deadline: float, parent: int, rst: bool, coun
             time.sleep(0.01)
 
 
-def _worker(addr: Tuple[str, int], deadline: float, threads: int) -> None:
+def _worker(addr: tuple[str, int], deadline: float, threads: int) -> None:
     """A child process: ``threads`` connect/close loops until the deadline or the master's death."""
     parent = os.getppid()
     counts = [0] * (2 * threads)
@@ -95,7 +94,7 @@ def run(seconds: float, procs: int, threads: int) -> int:
     accepted = [0]
     acceptor = threading.Thread(target=_serve, args=(srv, stop, accepted), daemon=True)
     acceptor.start()
-    children: List[int] = []
+    children: list[int] = []
     for _ in range(procs):
         pid = os.fork()
         if pid == 0:
@@ -191,7 +190,7 @@ def _exists(pid: int) -> bool:
         return False
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("run", "start"):

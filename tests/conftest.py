@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import socket
 import tempfile
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator, Tuple, Type
 
 import harness
 import pytest
@@ -43,14 +43,14 @@ def codec(request: pytest.FixtureRequest) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def framed_cls(codec: ModuleType) -> Type[fastframe.FramedSocket]:
+def framed_cls(codec: ModuleType) -> type[fastframe.FramedSocket]:
     """FramedSocket bound to the codec under test: a subclass whose ``codec`` class attribute is that module."""
     name = "FramedSocket_" + codec.__name__.rsplit(".", 1)[-1]
     return type(name, (fastframe.FramedSocket,), {"codec": codec})
 
 
 @pytest.fixture(params=["socketpair", "tcp"])
-def sock_pair(request: pytest.FixtureRequest) -> Iterator[Tuple[socket.socket, socket.socket]]:
+def sock_pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket.socket]]:
     """Two connected stream sockets, a socketpair or a real 127.0.0.1 TCP connection, with timeouts."""
     a, b = socket.socketpair() if request.param == "socketpair" else harness.tcp_pair()
     for s in (a, b):

@@ -30,7 +30,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import pytest
 import reference
@@ -45,14 +46,14 @@ SECRET = b"correct horse battery staple 0123456789"
 # -- sockets ----------------------------------------------------------------------------------------------
 
 
-def connect(addr: Tuple[str, int], timeout: float = TIMEOUT) -> socket.socket:
+def connect(addr: tuple[str, int], timeout: float = TIMEOUT) -> socket.socket:
     """A TCP connection with a timeout and TCP_NODELAY."""
     sock = socket.create_connection(addr, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
-def tcp_pair() -> Tuple[socket.socket, socket.socket]:
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
     """(client, server): two ends of one real 127.0.0.1 TCP connection, with timeouts."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(TIMEOUT)
@@ -95,7 +96,7 @@ def recv_frame(sock: socket.socket) -> bytes:
         raise EOFError(f"partial frame of {n} bytes: {exc}") from None
 
 
-def recv_frame_or_eof(sock: socket.socket) -> Optional[bytes]:
+def recv_frame_or_eof(sock: socket.socket) -> bytes | None:
     """The next frame, or None if the peer closed (or reset) the connection first."""
     try:
         return recv_frame(sock)
@@ -119,7 +120,7 @@ def read_to_eof(sock: socket.socket, limit: int = 64 << 20) -> bytes:
         assert len(buf) <= limit, "peer sent more than the test expected"
 
 
-def wait_closed(sock: socket.socket, timeout: float) -> Tuple[str, bytes, float]:
+def wait_closed(sock: socket.socket, timeout: float) -> tuple[str, bytes, float]:
     """Wait for the peer to close: ("eof"|"reset"|"open", bytes received meanwhile, seconds waited)."""
     start = time.monotonic()
     got = bytearray()
@@ -139,7 +140,7 @@ def wait_closed(sock: socket.socket, timeout: float) -> Tuple[str, bytes, float]
         got += chunk
 
 
-def command_replies(addr: Tuple[str, int], line: bytes, timeout: float = TIMEOUT) -> List[bytes]:
+def command_replies(addr: tuple[str, int], line: bytes, timeout: float = TIMEOUT) -> list[bytes]:
     """Send one command frame; return every reply frame up to and including the last (``X`` or ``!``)."""
     with connect(addr, timeout) as sock:
         send_frame(sock, line)
@@ -193,9 +194,9 @@ def max_payload(prefix: str) -> int:
     return reference.MAX_OF[prefix]
 
 
-def feed_via_buffer(decoder: Any, chunk: bytes, sizehint: int = -1) -> List[bytes]:
+def feed_via_buffer(decoder: Any, chunk: bytes, sizehint: int = -1) -> list[bytes]:
     """Deliver ``chunk`` the BufferedProtocol way: copy into get_buffer() views, then buffer_updated()."""
-    out: List[bytes] = []
+    out: list[bytes] = []
     pos = 0
     while pos < len(chunk):
         view = decoder.get_buffer(sizehint)
@@ -208,9 +209,9 @@ def feed_via_buffer(decoder: Any, chunk: bytes, sizehint: int = -1) -> List[byte
     return out
 
 
-def decode_chunks(decoder: Any, chunks: Sequence[bytes], mode: str) -> List[bytes]:
+def decode_chunks(decoder: Any, chunks: Sequence[bytes], mode: str) -> list[bytes]:
     """Feed every chunk; ``mode`` is "feed", "buffer" or "mixed" (alternating per chunk)."""
-    out: List[bytes] = []
+    out: list[bytes] = []
     for i, chunk in enumerate(chunks):
         if mode == "buffer" or (mode == "mixed" and i % 2 == 1):
             out.extend(feed_via_buffer(decoder, chunk))
@@ -229,7 +230,7 @@ LINE = re.compile(r"^(\w+) (tcp|udp) (\[[0-9a-fA-F:.]+\]|[^\s:]+):(\d+)$")
 UNIX_LINE = re.compile(r"^(\w+) unix (\S+)$")  # echo unix /run/e.sock
 
 
-def engine_args(engine: str, workers: int = 2) -> List[str]:
+def engine_args(engine: str, workers: int = 2) -> list[str]:
     """``--engine ENGINE`` (and ``--workers N`` for prefork)."""
     args = ["--engine", engine]
     if engine == "prefork":
@@ -245,10 +246,10 @@ class ServerProcess:
         self,
         args: Sequence[str],
         expect: int,
-        env: Optional[Dict[str, str]] = None,
+        env: dict[str, str] | None = None,
         timeout: float = 20.0,
-        cwd: Optional[str] = None,
-        command: Optional[Sequence[str]] = None,
+        cwd: str | None = None,
+        command: Sequence[str] | None = None,
         pass_fds: Sequence[int] = (),
     ) -> None:
         self.args = list(args)
@@ -266,9 +267,9 @@ class ServerProcess:
             start_new_session=True,  # a Ctrl-C in the test terminal does not reach it; we signal it ourselves
         )
         self.pid = self.proc.pid
-        self.listeners: Dict[Tuple[str, str], Tuple[str, int]] = {}
-        self.stdout_lines: List[str] = []
-        self._seen_children: Set[int] = set()
+        self.listeners: dict[tuple[str, str], tuple[str, int]] = {}
+        self.stdout_lines: list[str] = []
+        self._seen_children: set[int] = set()
         try:
             self._read_listeners(expect, timeout)
         except BaseException:
@@ -305,15 +306,15 @@ class ServerProcess:
                 if m:
                     self.listeners[(m.group(1), "unix")] = (m.group(2), 0)
 
-    def addr(self, name: str, transport: str = "tcp") -> Tuple[str, int]:
+    def addr(self, name: str, transport: str = "tcp") -> tuple[str, int]:
         return self.listeners[(name, transport)]
 
     def port(self, name: str, transport: str = "tcp") -> int:
         return self.listeners[(name, transport)][1]
 
-    def workers(self) -> List[int]:
+    def workers(self) -> list[int]:
         """PIDs of the server's direct children (prefork workers)."""
-        pids: List[int] = []
+        pids: list[int] = []
         try:
             for tid in os.listdir(f"/proc/{self.pid}/task"):
                 with open(f"/proc/{self.pid}/task/{tid}/children") as f:
@@ -323,7 +324,7 @@ class ServerProcess:
         self._seen_children.update(pids)
         return sorted(pids)
 
-    def wait_workers(self, count: int, timeout: float = 10.0, exclude: Sequence[int] = ()) -> List[int]:
+    def wait_workers(self, count: int, timeout: float = 10.0, exclude: Sequence[int] = ()) -> list[int]:
         """Wait until exactly ``count`` workers run, none of them in ``exclude``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -362,16 +363,16 @@ class ServerProcess:
             self.proc.stdout.close()
         self._stderr.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def _socket_inodes(pid: int) -> Set[str]:
+def _socket_inodes(pid: int) -> set[str]:
     """The inodes of the sockets ``pid`` has open (its /proc/PID/fd links)."""
-    inodes: Set[str] = set()
+    inodes: set[str] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except (FileNotFoundError, ProcessLookupError):
@@ -386,7 +387,7 @@ def _socket_inodes(pid: int) -> Set[str]:
     return inodes
 
 
-def _established(port: int, states: Sequence[str] = ("01",)) -> Dict[str, int]:
+def _established(port: int, states: Sequence[str] = ("01",)) -> dict[str, int]:
     """{socket inode: remote port} of the TCP sockets on local ``port`` in one of ``states`` (hex, as in the
     file: "01" established, the default; "08" close-wait...).
 
@@ -394,7 +395,7 @@ def _established(port: int, states: Sequence[str] = ("01",)) -> Dict[str, int]:
     busy CI machine once counted 859 of 501 connections) or not at all (a run under connection churn missed
     the one connection it looked for).  Keying by inode makes a duplicate harmless, and the union of three
     reads makes a miss unlikely; callers that expect a count still wait for it (:func:`wait_until`)."""
-    rows: Dict[str, int] = {}
+    rows: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6") * 3:
         try:
             with open(table) as f:
@@ -419,10 +420,10 @@ def socket_count(pid: int, port: int, states: Sequence[str] = ("01",)) -> int:
     return len(_socket_inodes(pid) & set(_established(port, states)))
 
 
-def port_owners(pids: Sequence[int], port: int) -> Dict[int, int]:
+def port_owners(pids: Sequence[int], port: int) -> dict[int, int]:
     """{client-side port: server PID} for every established connection to local ``port`` held by ``pids``."""
     rows = _established(port)
-    owners: Dict[int, int] = {}
+    owners: dict[int, int] = {}
     for pid in pids:
         for inode in _socket_inodes(pid) & set(rows):
             owners[rows[inode]] = pid
@@ -441,7 +442,7 @@ def stop_gracefully(server: ServerProcess, timeout: float = 15.0) -> None:
     server.stop()
 
 
-def wait_exit(proc: ServerProcess, timeout: float) -> Tuple[int, float]:
+def wait_exit(proc: ServerProcess, timeout: float) -> tuple[int, float]:
     """(exit status, seconds it took) -- fails the test with the server's stderr on a timeout."""
     start = time.monotonic()
     try:
@@ -451,7 +452,7 @@ def wait_exit(proc: ServerProcess, timeout: float) -> Tuple[int, float]:
     return code, time.monotonic() - start
 
 
-def fastframe_cli(*args: str, timeout: float = 60.0, cwd: Optional[str] = None) -> "subprocess.CompletedProcess[bytes]":
+def fastframe_cli(*args: str, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run ``python -m fastframe ARGS`` (in ``cwd``, by default the temporary directory: never the source tree)
     and return what it did."""
     return subprocess.run(
@@ -466,7 +467,7 @@ def fastframe_cli(*args: str, timeout: float = 60.0, cwd: Optional[str] = None) 
 # -- processes, from /proc -----------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> Optional[List[str]]:
+def _stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (field 3 onwards), or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -476,7 +477,7 @@ def _stat_fields(pid: int) -> Optional[List[str]]:
     return stat.rsplit(")", 1)[1].split()
 
 
-def proc_start(pid: int) -> Optional[str]:
+def proc_start(pid: int) -> str | None:
     """The process's start time (field 22 of /proc/PID/stat), or None if it is gone or a zombie: with the PID
     it names one process even if the PID is reused later."""
     fields = _stat_fields(pid)
@@ -485,7 +486,7 @@ def proc_start(pid: int) -> Optional[str]:
     return fields[19]
 
 
-def still_running(pids_with_start: Dict[int, Optional[str]]) -> List[int]:
+def still_running(pids_with_start: dict[int, str | None]) -> list[int]:
     return [pid for pid, start in pids_with_start.items() if start is not None and proc_start(pid) == start]
 
 
@@ -513,7 +514,7 @@ def rss_kib(pids: Sequence[int]) -> int:
     return total
 
 
-def proc_info(pid: int) -> Optional[Dict[str, Any]]:
+def proc_info(pid: int) -> dict[str, Any] | None:
     """state, ppid, pgrp, session and cmdline of a process from /proc (None if it is gone)."""
     fields = _stat_fields(pid)
     try:
@@ -533,7 +534,7 @@ def proc_info(pid: int) -> Optional[Dict[str, Any]]:
     }
 
 
-def all_processes() -> List[Dict[str, Any]]:
+def all_processes() -> list[dict[str, Any]]:
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -543,12 +544,12 @@ def all_processes() -> List[Dict[str, Any]]:
     return out
 
 
-def descendants(pid: int) -> List[int]:
+def descendants(pid: int) -> list[int]:
     """Every living descendant of ``pid`` (children, grandchildren...), from the ppid field of /proc/*/stat."""
-    children: Dict[int, List[int]] = {}
+    children: dict[int, list[int]] = {}
     for info in all_processes():
         children.setdefault(info["ppid"], []).append(info["pid"])
-    out: List[int] = []
+    out: list[int] = []
     todo = list(children.get(pid, []))
     while todo:
         p = todo.pop()
@@ -562,18 +563,18 @@ def runs(pid: int, *argv: str) -> bool:
     return any(info["cmdline"] == list(argv) for info in map(proc_info, descendants(pid)) if info is not None)
 
 
-def group_members(pgid: int) -> List[Dict[str, Any]]:
+def group_members(pgid: int) -> list[dict[str, Any]]:
     """Every process (zombies included) whose process group or session is ``pgid``."""
     return [p for p in all_processes() if p["pgrp"] == pgid or p["session"] == pgid]
 
 
-def wait_group_gone(pgid: int, timeout: float = 3.0) -> List[Dict[str, Any]]:
+def wait_group_gone(pgid: int, timeout: float = 3.0) -> list[dict[str, Any]]:
     """Wait until no process (not even a zombie) is left in the group; return what is left at the deadline."""
     wait_until(lambda: not group_members(pgid), timeout)
     return group_members(pgid)
 
 
-def _signal_masks(pid: int) -> Dict[str, int]:
+def _signal_masks(pid: int) -> dict[str, int]:
     masks = {}
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -597,7 +598,7 @@ def booted(pid: int) -> bool:
     return bool(masks) and bool(masks["SigCgt"] & bit(signal.SIGTERM)) and not masks["SigCgt"] & bit(signal.SIGCHLD)
 
 
-def wait_booted(pids: Sequence[int], timeout: float = 5.0) -> List[int]:
+def wait_booted(pids: Sequence[int], timeout: float = 5.0) -> list[int]:
     """Wait (at most ``timeout``; then carry on regardless) until every worker in ``pids`` has booted.
 
     Tests that signal the master right after a worker appears would otherwise hit the boot window in which a
@@ -611,7 +612,7 @@ class Background:
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
         self.result: Any = None
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
         def run() -> None:
             try:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import List, Optional
 
 import pytest
 
@@ -26,7 +25,7 @@ USER = "ff"
 START_TIMEOUT = 60.0
 
 
-def require(path: Optional[str], what: str, package: str) -> str:
+def require(path: str | None, what: str, package: str) -> str:
     if path is None or not os.access(path, os.X_OK):
         message = f"{what} is not installed (apt-get install {package})"
         if os.environ.get("FASTFRAME_REQUIRE_TOOLS") == "1":
@@ -52,7 +51,7 @@ class Server:
         self.account = account if os.geteuid() == 0 else None
         self.base = tempfile.mkdtemp(prefix=f"fastframe-{self.name}-")
         os.chmod(self.base, 0o755)
-        self.proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+        self.proc: subprocess.Popen | None = None  # type: ignore[type-arg]
         self.port = 0
         self.log = os.path.join(self.base, "server.log")
 
@@ -61,7 +60,7 @@ class Server:
             entry = pwd.getpwnam(self.account)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
-    def run(self, argv: List[str], **kwargs: object) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    def run(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, **self._as_account(), **kwargs)
         if proc.returncode:
             raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
@@ -70,7 +69,7 @@ class Server:
     def _as_account(self) -> dict:  # type: ignore[type-arg]
         return {}
 
-    def command(self, port: int) -> List[str]:
+    def command(self, port: int) -> list[str]:
         raise NotImplementedError
 
     def start(self) -> None:
@@ -151,7 +150,7 @@ class Postgres(Server):
         entry = pwd.getpwnam(self.account)
         return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
-    def command(self, port: int) -> List[str]:
+    def command(self, port: int) -> list[str]:
         return [
             os.path.join(self.bindir, "postgres"), "-D", self.data, "-p", str(port), "-k", self.base,
             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "logging_collector=off",
@@ -198,7 +197,7 @@ class MariaDB(Server):
             )
         self.chown(self.init)
 
-    def command(self, port: int) -> List[str]:
+    def command(self, port: int) -> list[str]:
         user = ["--user=" + self.account] if self.account else []
         return [
             self.mariadbd, "--no-defaults", f"--datadir={self.data}", f"--port={port}", "--bind-address=127.0.0.1",

@@ -41,7 +41,7 @@ def require_module(name: str, extra: str) -> None:
         pytest.skip(message)
 
 
-def read_until(proc: "subprocess.Popen[bytes]", want: bytes, timeout: float = 10.0) -> bytes:
+def read_until(proc: subprocess.Popen[bytes], want: bytes, timeout: float = 10.0) -> bytes:
     """Read the peer's stdout until ``want`` is in it (or it ends); fail after ``timeout``."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -58,7 +58,7 @@ def read_until(proc: "subprocess.Popen[bytes]", want: bytes, timeout: float = 10
     return got
 
 
-def stop(proc: "subprocess.Popen[bytes]") -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     """Kill the peer (by its PID) and close its pipes."""
     if proc.poll() is None:
         proc.kill()

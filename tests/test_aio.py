@@ -7,7 +7,7 @@ import hashlib
 import socket
 import struct
 from types import ModuleType
-from typing import Any, List, Optional
+from typing import Any
 
 import harness
 import pytest
@@ -30,7 +30,7 @@ def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
 
 
-def sizes() -> List[int]:
+def sizes() -> list[int]:
     return [0, 1, 100, 65535, 65536, 70000, 2 * 1024 * 1024 + 3]
 
 
@@ -44,7 +44,7 @@ def test_protocol_round_trip() -> None:
     class Client(aio.FrameProtocol):
         def __init__(self) -> None:
             super().__init__(max_frame=16 * 1024 * 1024)
-            self.got: List[bytes] = []
+            self.got: list[bytes] = []
             self.done = asyncio.get_running_loop().create_future()
 
         def frame_received(self, frame: bytes) -> None:
@@ -52,7 +52,7 @@ def test_protocol_round_trip() -> None:
             if len(self.got) == len(payloads):
                 self.done.set_result(None)
 
-    async def main() -> List[bytes]:
+    async def main() -> list[bytes]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: Echo(max_frame=16 * 1024 * 1024), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -69,7 +69,7 @@ def test_protocol_round_trip() -> None:
 
 
 def test_protocol_frame_error_aborts() -> None:
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
 
     class Strict(aio.FrameProtocol):
         def frame_received(self, frame: bytes) -> None:
@@ -105,7 +105,7 @@ def test_streams_echo() -> None:
             await writer.drain()
         writer.close()
 
-    async def main() -> List[bytes]:
+    async def main() -> list[bytes]:
         server = await aio.start_server(handle, "127.0.0.1", 0, max_frame=16 * 1024 * 1024)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await aio.open_connection("127.0.0.1", port, max_frame=16 * 1024 * 1024)
@@ -128,8 +128,8 @@ def test_streams_echo() -> None:
 
 
 def test_streams_incomplete_frame() -> None:
-    async def main() -> List[Any]:
-        outcome: List[Any] = []
+    async def main() -> list[Any]:
+        outcome: list[Any] = []
         done = asyncio.get_running_loop().create_future()
 
         async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
@@ -204,7 +204,7 @@ def test_streams_backpressure_loses_nothing() -> None:
 def test_streams_interoperate_with_framed_socket(framed_cls: Any) -> None:
     payloads = [harness.pseudo_random(n, 7) for n in (0, 5, 100000)]
 
-    def blocking_client(port: int) -> List[bytes]:
+    def blocking_client(port: int) -> list[bytes]:
         with framed_cls(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)) as fs:
             fs.send_many(payloads)
             return [fs.recv() for _ in payloads]
@@ -214,10 +214,10 @@ def test_streams_interoperate_with_framed_socket(framed_cls: Any) -> None:
             writer.write_frame(frame + b"!")
         writer.close()
 
-    async def main() -> List[bytes]:
+    async def main() -> list[bytes]:
         server = await aio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        got: List[bytes] = await asyncio.get_running_loop().run_in_executor(None, blocking_client, port)
+        got: list[bytes] = await asyncio.get_running_loop().run_in_executor(None, blocking_client, port)
         server.close()
         await server.wait_closed()
         return got
@@ -230,7 +230,7 @@ def test_handler_exception_closes_connection() -> None:
         await reader.read_frame()
         raise RuntimeError("handler bug")
 
-    async def main() -> Optional[bytes]:
+    async def main() -> bytes | None:
         server = await aio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await aio.open_connection("127.0.0.1", port)
@@ -253,7 +253,7 @@ class FakeTransport(asyncio.Transport):
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: List[Any] = []
+        self.calls: list[Any] = []
         self.closing = False
 
     def write(self, data: Any) -> None:
@@ -326,10 +326,10 @@ def test_protocol_writes_one_reads_replies_in_one_write() -> None:
 
 
 def test_protocol_frames_received_gets_each_reads_frames() -> None:
-    got: List[List[bytes]] = []
+    got: list[list[bytes]] = []
 
     class Batch(aio.FrameProtocol):
-        def frames_received(self, frames: List[bytes]) -> None:
+        def frames_received(self, frames: list[bytes]) -> None:
             got.append(list(frames))
             self.send_frames([f[::-1] for f in frames])
 
@@ -343,7 +343,7 @@ def test_protocol_frames_received_gets_each_reads_frames() -> None:
 
 
 def test_protocol_default_frames_received_calls_frame_received() -> None:
-    seen: List[bytes] = []
+    seen: list[bytes] = []
 
     class Both(aio.FrameProtocol):
         def frame_received(self, frame: bytes) -> None:
@@ -452,7 +452,7 @@ def test_protocol_callback_error_writes_what_was_sent_and_recovers() -> None:
 
 
 def test_protocol_overridden_get_buffer_is_used() -> None:
-    hints: List[int] = []
+    hints: list[int] = []
 
     class Counting(Upper):
         def get_buffer(self, sizehint: int) -> memoryview:
@@ -466,7 +466,7 @@ def test_protocol_overridden_get_buffer_is_used() -> None:
 
 
 def test_protocol_eof_inside_a_frame_is_a_frame_error() -> None:
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
 
     class Strict(Upper):
         def frame_error(self, exc: Any) -> None:
@@ -659,7 +659,7 @@ def test_pipelined_frames_come_back_in_order(loop_factory: Any, kind: str) -> No
             self.send_frame(frame[::-1])
 
     class PerRead(PerFrame):
-        def frames_received(self, frames: List[bytes]) -> None:
+        def frames_received(self, frames: list[bytes]) -> None:
             self.send_frames([f[::-1] for f in frames])
 
     async def handle(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
@@ -691,12 +691,12 @@ def test_protocol_pause_reading_holds_the_peer_back_and_loses_nothing(loop_facto
     """A FrameProtocol that pauses reading mid-batch: nothing arrives while paused, nothing is lost, order kept."""
     payloads = [harness.pseudo_random(1000 + i % 7, i) for i in range(3000)]  # ~3 MB, past the socket buffers
 
-    async def main() -> List[bytes]:
+    async def main() -> list[bytes]:
         loop = asyncio.get_running_loop()
-        got: List[bytes] = []
+        got: list[bytes] = []
         paused = asyncio.Event()
         done = loop.create_future()
-        protocols: List[aio.FrameProtocol] = []
+        protocols: list[aio.FrameProtocol] = []
 
         class Slow(aio.FrameProtocol):
             def frame_received(self, frame: bytes) -> None:
@@ -753,7 +753,7 @@ def test_protocol_options_wire_bytes_small_and_large() -> None:
     from fastframe import Framing
 
     big = b"D" + harness.pseudo_random(aio.SCATTER_THRESHOLD + 10, 9)
-    got: List[bytes] = []
+    got: list[bytes] = []
 
     class Pg(aio.FrameProtocol):
         def frame_received(self, frame: bytes) -> None:
@@ -807,7 +807,7 @@ def test_streams_with_options_round_trip(layout: Any) -> None:
             await writer.drain()
         writer.close()
 
-    async def main() -> List[bytes]:
+    async def main() -> list[bytes]:
         server = await aio.start_server(handle, "127.0.0.1", 0, prefix=framing)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await aio.open_connection("127.0.0.1", port, **layout)
@@ -849,7 +849,7 @@ def test_unix_streams_round_trip(loop_factory: Any, tmp_path: Any) -> None:
             writer.write_frame(frame[::-1])
         writer.close()
 
-    async def main() -> List[bytes]:
+    async def main() -> list[bytes]:
         server = await aio.start_unix_server(handle, path, max_frame=1 << 20)
         reader, writer = await aio.open_unix_connection(path, max_frame=1 << 20)
         assert writer.get_extra_info("peername") in (path, "")  # a Unix socket, not TCP

@@ -9,8 +9,9 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from fastframe import client
 
 def _serve_once(
     listener: socket.socket, blob: bytes, cut_after: int = -1, validator: str = "v1", trailer: bytes = b"T"
-) -> List[Dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """Answer one request as the file service does (validator, restart, trailer); return the request seen."""
     seen = []
     conn, _ = listener.accept()
@@ -43,10 +44,10 @@ def _serve_once(
 
 
 @pytest.fixture
-def server() -> Iterator[Tuple[socket.socket, List[threading.Thread]]]:
+def server() -> Iterator[tuple[socket.socket, list[threading.Thread]]]:
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(10)
-    threads: List[threading.Thread] = []
+    threads: list[threading.Thread] = []
     yield listener, threads
     for t in threads:
         t.join(10)
@@ -69,7 +70,7 @@ def test_download_both_paths(server, path_kind: str, size: int, tmp_path: Path) 
     t = threading.Thread(target=_serve_once, args=(listener, blob))
     t.start()
     threads.append(t)
-    seen: List[int] = []
+    seen: list[int] = []
     out = tmp_path / "out.bin"
     got = client.get_file("127.0.0.1", listener.getsockname()[1], "x", str(out), progress=lambda d, s: seen.append(d))
     assert got == size
@@ -99,8 +100,8 @@ def test_cut_transfer_keeps_part_and_resumes(server, path_kind: str, tmp_path: P
     assert not part.exists()
 
 
-def _serve_in_thread(listener: socket.socket, threads: List[threading.Thread], *args: Any) -> List[Dict[str, Any]]:
-    seen: List[Dict[str, Any]] = []
+def _serve_in_thread(listener: socket.socket, threads: list[threading.Thread], *args: Any) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
     t = threading.Thread(target=lambda: seen.extend(_serve_once(listener, *args)))
     t.start()
     threads.append(t)

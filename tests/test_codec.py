@@ -39,8 +39,6 @@ LARGE = 64 * 1024
 HYPOTHESIS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-
-
 def hdr(n: int, prefix: str) -> bytes:
     return ref_header(n, prefix)
 
@@ -584,7 +582,9 @@ def test_byte_at_a_time_small_stream(codec, prefix):
         dec = codec.Decoder(prefix)
         out = []
         for i in range(len(stream)):
-            out += _decode(dec, [stream[i : i + 1]], "buffer" if (mode == "buffer" or (mode == "mixed" and i % 2)) else "feed")
+            out += _decode(
+                dec, [stream[i : i + 1]], "buffer" if (mode == "buffer" or (mode == "mixed" and i % 2)) else "feed"
+            )
         assert out == SMALL_ITEMS, mode
         dec.close()
 

@@ -6,8 +6,8 @@ import select
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Iterator, List, Tuple
 
 import harness
 import pytest
@@ -18,7 +18,7 @@ from fastframe.exceptions import FrameTooLarge, IncompleteFrame
 
 
 @pytest.fixture
-def nb_pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
+def nb_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """A connected non-blocking TCP pair on 127.0.0.1 (what an event loop holds)."""
     a, b = harness.tcp_pair()
     a.setblocking(False)
@@ -30,9 +30,9 @@ def nb_pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
         b.close()
 
 
-def drain(decoder: object, sock: socket.socket, want: int, rounds: int = 100000) -> List[bytes]:
+def drain(decoder: object, sock: socket.socket, want: int, rounds: int = 100000) -> list[bytes]:
     """read_from until ``want`` frames arrived (bounded; the data is already in flight on loopback)."""
-    got: List[bytes] = []
+    got: list[bytes] = []
     for _ in range(rounds):
         try:
             frames = decoder.read_from(sock.fileno())  # type: ignore[attr-defined]
@@ -46,7 +46,7 @@ def drain(decoder: object, sock: socket.socket, want: int, rounds: int = 100000)
     raise AssertionError(f"only {len(got)} of {want} frames arrived")
 
 
-def test_write_frames_wire_bytes(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
+def test_write_frames_wire_bytes(codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     payloads = [b"", b"x", harness.pseudo_random(300), harness.pseudo_random(70000, 1)]
     for prefix in ("!I", "<H", "varint"):
@@ -59,7 +59,7 @@ def test_write_frames_wire_bytes(codec: ModuleType, nb_pair: Tuple[socket.socket
         b.setblocking(False)
 
 
-def test_write_frames_empty_and_types(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
+def test_write_frames_empty_and_types(codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     assert codec.write_frames(a.fileno(), []) is None
     assert codec.write_frames(a.fileno(), iter([bytearray(b"ab"), memoryview(b"cd")])) is None
@@ -72,7 +72,7 @@ def test_write_frames_empty_and_types(codec: ModuleType, nb_pair: Tuple[socket.s
 
 
 def test_write_frames_returns_what_the_kernel_did_not_take(
-    codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]
+    codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     a, b = nb_pair
     payloads = [harness.pseudo_random(50000, i) for i in range(200)]  # ~10 MB: more than loopback buffers hold
@@ -113,7 +113,7 @@ def test_write_frames_errors(codec: ModuleType) -> None:
         codec.write_frames(-1, [b"x"])
 
 
-def test_read_from(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
+def test_read_from(codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     decoder = codec.Decoder()
     with pytest.raises(BlockingIOError):
@@ -136,7 +136,7 @@ def test_read_from(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socke
     decoder.close()
 
 
-def test_read_from_agrees_with_feed(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
+def test_read_from_agrees_with_feed(codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     payloads = [harness.pseudo_random(n, n) for n in (0, 1, 3, 4, 5, 1000, 65535, 65536, 65537, 300000)]
     wire = harness.encode(payloads, "varint")
@@ -146,7 +146,7 @@ def test_read_from_agrees_with_feed(codec: ModuleType, nb_pair: Tuple[socket.soc
     assert via_socket == codec.Decoder("varint").feed(wire) == payloads
 
 
-def test_read_from_frame_errors(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
+def test_read_from_frame_errors(codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     a.setblocking(True)
     a.sendall(harness.encode([b"ok"]) + b"\xff\xff\xff\xff")
@@ -269,7 +269,7 @@ def test_switching_between_feed_and_feed_wire(codec: ModuleType) -> None:
     assert bytes(decoder.feed_wire(wire)) == wire  # between frames, either is fine
 
 
-def test_read_wire_from_zero_copy_relay(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
+def test_read_wire_from_zero_copy_relay(codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]) -> None:
     """Views returned by read_wire_from stay intact while held, even as more data arrives."""
     a, b = nb_pair
     payloads = [harness.pseudo_random((i * 104729) % 70000, i) for i in range(60)]
@@ -302,7 +302,7 @@ def test_read_wire_from_zero_copy_relay(codec: ModuleType, nb_pair: Tuple[socket
     cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8),
     prefix=st.sampled_from(["!B", "!H", "!I", "<Q", "varint"]),
 )
-def test_feed_wire_property(payloads: List[bytes], cuts: List[int], prefix: str) -> None:
+def test_feed_wire_property(payloads: list[bytes], cuts: list[int], prefix: str) -> None:
     from fastframe import _codec, _codec_py
 
     wire = b"".join(_codec_py.encode(p, prefix) for p in payloads)
@@ -314,7 +314,7 @@ def test_feed_wire_property(payloads: List[bytes], cuts: List[int], prefix: str)
         assert decoder.pending == 0
 
 
-def test_relay_echoes_whole_frames(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
+def test_relay_echoes_whole_frames(codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]) -> None:
     """relay(fd) sends the whole frames of each read back to fd, keeps partial ones, and reports EOF."""
     a, b = nb_pair
     payloads = [harness.pseudo_random((i * 7901) % 3000, i) for i in range(40)]
@@ -405,7 +405,7 @@ def test_relay_to_another_socket_and_backpressure(codec: ModuleType) -> None:
             s.close()
 
 
-def test_relay_frame_error(codec: ModuleType, nb_pair: Tuple[socket.socket, socket.socket]) -> None:
+def test_relay_frame_error(codec: ModuleType, nb_pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = nb_pair
     a.setblocking(True)
     a.sendall(harness.encode([b"good"]) + struct.pack("!I", 1 << 30))
@@ -477,7 +477,7 @@ def test_decoders_reading_in_turn_keep_their_own_data(codec: ModuleType, method:
                         echoed.extend(a.recv(1 << 20))
             if not progressed and all(s[2].pending == 0 and s[2].completed == len(s[3]) for s in streams):
                 break
-        for a, b, decoder, payloads, wire, echoed, got in streams:
+        for _a, _b, _decoder, payloads, wire, echoed, got in streams:
             if method == "read_from":
                 assert got == payloads
             else:

@@ -20,8 +20,6 @@ from fastframe import FrameError, FrameTooLarge, IncompleteFrame, _codec, _codec
 MiB = 1024 * 1024
 
 
-
-
 def hdr(n: int, prefix: str) -> bytes:
     return ref_header(n, prefix)
 

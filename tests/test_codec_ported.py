@@ -224,8 +224,15 @@ HELLO = b"HELLO, WORLD"
         # ... the field counting the whole frame
         (Framing("!H", offset=1, adjust=-3, strip=3), b"\xca\x00\x10\xfe" + HELLO, b"\xfe" + HELLO),
     ],
-    ids=["keep-all", "strip-field", "counts-itself", "field-ends-header", "field-starts-header",
-         "hdr1-len-hdr2", "hdr1-len-hdr2-whole"],  # fmt: skip
+    ids=[
+        "keep-all",
+        "strip-field",
+        "counts-itself",
+        "field-ends-header",
+        "field-starts-header",
+        "hdr1-len-hdr2",
+        "hdr1-len-hdr2-whole",
+    ],  # fmt: skip
 )
 def test_netty_documented_layouts(codec, framing, wire, frame):
     assert decode_all_ways(codec, framing, wire * 3) == [frame] * 3

@@ -201,6 +201,7 @@ def test_send_bytes_like_payloads(framed_cls, sock_pair):
         memoryview(raw_big),
         array.array("i", raw_big),
     ]
+
     def send_all():
         for p in items:
             tx.send(p)
@@ -414,7 +415,7 @@ def test_recv_timeout_loses_nothing(framed_cls, sock_pair):
     a.sendall(wire[:150])  # header + part of the first payload
     with pytest.raises(socket.timeout):
         rx.recv()
-    a.sendall(wire[150:304 + 100_000])  # the rest of frame 1 and half of the large frame 2
+    a.sendall(wire[150 : 304 + 100_000])  # the rest of frame 1 and half of the large frame 2
     assert rx.recv() == small
     with pytest.raises(socket.timeout):
         rx.recv()
@@ -441,7 +442,6 @@ def test_large_payloads_both_ends(framed_cls, sock_pair):
 # ======================================================================================================
 # helpers
 # ======================================================================================================
-
 
 
 def _wait_until_queued(sock: socket.socket, n: int, timeout: float = 5.0) -> None:

@@ -14,7 +14,6 @@ import random
 import socket
 import struct
 from types import ModuleType
-from typing import List, Tuple
 
 import pytest
 from live import PASSWORD, USER
@@ -37,7 +36,7 @@ class Conversation:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         self.rng = random.Random(seed)
         self.received = bytearray()  # every byte the server sent, for the re-decoding
-        self.frames: List[bytes] = []
+        self.frames: list[bytes] = []
 
     def send(self, payload: bytes, layout: object = None) -> None:
         self.sock.sendall(self.codec.encode(payload, layout or self.framing))
@@ -56,13 +55,13 @@ class Conversation:
         self.sock.close()
 
 
-def redecode_everywhere(framing: Framing, stream: bytes, expected: List[bytes], seed: int) -> None:
+def redecode_everywhere(framing: Framing, stream: bytes, expected: list[bytes], seed: int) -> None:
     """Both implementations, random chunks, feed() and get_buffer(): the same frames as the live decoder."""
     rng = random.Random(seed)
     for module in (_codec, _codec_py):
         for use_buffer in (False, True):
             dec = module.Decoder(framing)
-            frames: List[bytes] = []
+            frames: list[bytes] = []
             pos = 0
             while pos < len(stream):
                 chunk = stream[pos : pos + rng.choice([1, 3, 64, 1500, 65536, 1 << 20])]
@@ -92,7 +91,7 @@ BIG = 10_000_000
 QUERY = f"SELECT repeat('x', {BIG}) AS big, 42 AS answer, 'fastframe' AS name"
 
 
-def pg_fields(body: bytes) -> List[bytes]:
+def pg_fields(body: bytes) -> list[bytes]:
     """A DataRow's column values (int16 count, then int32 length + bytes each)."""
     (count,) = struct.unpack_from("!h", body)
     pos = 2
@@ -106,7 +105,7 @@ def pg_fields(body: bytes) -> List[bytes]:
     return values
 
 
-def pg_message(frame: bytes) -> Tuple[bytes, bytes]:
+def pg_message(frame: bytes) -> tuple[bytes, bytes]:
     """(type, body) of a backend message; its length field must count itself and the body exactly."""
     kind, (length,) = frame[:1], struct.unpack_from("!I", frame, 1)
     assert length == len(frame) - 1, f"{kind!r}: length {length} for {len(frame) - 1} bytes"
@@ -175,13 +174,14 @@ def test_postgres_conversation(codec, postgres):
     redecode_everywhere(POSTGRES, stream, expected, seed=2)
     # The same answers from a real client library.
     psycopg = pytest.importorskip("psycopg")
-    with psycopg.connect(
-        host="127.0.0.1", port=postgres.port, user=USER, password=PASSWORD, dbname="postgres"
-    ) as conn:
+    with psycopg.connect(host="127.0.0.1", port=postgres.port, user=USER, password=PASSWORD, dbname="postgres") as conn:
         assert conn.info.parameter_status("server_version") == params["server_version"]
         row = conn.execute(QUERY).fetchone()
     assert (hashlib.sha256(row[0].encode()).digest(), row[1], row[2]) == (
-        hashlib.sha256(big).digest(), int(answer), name.decode())
+        hashlib.sha256(big).digest(),
+        int(answer),
+        name.decode(),
+    )
 
 
 # ======================================================================================================
@@ -212,7 +212,7 @@ def native_password(password: bytes, salt: bytes) -> bytes:
     return bytes(a ^ b for a, b in zip(stage1, mix))
 
 
-def lenenc(data: bytes, pos: int) -> Tuple[int, int]:
+def lenenc(data: bytes, pos: int) -> tuple[int, int]:
     first = data[pos]
     if first < 0xFB:
         return first, pos + 1
@@ -220,7 +220,7 @@ def lenenc(data: bytes, pos: int) -> Tuple[int, int]:
     return int.from_bytes(data[pos + 1 : pos + 1 + size], "little"), pos + 1 + size
 
 
-def my_row(payload: bytes) -> List[bytes]:
+def my_row(payload: bytes) -> list[bytes]:
     values, pos = [], 0
     while pos < len(payload):
         n, pos = lenenc(payload, pos)
@@ -283,4 +283,7 @@ def test_mariadb_conversation(codec, mariadb):
         conn.close()
     assert server_version.encode() == version
     assert (hashlib.sha256(row[0].encode()).digest(), row[1], row[2]) == (
-        hashlib.sha256(big).digest(), int(answer), name.decode())
+        hashlib.sha256(big).digest(),
+        int(answer),
+        name.decode(),
+    )

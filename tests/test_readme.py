@@ -48,8 +48,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Tuple
+from typing import NamedTuple
 
 import harness
 import pytest
@@ -98,7 +99,7 @@ class Block(NamedTuple):
         return f"{self.file}:{self.line}"
 
 
-def blocks() -> List[Block]:
+def blocks() -> list[Block]:
     found = []
     for name in FILES:
         lines = (REPO / name).read_text().split("\n")
@@ -119,7 +120,7 @@ def blocks() -> List[Block]:
 BLOCKS = blocks()
 
 
-def with_ports(text: str, ports: Dict[int, int]) -> str:
+def with_ports(text: str, ports: dict[int, int]) -> str:
     """Each default port number (a whole number, not part of another) rewritten through ``ports``."""
     return re.sub(r"(?<![\d.])(7007|3737|5140|2121)(?![\d])", lambda m: str(ports[int(m.group(1))]), text)
 
@@ -136,7 +137,7 @@ def with_paths(text: str, root: Path, secret: Path) -> str:
 
 
 class Env(NamedTuple):
-    ports: Dict[int, int]  # default port -> this module's server's
+    ports: dict[int, int]  # default port -> this module's server's
     root: Path
     secret: Path
 
@@ -168,7 +169,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         harness.stop_gracefully(guarded)
 
 
-def run(where: str, argv: List[str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+def run(where: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """``argv`` in ``cwd`` with this interpreter's bin directory first on PATH (``fastframe`` and ``python`` are
     the ones under test), stdin closed, 60 s at most: a hang fails the test, naming the block."""
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
@@ -191,7 +192,7 @@ def compile_only_reason(block: Block) -> str | None:
     return None
 
 
-def never_called(source: str) -> List[str]:
+def never_called(source: str) -> list[str]:
     """Functions named ``main`` that the block defines and never calls (a snippet that does nothing)."""
     tree = ast.parse(source)
     defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "main"]
@@ -213,9 +214,9 @@ def run_python(block: Block, env: Env, workdir: Path) -> None:
 # -- sh blocks ----------------------------------------------------------------------------------------------
 
 
-def commands(text: str) -> List[Tuple[str, str]]:
+def commands(text: str) -> list[tuple[str, str]]:
     """(command, its comment) for each command of a shell block: continuations joined, ``&&`` chains split."""
-    out: List[Tuple[str, str]] = []
+    out: list[tuple[str, str]] = []
     for line in text.replace("\\\n", " ").split("\n"):
         m = re.match(r"^(.*?)(?:\s+#\s*(.*))?$", line.strip())
         assert m is not None
@@ -248,7 +249,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def check_bench_arguments(where: str, argv: List[str], workdir: Path) -> None:
+def check_bench_arguments(where: str, argv: list[str], workdir: Path) -> None:
     script = Path(argv[1]) if os.path.isabs(argv[1]) else REPO / argv[1]
     assert script.is_file(), f"{where}: {argv[1]} does not exist"
     proc = run(where, [sys.executable, "-c", ARGUMENTS_ONLY, str(script), *argv[2:]], workdir)
@@ -257,7 +258,7 @@ def check_bench_arguments(where: str, argv: List[str], workdir: Path) -> None:
     )
 
 
-def start_and_stop_serve(where: str, argv: List[str], workdir: Path) -> None:
+def start_and_stop_serve(where: str, argv: list[str], workdir: Path) -> None:
     args = argv[2:]
     if not any(a.lstrip("-") in ("echo", "time", "command", "files", "config") for a in args):
         args += ["--echo", "0", "--time", "0"]  # what no arguments serve, on free ports
@@ -273,7 +274,9 @@ def start_and_stop_serve(where: str, argv: List[str], workdir: Path) -> None:
         server.stop()
 
 
-def start_in_background(where: str, argv: List[str], workdir: Path, block_ports: Dict[int, int]) -> harness.ServerProcess:
+def start_in_background(
+    where: str, argv: list[str], workdir: Path, block_ports: dict[int, int]
+) -> harness.ServerProcess:
     """``fastframe serve ... &``: serve each port it names on a free one (recorded in ``block_ports``)."""
     args, named = [], []
     for arg in argv[2:]:
@@ -297,7 +300,7 @@ def stop_background(where: str, server: harness.ServerProcess) -> None:
         server.stop()
 
 
-def with_block_ports(text: str, ports: Dict[int, int]) -> str:
+def with_block_ports(text: str, ports: dict[int, int]) -> str:
     for old, new in ports.items():
         text = re.sub(rf"(?<![\d.]){old}(?![\d])", str(new), text)
     return text
@@ -332,8 +335,8 @@ def run_sh(block: Block, env: Env, workdir: Path) -> int:
                 text = with_ports(with_paths(earlier.text, env.root, env.secret), serve_ports)
                 (workdir / name.group(1)).write_text(text)
     ran = 0
-    background: List[harness.ServerProcess] = []
-    block_ports: Dict[int, int] = {}
+    background: list[harness.ServerProcess] = []
+    block_ports: dict[int, int] = {}
     try:
         for command, comment in commands(block.text):
             ran += run_one(block, command, comment, env, workdir, background, block_ports)
@@ -344,7 +347,7 @@ def run_sh(block: Block, env: Env, workdir: Path) -> int:
 
 
 def run_one(block: Block, command: str, comment: str, env: Env, workdir: Path,
-            background: List[harness.ServerProcess], block_ports: Dict[int, int]) -> int:  # fmt: skip
+            background: list[harness.ServerProcess], block_ports: dict[int, int]) -> int:  # fmt: skip
     """Run one command of a shell block (see the module docstring); 1 if it ran, 0 if excused."""
     if not command or not_run_reason(command) is not None:
         return 0

@@ -47,8 +47,16 @@ CLIENT_NEVER = NEVER + (
 )  # fmt: skip
 #: Needed only by the commands that use them (get: json and the file protocol; exec: shlex and the command
 #: protocol; a secret: the HMAC handshake).
-ON_DEMAND = ("json", "shlex", "hashlib", "hmac", "secrets", "fastframe.wire.auth", "fastframe.wire.command",
-             "fastframe.wire.files")
+ON_DEMAND = (
+    "json",
+    "shlex",
+    "hashlib",
+    "hmac",
+    "secrets",
+    "fastframe.wire.auth",
+    "fastframe.wire.command",
+    "fastframe.wire.files",
+)
 
 
 def loaded_by(code: str, cwd: Path) -> set[str]:
@@ -198,7 +206,7 @@ def test_plain_client_commands_run_without_argparse(tmp_path: Path) -> None:
             assert main(["get", "{files}", "f.txt", "-o", "out", "--timeout", "10"]) == 0
             assert main(["get", "--quiet", "{files}", "f.txt", "--output=again"]) == 0
             assert main(["echo", "{echo}", "hi"]) == 0
-            assert main(["time", "127.0.0.1:{server.port('time', 'udp')}"]) == 0
+            assert main(["time", "127.0.0.1:{server.port("time", "udp")}"]) == 0
             """,
             tmp_path,
         )

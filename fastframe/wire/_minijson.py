@@ -27,7 +27,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Callable, Dict
+    from typing import Any, Callable
 
 __all__ = ["dumps", "loads"]
 
@@ -55,7 +55,7 @@ class _Settings:
         self.parse_int = parse_int
 
 
-_scanners: Dict[Callable[[str], Any], Callable[[str, int], Any]] = {}
+_scanners: dict[Callable[[str], Any], Callable[[str, int], Any]] = {}
 
 
 def loads(text: str, parse_int: Callable[[str], Any] = int) -> Any:
@@ -97,10 +97,12 @@ def _scalar(value: Any) -> str:
     return _quote(value)
 
 
-def dumps(obj: Dict[str, Any]) -> str:
+def dumps(obj: dict[str, Any]) -> str:
     """``json.dumps(obj)`` for a dict of str keys and str, int, bool or None values."""
-    if not _ACCELERATED or type(obj) is not dict or not all(
-        type(k) is str and (v is None or type(v) in (str, int, bool)) for k, v in obj.items()
+    if (
+        not _ACCELERATED
+        or type(obj) is not dict
+        or not all(type(k) is str and (v is None or type(v) in (str, int, bool)) for k, v in obj.items())
     ):
         import json
 

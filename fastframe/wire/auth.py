@@ -33,13 +33,11 @@ to the service's protocol (a ``splice`` download included) with nothing taken fr
 
 from __future__ import annotations
 
+import _socket
 import hashlib
 import hmac
 import secrets
 import socket
-from typing import Optional
-
-import _socket
 
 from .._framed import FramedSocket
 from .errors import error_frame, is_error, parse_error
@@ -111,7 +109,7 @@ def is_challenge(frame: bytes) -> bool:
     return frame.startswith(CHALLENGE)
 
 
-def parse_challenge(frame: bytes) -> Optional[bytes]:
+def parse_challenge(frame: bytes) -> bytes | None:
     """The server nonce of a challenge frame, or None if ``frame`` is not one."""
     if len(frame) == len(CHALLENGE) + NONCE_SIZE and frame.startswith(CHALLENGE):
         return frame[len(CHALLENGE) :]
@@ -122,7 +120,7 @@ def response_frame(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> b
     return client_nonce + client_proof(secret, server_nonce, client_nonce)
 
 
-def check_response(secret: bytes, server_nonce: bytes, frame: bytes) -> Optional[bytes]:
+def check_response(secret: bytes, server_nonce: bytes, frame: bytes) -> bytes | None:
     """The client nonce of a response that proves the secret, else None (the proof compared in constant time)."""
     if len(frame) != NONCE_SIZE + MAC_SIZE:
         return None

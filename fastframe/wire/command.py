@@ -44,7 +44,8 @@ from .errors import error_frame, short
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+    from collections.abc import Iterator, Sequence
+    from typing import Callable
 
 __all__ = [
     "EXIT",
@@ -74,7 +75,7 @@ STDERR = b"E"
 EXIT = b"X"
 
 
-def request_frame(command: Union[str, Sequence[str]]) -> bytes:
+def request_frame(command: str | Sequence[str]) -> bytes:
     """The request for a command line, or for an argv list (quoted so that the server splits it back into
     exactly these words)."""
     if not isinstance(command, str):
@@ -117,7 +118,7 @@ def _after_whitespace(text: str, pos: int) -> int:
     return pos if run is None else run.end()
 
 
-def _double_quoted(text: str, pos: int, word: List[str]) -> int:
+def _double_quoted(text: str, pos: int, word: list[str]) -> int:
     """Append the string whose opening quote is at ``pos - 1``; return the position after its closing quote.
 
     Inside double quotes a backslash escapes only a backslash and ``"``; before anything else it stays."""
@@ -142,7 +143,7 @@ def iter_words(text: str) -> Iterator[str]:
     leaves the rest of the line unread)."""
     end = len(text)
     pos = _after_whitespace(text, 0)
-    word: List[str] = []
+    word: list[str] = []
     in_word = False
     while pos < end:
         found = _SPECIAL(text, pos)
@@ -179,12 +180,12 @@ def iter_words(text: str) -> Iterator[str]:
         yield "".join(word)
 
 
-def split_command_line(text: str) -> List[str]:
+def split_command_line(text: str) -> list[str]:
     """``shlex.split(text)`` in linear time: the same words, the same ``ValueError`` messages."""
     return list(iter_words(text))
 
 
-def parse_command(raw: bytes, lookup: Callable[[str], Optional[str]]) -> Union[Tuple[str, List[str]], bytes]:
+def parse_command(raw: bytes, lookup: Callable[[str], str | None]) -> tuple[str, list[str]] | bytes:
     """``(executable, argv)`` for a request frame, or the error frame that answers it.
 
     ``lookup(argv0)`` returns the executable of an allowed argv[0], else None; it is asked before the rest of

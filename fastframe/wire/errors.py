@@ -33,7 +33,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Dict, Tuple
+    pass
 
 __all__ = ["CODES", "ERROR", "WireError", "error_frame", "is_error", "parse_error", "short"]
 
@@ -41,7 +41,7 @@ __all__ = ["CODES", "ERROR", "WireError", "error_frame", "is_error", "parse_erro
 ERROR = b"!"
 
 #: Every code, with what it means (the table above).
-CODES: Dict[str, str] = {
+CODES: dict[str, str] = {
     "bad-request": "the request is malformed or over a limit",
     "not-allowed": "the program is not on the allow-list",
     "not-found": "no such program or file",
@@ -68,7 +68,7 @@ def is_error(frame: bytes) -> bool:
     return frame[:1] == ERROR
 
 
-def parse_error(frame: bytes) -> Tuple[str, str]:
+def parse_error(frame: bytes) -> tuple[str, str]:
     """``(code, message)`` of an error frame (an unknown code too; ``""`` for a missing one)."""
     code, _, message = frame[1:].decode("utf-8", "replace").partition(" ")
     return code, message

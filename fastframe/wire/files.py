@@ -56,7 +56,7 @@ from .errors import WireError, error_frame, short
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Dict, List, NamedTuple, Optional
+    from typing import Any, NamedTuple
 
 __all__ = [
     "MAX_FILE_REQUEST",
@@ -89,16 +89,16 @@ _MAX_DIGITS = 20  # an offset never needs more; int() of a long digit string is 
 if TYPE_CHECKING:  # pragma: no cover
 
     class FileRequest(NamedTuple):
-        parts: List[str]  # the path's components, never empty, never "." or ".."
+        parts: list[str]  # the path's components, never empty, never "." or ".."
         offset: int
-        validator: Optional[str]  # of the download being resumed
+        validator: str | None  # of the download being resumed
         trailer: bool  # the client wants a trailer frame after the bytes
 
     class FileMeta(NamedTuple):
         size: int
         offset: int  # where the bytes that follow start: the request's offset, or 0 if the file changed since
         length: int  # how many raw bytes follow: size - offset
-        validator: Optional[str]  # None from a server that sends none
+        validator: str | None  # None from a server that sends none
         trailer: bool  # a trailer frame follows the bytes
 
 else:  # the same tuples, made without typing (whose import is a start-up cost for the CLI)
@@ -114,7 +114,7 @@ def _parse_int(digits: str) -> int:
     return int(digits)
 
 
-def _count(value: Any) -> Optional[int]:
+def _count(value: Any) -> int | None:
     """``value`` if it is a non-negative integer (JSON ``true`` is not one), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
@@ -122,8 +122,8 @@ def _count(value: Any) -> Optional[int]:
 # -- the request --------------------------------------------------------------------------------------------
 
 
-def request_frame(path: str, offset: int = 0, validator: Optional[str] = None, trailer: bool = False) -> bytes:
-    request: Dict[str, Any] = {"path": path, "offset": offset, "trailer": trailer}
+def request_frame(path: str, offset: int = 0, validator: str | None = None, trailer: bool = False) -> bytes:
+    request: dict[str, Any] = {"path": path, "offset": offset, "trailer": trailer}
     if validator is not None:
         request["validator"] = validator
     return json.dumps(request).encode("utf-8")
@@ -180,7 +180,7 @@ def validator(info: os.stat_result) -> str:
 
 
 def metadata_frame(size: int, offset: int, validator: str, trailer: bool) -> bytes:
-    meta: Dict[str, Any] = {"size": size, "offset": offset, "length": size - offset, "validator": validator}
+    meta: dict[str, Any] = {"size": size, "offset": offset, "length": size - offset, "validator": validator}
     if trailer:
         meta["trailer"] = True
     return METADATA + json.dumps(meta).encode()

@@ -24,7 +24,7 @@ import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a start-up cost for the CLI)
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Optional
+    pass
 
 __all__ = ["FORMATS", "RFC868_OFFSET", "REPLY_SIZE", "decode_time", "encode_time"]
 
@@ -40,7 +40,7 @@ def _check(fmt: str) -> None:
         raise ValueError(f"unknown time format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
-def encode_time(fmt: str = "unix", now: Optional[float] = None) -> bytes:
+def encode_time(fmt: str = "unix", now: float | None = None) -> bytes:
     """The 4-byte reply for ``now`` (default: the current time)."""
     _check(fmt)
     seconds = int(time.time() if now is None else now)

@@ -13,6 +13,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from fastframe.servers import accesslog
 from fastframe.servers.accesslog import (
     FIELDS,
@@ -23,8 +26,6 @@ from fastframe.servers.accesslog import (
     parse_line,
     reopen_logs,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 HOSTILE = [
     "",

@@ -21,9 +21,10 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from fastframe.servers.metrics_http import MetricsEndpoint, SelectorReactor
 from harness import ServerProcess, recv_frame, send_frame
 from peertools import require_module, require_tool
+
+from fastframe.servers.metrics_http import MetricsEndpoint, SelectorReactor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 10.0

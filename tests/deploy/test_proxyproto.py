@@ -13,6 +13,9 @@ import zlib
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fastframe.servers.proxyproto import (
     DEFAULT_MAX_V2_HEADER,
     V1_MAX_LENGTH,
@@ -23,8 +26,6 @@ from fastframe.servers.proxyproto import (
     read_proxy_header,
 )
 from fastframe.servers.proxystage import TrustedProxies
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 NEXT = b"\x16\x03\x01 the next layer's bytes (TLS or frames) \r\n\x00"

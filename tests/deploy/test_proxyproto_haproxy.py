@@ -11,8 +11,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from fastframe.servers.proxyproto import ProxyHeader, ProxyParser, read_proxy_header
 from haproxy import ECHO_CHECK_HEX, Backend, HAProxy, require_haproxy
+
+from fastframe.servers.proxyproto import ProxyHeader, ProxyParser, read_proxy_header
 
 TIMEOUT = 10.0
 PAYLOAD = b"\x00\x00\x00\x05hello, the bytes after the header"

@@ -154,7 +154,7 @@ def test_scale_out_kill_and_rolling_restart(cluster) -> None:  # type: ignore[no
         progress(load, 60)
         # The servers saw the clients, not the balancer: peer= is 127.0.0.3, proxy= is HAProxy's 127.0.0.1.
         for s in servers:
-            assert wait_until(lambda: any(f"peer={CLIENT_HOST}:" in line for line in s.lines()), TIMEOUT), s.lines()
+            assert wait_until(lambda s=s: any(f"peer={CLIENT_HOST}:" in line for line in s.lines()), TIMEOUT), s.lines()
             line = next(line for line in s.lines() if f"peer={CLIENT_HOST}:" in line)
             assert " proxy=127.0.0.1:" in line and " end=eof" in line, line
         assert not [o for o in load.since(0) if o.startswith("lost")]
@@ -180,7 +180,7 @@ def test_scale_out_kill_and_rolling_restart(cluster) -> None:  # type: ignore[no
         for s in servers:
             ha.set_state(s.name, "drain")
             ha.wait_state(s.name, "DRAIN")
-            assert wait_until(lambda: ha.sessions(s.name) == 0, TIMEOUT), f"{s.name} kept its sessions"
+            assert wait_until(lambda s=s: ha.sessions(s.name) == 0, TIMEOUT), f"{s.name} kept its sessions"
             assert s.proc is not None
             s.proc.signal(signal.SIGTERM)
             assert s.proc.wait(TIMEOUT) == 0, s.proc.stderr()[-2000:]
@@ -196,4 +196,4 @@ def test_scale_out_kill_and_rolling_restart(cluster) -> None:  # type: ignore[no
     lost = [o for o in roll if o.startswith("lost")]
     assert len(roll) > 100 and not lost, (len(roll), lost[:5])
     for s in servers:  # every server served again after its restart
-        assert wait_until(lambda: any(f"peer={CLIENT_HOST}:" in line for line in s.lines()), TIMEOUT)
+        assert wait_until(lambda s=s: any(f"peer={CLIENT_HOST}:" in line for line in s.lines()), TIMEOUT)

@@ -19,8 +19,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from fastframe.servers.sdnotify import NOTIFY_VARIABLES, Notifier, child_environ
 from peertools import require_tool
+
+from fastframe.servers.sdnotify import NOTIFY_VARIABLES, Notifier, child_environ
 
 TIMEOUT = 10.0
 

@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from fastframe.servers.unixsock import DEFAULT_UNIX_MODE, bind_unix, parse_mode, probe_unix
 
 from fastframe._address import UnixAddress
+from fastframe.servers.unixsock import DEFAULT_UNIX_MODE, bind_unix, parse_mode, probe_unix
 
 
 @pytest.fixture

@@ -14,10 +14,11 @@ import threading
 from collections.abc import Callable
 
 import pytest
+
 from fastframe.servers.connection import Connection
 from fastframe.servers.echo import EchoService, RawEchoService
-from fastframe.servers.loop import Loop
 from fastframe.servers.limits import Limits
+from fastframe.servers.loop import Loop
 from fastframe.servers.readers import FramedReader, MirrorReader, RawReader, Reader
 from fastframe.servers.service import Service
 from fastframe.servers.transport import SocketTransport, Transport
@@ -194,7 +195,9 @@ def test_a_connection_stuck_in_a_stage_is_closed_at_its_deadline_and_the_service
     loop = Loop()
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    conn = Connection(loop, SocketTransport(ours), ("peer",), service, Limits(frame_timeout=5), stages=[token_stage(b"HI", [])])
+    conn = Connection(
+        loop, SocketTransport(ours), ("peer",), service, Limits(frame_timeout=5), stages=[token_stage(b"HI", [])]
+    )
     try:
         conn.start()
         conn.check_deadlines(loop.now + 4)

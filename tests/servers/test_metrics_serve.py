@@ -150,13 +150,13 @@ def test_commands_by_outcome_and_downloads(serve, engine, tmp_path) -> None:  # 
     (root / "data.bin").write_bytes(os.urandom(100_000))
     proc = serve("--command", "0", "--allow", "true", "--allow", "false", "--files", "0", "--root", str(root),
                  "--metrics", "127.0.0.1:0", engine=engine, expect=3)  # fmt: skip
-    command = "%s:%d" % proc.addr("command")
+    command = "{}:{}".format(*proc.addr("command"))
     for argv, status in ((["true"], 0), (["false"], 1), (["ls"], 127)):
         run = subprocess.run([sys.executable, "-m", "fastframe", "exec", command, "--", *argv], capture_output=True,
                              timeout=60, cwd="/", check=False)  # fmt: skip
         assert run.returncode == status, run.stderr
     out = tmp_path / "copy.bin"
-    run = subprocess.run([sys.executable, "-m", "fastframe", "get", "%s:%d" % proc.addr("files"), "data.bin", "-o",
+    run = subprocess.run([sys.executable, "-m", "fastframe", "get", "{}:{}".format(*proc.addr("files")), "data.bin", "-o",
                           str(out), "--quiet"], capture_output=True, timeout=60, cwd="/", check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert out.read_bytes() == (root / "data.bin").read_bytes()

@@ -10,6 +10,7 @@ import sys
 
 import harness
 import pytest
+
 from fastframe.servers import pidfile as pidfile_module
 from fastframe.servers.pidfile import Pidfile, PidfileBusy
 

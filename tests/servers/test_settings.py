@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastframe.servers import settings as st
-from fastframe.servers.engine import Limits
 
 from fastframe.cli import build_parser
+from fastframe.servers import settings as st
+from fastframe.servers.engine import Limits
 
 FILE_SETTINGS = [s for s in st.SETTINGS if s.in_file]
 

@@ -9,7 +9,8 @@ itself) and then killed by PID, with every worker the harness saw.  Test modules
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, List, Optional
+from collections.abc import Iterator
+from typing import Callable
 
 import harness
 import pytest
@@ -19,9 +20,9 @@ from harness import ServerProcess
 @pytest.fixture(scope="module")
 def start_server(engine: str) -> Iterator[Callable[..., ServerProcess]]:
     """``start_server(*args, expect=N)``: a server on this module's engine, stopped at the module's end."""
-    started: List[ServerProcess] = []
+    started: list[ServerProcess] = []
 
-    def start(*args: str, expect: int, cwd: Optional[str] = None) -> ServerProcess:
+    def start(*args: str, expect: int, cwd: str | None = None) -> ServerProcess:
         server = ServerProcess([*harness.engine_args(engine), *args], expect=expect, cwd=cwd)
         started.append(server)
         if engine == "prefork":

@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable
 
 import harness
 import pytest
@@ -46,7 +46,7 @@ def frame(payload: bytes) -> bytes:
     return struct.pack("!I", len(payload)) + payload
 
 
-def read_all_frames(sock: socket.socket) -> List[bytes]:
+def read_all_frames(sock: socket.socket) -> list[bytes]:
     frames = []
     while True:
         f = harness.recv_frame_or_eof(sock)
@@ -94,7 +94,9 @@ def test_wrong_secret(server: Any, tmp_path: Path) -> None:
     # Raw: a wrong proof with the request pipelined behind it.
     with harness.connect(server.addr("command")) as sock:
         challenge = harness.recv_frame(sock)
-        sock.sendall(frame(handshake_response(b"wrong secret, 0123456789", challenge)) + frame(f"touch {marker}".encode()))
+        sock.sendall(
+            frame(handshake_response(b"wrong secret, 0123456789", challenge)) + frame(f"touch {marker}".encode())
+        )
         assert read_all_frames(sock) == [b"!auth denied"]
     time.sleep(0.1)  # a window for a wrongly run command to show (nothing to wait for)
     assert not marker.exists()
@@ -137,7 +139,7 @@ def test_replayed_handshake(server: Any, tmp_path: Path) -> None:
 @pytest.mark.timing
 def test_truncated_and_stalled_handshakes_time_out(server: Any, tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
-    results: List[Tuple[str, float, List[bytes]]] = []
+    results: list[tuple[str, float, list[bytes]]] = []
 
     def attempt(kind: str) -> None:
         with harness.connect(server.addr("command"), timeout=15) as sock:
@@ -218,7 +220,7 @@ def test_huge_frame_during_handshake_is_refused_at_once(server: Any) -> None:
 
 def test_client_verifies_the_server() -> None:
     """Mutual: against an impostor that cannot prove the secret, the client sends no request."""
-    received: List[bytes] = []
+    received: list[bytes] = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(10)
         port = listener.getsockname()[1]
@@ -259,7 +261,7 @@ def test_remote_error_class() -> None:
 @pytest.mark.timing
 def test_secret_against_a_server_without_one() -> None:
     """A server that never sends a challenge: the client gives up after the handshake deadline, sending nothing."""
-    received: List[bytes] = []
+    received: list[bytes] = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(10)
         port = listener.getsockname()[1]

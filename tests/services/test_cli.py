@@ -21,7 +21,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(start_server: Callable[..., Any], root: Path) -> Any:
     allow = [a for name in ("sh", "echo", "sleep") for a in ("--allow", name)]
-    return start_server("--command", "0", "--files", "0", *allow, "--command-timeout", "1", "--root", str(root), expect=2)
+    return start_server(
+        "--command", "0", "--files", "0", *allow, "--command-timeout", "1", "--root", str(root), expect=2
+    )
 
 
 def addr(server: Any, name: str) -> str:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable
 
 import harness
 import pytest
@@ -44,7 +44,7 @@ def strict_server(start_server: Callable[..., Any]) -> Any:
                         "--max-commands", "1", expect=1)  # fmt: skip
 
 
-def run(server: Any, command: Any, **kwargs: Any) -> Tuple[int, bytes, bytes]:
+def run(server: Any, command: Any, **kwargs: Any) -> tuple[int, bytes, bytes]:
     out, err = bytearray(), bytearray()
     host, port = server.addr("command")
     status = exec_command(host, port, command, stdout=out.extend, stderr=err.extend, timeout=15, **kwargs)
@@ -110,7 +110,7 @@ def test_bad_request(server: Any, line: bytes) -> None:
 
 def test_output_streams_while_running(server: Any) -> None:
     host, port = server.addr("command")
-    arrivals: List[Tuple[float, bytes]] = []
+    arrivals: list[tuple[float, bytes]] = []
     start = time.monotonic()
     status = exec_command(host, port, "sh -c 'echo first; sleep 1; echo second'",
                           stdout=lambda b: arrivals.append((time.monotonic() - start, b)), timeout=15)  # fmt: skip
@@ -244,7 +244,7 @@ def test_connection_reset_kills_the_group(server: Any) -> None:
 @pytest.mark.timing
 def test_echo_answers_while_a_command_runs(server: Any) -> None:
     host, port = server.addr("command")
-    result: List[Any] = []
+    result: list[Any] = []
     runner = threading.Thread(target=lambda: result.append(exec_command(host, port, "sleep 2", timeout=15)))
     started = time.monotonic()
     runner.start()
@@ -272,7 +272,7 @@ def test_large_streaming_output_under_the_cap(server: Any) -> None:
     assert status == 0 and len(out) == 921600
 
 
-def rss(pids: List[int]) -> int:
+def rss(pids: list[int]) -> int:
     total = 0
     for pid in pids:
         try:
@@ -318,7 +318,7 @@ def test_graceful_stop_kills_running_commands(start_server: Callable[..., Any]) 
 # -- containment: a descendant that leaves the command's session is ended with it -----------------------------
 
 
-def server_children(server: Any) -> List[Dict[str, object]]:
+def server_children(server: Any) -> list[dict[str, object]]:
     """Every process (zombies included) whose parent is the server or one of its prefork workers."""
     parents = {server.pid, *server.workers()}
     return [p for p in harness.all_processes() if p["ppid"] in parents and p["pid"] not in parents]

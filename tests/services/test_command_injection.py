@@ -101,7 +101,9 @@ def test_nul_byte_is_refused(server: Any, line: bytes) -> None:
     assert harness.command_replies(server.addr("command"), line)[0].startswith(b"!bad-request ")
 
 
-@pytest.mark.parametrize("line", [b"echo \xff", b"\xc0\xaf\xc0\xaftouch", b"echo \xed\xa0\x80"], ids=["ff", "overlong", "surrogate"])
+@pytest.mark.parametrize(
+    "line", [b"echo \xff", b"\xc0\xaf\xc0\xaftouch", b"echo \xed\xa0\x80"], ids=["ff", "overlong", "surrogate"]
+)
 def test_invalid_utf8_is_refused(server: Any, line: bytes) -> None:
     assert harness.command_replies(server.addr("command"), line)[0].startswith(b"!bad-request ")
 
@@ -123,7 +125,9 @@ def test_absolute_path_only_as_resolved(server: Any) -> None:
     for other in ("/usr/../usr/bin/ls", "//usr/bin/ls", "./ls", "bin/ls"):
         if other == resolved:
             continue
-        assert harness.command_replies(server.addr("command"), f"{other} -d /".encode())[0].startswith(b"!not-allowed "), other
+        assert harness.command_replies(server.addr("command"), f"{other} -d /".encode())[0].startswith(
+            b"!not-allowed "
+        ), other
 
 
 def test_not_found_when_an_allowed_program_disappears(server: Any, area: Path) -> None:

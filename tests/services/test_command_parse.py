@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import shlex
 import time
-from typing import List, Optional, Union
 
 import pytest
 from hypothesis import example, given, settings
@@ -24,14 +23,14 @@ lines = st.text(alphabet=st.sampled_from(SPECIAL), max_size=40) | st.text(
 )
 
 
-def shlex_result(text: str) -> Union[List[str], str]:
+def shlex_result(text: str) -> list[str] | str:
     try:
         return shlex.split(text)
     except ValueError as exc:
         return f"ValueError: {exc}"
 
 
-def our_result(text: str) -> Union[List[str], str]:
+def our_result(text: str) -> list[str] | str:
     try:
         return split_command_line(text)
     except ValueError as exc:
@@ -62,11 +61,11 @@ def test_same_words_and_errors_as_shlex(text: str) -> None:
         ("echo # not a comment", ["echo", "#", "not", "a", "comment"]),
     ],
 )
-def test_known_splits(text: str, words: List[str]) -> None:
+def test_known_splits(text: str, words: list[str]) -> None:
     assert split_command_line(text) == words == shlex.split(text)
 
 
-def lookup(argv0: str) -> Optional[str]:
+def lookup(argv0: str) -> str | None:
     return "/bin/echo" if argv0 == "echo" else None
 
 

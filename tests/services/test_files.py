@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable
 
 import harness
 import pytest
@@ -77,7 +77,7 @@ def server(start_server: Callable[..., Any], root: Path) -> Any:
     return start_server("--files", "0", "--root", str(root), expect=1)
 
 
-def request(server: Any, req: Any, raw: Optional[bytes] = None) -> Tuple[bytes, bytes]:
+def request(server: Any, req: Any, raw: bytes | None = None) -> tuple[bytes, bytes]:
     """(metadata frame, the raw bytes that followed it) for one request."""
     with harness.connect(server.addr("files")) as sock:
         harness.send_frame(sock, raw if raw is not None else json.dumps(req).encode())
@@ -136,7 +136,7 @@ def test_resume_from_part_file(server: Any, root: Path, tmp_path: Path) -> None:
         download(server, "ten", out, progress=interrupt_after(3 * MiB))
     kept = (tmp_path / "ten.part").stat().st_size
     assert json.loads((tmp_path / "ten.part.meta").read_text())["validator"]
-    seen: List[Tuple[int, int]] = []
+    seen: list[tuple[int, int]] = []
     assert download(server, "ten", out, resume=True, progress=lambda d, t: seen.append((d, t))) == len(data)
     assert seen[0] == (kept, len(data)) and seen[-1] == (len(data), len(data))
     assert out.read_bytes() == data
@@ -147,7 +147,7 @@ def test_resume_without_a_validator_starts_over(server: Any, root: Path, tmp_pat
     # A partial file with nothing to check it against (made by hand, or by an older client) is not trusted.
     data = (root / "ten").read_bytes()
     (tmp_path / "ten.part").write_bytes(b"\xff" * MiB)
-    seen: List[int] = []
+    seen: list[int] = []
     assert download(server, "ten", tmp_path / "ten", resume=True, progress=lambda d, t: seen.append(d)) == len(data)
     assert seen[0] == 0 and (tmp_path / "ten").read_bytes() == data
 
@@ -284,7 +284,7 @@ def test_fifo_does_not_block_the_server(server: Any) -> None:
 
 def test_twenty_clients_at_once(server: Any, root: Path, tmp_path: Path) -> None:
     expected = sha256_file(root / "ten")
-    results: Dict[int, Any] = {}
+    results: dict[int, Any] = {}
 
     def fetch(i: int) -> None:
         try:
@@ -406,7 +406,7 @@ def test_resume_after_the_file_changed_gets_the_new_file(server: Any, mutable: P
     with pytest.raises(KeyboardInterrupt):
         download(server, mutable.name, out, progress=interrupt_after(5 * MiB))
     new = rewrite_in_place(mutable)
-    seen: List[int] = []
+    seen: list[int] = []
     assert download(server, mutable.name, out, resume=True, progress=lambda d, t: seen.append(d)) == len(new)
     assert seen[0] == 0  # started over
     assert out.read_bytes() == new  # before: the old file's first megabytes, then the new one's rest
@@ -415,7 +415,7 @@ def test_resume_after_the_file_changed_gets_the_new_file(server: Any, mutable: P
 
 def test_rewrite_during_download_is_reported(server: Any, mutable: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    rewritten: List[bytes] = []
+    rewritten: list[bytes] = []
 
     def rewrite_once(done: int, total: int) -> None:
         if done and not rewritten:

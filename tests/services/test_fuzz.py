@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable
 
 import harness
 import pytest
@@ -78,7 +78,7 @@ def check_log(server: Any) -> None:
 def test_command_requests(server: Any, raw: bytes) -> None:
     with harness.connect(server.addr("command")) as sock:
         sock.sendall(struct.pack("!I", len(raw)) + raw)
-        frames: List[bytes] = []
+        frames: list[bytes] = []
         while True:
             frame = read_frame_or_none(sock)
             assert frame is not None, (raw, frames)  # never closed without a last frame

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime
 import ssl
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable
 
 import pytest
 
@@ -79,7 +80,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def serve_plain() -> Iterator[Callable[..., ServerProcess]]:
     """``serve_plain(*args, expect=1, engine=None, workers=2)``: ``fastframe serve ARGS``, killed at the end."""
-    started: List[ServerProcess] = []
+    started: list[ServerProcess] = []
     with tempfile.TemporaryDirectory(prefix="ff-tls-") as workdir:
 
         def start(*args: str, expect: int = 1, engine: str = "select", workers: int = 2) -> ServerProcess:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from types import ModuleType, SimpleNamespace
-from typing import Any, List
+from typing import Any
 
 import harness
 import pytest
@@ -36,7 +36,7 @@ def run_on(factory: Any, coro: Any) -> Any:
         loop.close()
 
 
-def payloads_of() -> List[bytes]:
+def payloads_of() -> list[bytes]:
     return [harness.pseudo_random(n, i) for i, n in enumerate([5, 0, 64, 70000, 3, 16384, 1, 300000, 9] * 10)]
 
 
@@ -50,7 +50,7 @@ async def echo(reader: aio.FrameReader, writer: aio.FrameWriter) -> None:
 def test_streams_over_tls(loop_factory: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
     payloads = payloads_of()
 
-    async def main() -> List[bytes]:
+    async def main() -> list[bytes]:
         server = await aio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx, max_frame=1 << 20)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await aio.open_connection(
@@ -78,10 +78,10 @@ def test_frame_protocol_over_tls(loop_factory: Any, server_ctx: ssl.SSLContext, 
         def __init__(self) -> None:
             super().__init__(max_frame=1 << 20)
 
-        def frames_received(self, frames: List[bytes]) -> None:
+        def frames_received(self, frames: list[bytes]) -> None:
             self.send_frames([f[::-1] for f in frames])
 
-    async def main() -> List[bytes]:
+    async def main() -> list[bytes]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Reverse, "127.0.0.1", 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]

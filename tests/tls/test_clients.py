@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable
 
 import pytest
 from harness import ServerProcess, wait_until
@@ -43,7 +43,7 @@ class Services:
     """Several ``fastframe serve --tls-*`` processes, each service known by a name: ``port(name)``."""
 
     def __init__(self) -> None:
-        self.where: Dict[str, Tuple[ServerProcess, str]] = {}
+        self.where: dict[str, tuple[ServerProcess, str]] = {}
 
     def add(self, server: ServerProcess, **names: str) -> None:
         for name, service in names.items():
@@ -57,7 +57,7 @@ class Services:
         return self.where[name][0].stderr()
 
 
-def _tls_flags(pki: SimpleNamespace) -> Tuple[str, ...]:
+def _tls_flags(pki: SimpleNamespace) -> tuple[str, ...]:
     return ("--tls-cert", pki.server.cert, "--tls-key", pki.server.key)
 
 
@@ -77,7 +77,7 @@ def services(tls_serve: Callable[..., ServerProcess], files_root: Path, pki: Sim
 
 
 @pytest.fixture
-def command_server(tls_serve: Callable[..., ServerProcess], pki: SimpleNamespace, tmp_path: Path) -> Dict[str, int]:
+def command_server(tls_serve: Callable[..., ServerProcess], pki: SimpleNamespace, tmp_path: Path) -> dict[str, int]:
     """The command service over TLS, without and with the shared secret: name -> port."""
     secret = tmp_path / "server-secret"
     secret.write_bytes(SECRET)
@@ -86,7 +86,7 @@ def command_server(tls_serve: Callable[..., ServerProcess], pki: SimpleNamespace
     return {"command": plain.port("command"), "command+secret": guarded.port("command")}
 
 
-def tls(ctx: ssl.SSLContext) -> Dict[str, Any]:
+def tls(ctx: ssl.SSLContext) -> dict[str, Any]:
     return {"ssl": ctx, "server_hostname": "localhost"}
 
 
@@ -103,8 +103,8 @@ def test_echo_raw_echo_and_time(services: Services, client_ctx: ssl.SSLContext) 
     assert abs(client.get_time(host, services.port("time"), **tls(client_ctx)) - time.time()) < 5  # TCP, in TLS
 
 
-def test_exec_over_tls_with_and_without_the_secret(command_server: Dict[str, int], client_ctx: ssl.SSLContext) -> None:
-    out: List[bytes] = []
+def test_exec_over_tls_with_and_without_the_secret(command_server: dict[str, int], client_ctx: ssl.SSLContext) -> None:
+    out: list[bytes] = []
     status = client.exec_command("127.0.0.1", command_server["command"], ["echo", "hi", "there"], stdout=out.append,
                                  **tls(client_ctx))  # fmt: skip
     assert (status, b"".join(out)) == (0, b"hi there\n")
@@ -122,7 +122,7 @@ def test_download_over_tls_in_large_blocks(
 ) -> None:
     """24 MiB through TLS into OUT.part: every write to the file is a large block (never the whole file,
     never one write per 16 KiB record), and the file is identical."""
-    writes: List[int] = []
+    writes: list[int] = []
     real_write = os.write
 
     def counting_write(fd: int, data: Any) -> int:
@@ -181,14 +181,14 @@ def test_tls_to_a_plain_port_is_one_line(client_ctx: ssl.SSLContext) -> None:
 # -- the CLI ----------------------------------------------------------------------------------------------------
 
 
-def cli(*args: str, cwd: Path, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+def cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("FASTFRAME_PURE_PYTHON", "PYTHONWARNINGS")}
     return subprocess.run([sys.executable, "-m", "fastframe", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)  # fmt: skip
 
 
 def test_cli_over_tls(
-    services: Services, command_server: Dict[str, int], pki: SimpleNamespace, tmp_path: Path, files_root: Path
+    services: Services, command_server: dict[str, int], pki: SimpleNamespace, tmp_path: Path, files_root: Path
 ) -> None:
     ca = ("--tls", "--cafile", pki.ca, "--server-name", "localhost")
     addr: Callable[[str], str] = lambda name: f"127.0.0.1:{services.port(name)}"  # noqa: E731
@@ -211,7 +211,7 @@ def test_cli_over_tls(
 
 def test_cli_tls_mistakes_are_one_line(services: Services, pki: SimpleNamespace, tmp_path: Path) -> None:
     addr = f"127.0.0.1:{services.port('echo')}"
-    cases: List[Tuple[Tuple[str, ...], int, str]] = [
+    cases: list[tuple[tuple[str, ...], int, str]] = [
         (("--tls", "--cafile", pki.other_ca), 1, "the server's certificate is signed by a CA that is not trusted"),
         (("--tls", "--cafile", pki.ca, "--server-name", "other.example"), 1, "does not match the name asked for"),
         (("--tls",), 1, "not trusted"),  # the system's trust store does not know the test CA

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Dict
+from typing import Any, Callable
 
 import pytest
 from harness import ServerProcess, recv_exactly, recv_frame, send_frame, wait_until
@@ -424,7 +424,7 @@ def rss(pid: int) -> int:
 # -- settings and policy ---------------------------------------------------------------------------------------
 
 
-def serve_fails(workdir: str, *args: str) -> "subprocess.CompletedProcess[str]":
+def serve_fails(workdir: str, *args: str) -> subprocess.CompletedProcess[str]:
     import sys
 
     return subprocess.run([sys.executable, "-m", "fastframe", "serve", *args], capture_output=True, text=True,
@@ -433,7 +433,7 @@ def serve_fails(workdir: str, *args: str) -> "subprocess.CompletedProcess[str]":
 
 def test_bad_tls_files_are_one_line_and_status_2(pki: SimpleNamespace, tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.pem")
-    cases: Dict[str, list[str]] = {
+    cases: dict[str, list[str]] = {
         f"cannot read the TLS certificate {missing}": ["--tls-cert", missing, "--tls-key", pki.server.key],
         "does not belong to the certificate": ["--tls-cert", pki.server.cert, "--tls-key", pki.client.key],
         "needs --tls-cert": ["--tls-key", pki.server.key],
@@ -499,9 +499,9 @@ def test_a_proxy_header_then_tls(
         with client_ctx.wrap_socket(raw, server_hostname="localhost") as s:
             send_frame(s, payload)
             assert recv_frame(s) == payload
-    assert wait_until(lambda: log_path.exists() and log_path.read_text().count("peer=203.0.113.7:4242") == 2, TIMEOUT), (
-        log_path.read_text() if log_path.exists() else server.stderr()
-    )
+    assert wait_until(
+        lambda: log_path.exists() and log_path.read_text().count("peer=203.0.113.7:4242") == 2, TIMEOUT
+    ), log_path.read_text() if log_path.exists() else server.stderr()
     with pytest.raises((ssl.SSLError, OSError)):
         echo_once(server.addr("echo"), client_ctx)  # no header: a ClientHello is not a PROXY header
     raw = socket.create_connection(server.addr("echo"), timeout=TIMEOUT)

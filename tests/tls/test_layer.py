@@ -11,6 +11,7 @@ import socket
 import ssl
 
 import pytest
+
 from fastframe.servers.tlslayer import READ, TLSFailure, TLSLayer
 
 TIMEOUT = 10.0

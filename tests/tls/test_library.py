@@ -13,9 +13,10 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import wait
 from types import SimpleNamespace
-from typing import Any, Iterator, List, Tuple
+from typing import Any
 
 import pytest
 from harness import Background
@@ -30,7 +31,7 @@ def frame(data: bytes) -> bytes:
 
 
 @pytest.fixture
-def tls_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Iterator[Tuple[ssl.SSLSocket, ssl.SSLSocket]]:
+def tls_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
     """(client, server): the two ends of one TLS connection over loopback TCP, blocking, with timeouts."""
     with socket.create_server(("127.0.0.1", 0)) as lsock:
         raw = socket.create_connection(lsock.getsockname(), timeout=TIMEOUT)
@@ -46,7 +47,7 @@ def tls_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> Iterator
         server.close()
 
 
-def test_round_trip_both_directions(framed_cls: Any, tls_pair: Tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
+def test_round_trip_both_directions(framed_cls: Any, tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
     """Small frames in one write, large ones next to their header (SSLSocket refuses sendmsg: the fallback)."""
     client, server = tls_pair
     tx, rx = framed_cls(client), framed_cls(server, max_frame=8 << 20)
@@ -59,7 +60,7 @@ def test_round_trip_both_directions(framed_cls: Any, tls_pair: Tuple[ssl.SSLSock
     assert tx.recv() == b"back"
 
 
-def test_pending_counts_what_tls_holds(framed_cls: Any, tls_pair: Tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
+def test_pending_counts_what_tls_holds(framed_cls: Any, tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
     client, server = tls_pair
     client.sendall(frame(b"one") + frame(b"two") + frame(b"three"))  # one TLS record
     fs = framed_cls(server, read_ahead=False)
@@ -73,7 +74,7 @@ def test_pending_counts_what_tls_holds(framed_cls: Any, tls_pair: Tuple[ssl.SSLS
     assert fs.pending() == 0 and fs.poll() is False
 
 
-def test_select_loop_over_tls(framed_cls: Any, tls_pair: Tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
+def test_select_loop_over_tls(framed_cls: Any, tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
     """The README's loop: drain what poll() reports, then select(); records of many frames, sent in bursts."""
     client, server = tls_pair
     sent = [bytes([i % 256]) * (i % 50) for i in range(400)]
@@ -86,7 +87,7 @@ def test_select_loop_over_tls(framed_cls: Any, tls_pair: Tuple[ssl.SSLSocket, ss
 
     fs = framed_cls(server, read_ahead=False)
     bg = Background(sender)
-    got: List[bytes] = []
+    got: list[bytes] = []
     deadline = time.monotonic() + TIMEOUT
     ended = False
     while not ended:
@@ -136,7 +137,7 @@ def test_wait_style_loop_over_several_connections(
             server.close()
 
 
-def test_poll_over_tls_reports_a_frame_error(framed_cls: Any, tls_pair: Tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
+def test_poll_over_tls_reports_a_frame_error(framed_cls: Any, tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket]) -> None:
     client, server = tls_pair
     client.sendall(frame(b"ok") + struct.pack("!I", 1000))
     fs = framed_cls(server, max_frame=100)
