@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from harness import recv_frame, send_frame
+from harness import booted, recv_frame, send_frame
 
 TIMEOUT = 10.0
 
@@ -81,7 +81,7 @@ def test_ready_once_serving_and_stopping_on_sigterm(serve, engine, manager: Mana
     assert proc.wait(TIMEOUT) == 0
 
 
-def test_prefork_ready_waits_for_every_worker(manager: Manager, workdir, net) -> None:  # type: ignore[no-untyped-def]
+def test_prefork_ready_waits_for_every_worker(manager: Manager, workdir) -> None:  # type: ignore[no-untyped-def]
     """When READY=1 arrives, each of the workers already runs its engine (its signal handlers are installed,
     which it does just before it starts listening): the master does not say READY when it has merely forked."""
     env = dict(os.environ, NOTIFY_SOCKET=manager.path)
@@ -96,7 +96,7 @@ def test_prefork_ready_waits_for_every_worker(manager: Manager, workdir, net) ->
             with open(f"/proc/{proc.pid}/task/{tid}/children") as f:
                 children += [int(p) for p in f.read().split()]
         assert len(children) == 4
-        assert all(net.booted(child) for child in children)
+        assert all(booted(child) for child in children)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(TIMEOUT)
