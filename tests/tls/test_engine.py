@@ -359,9 +359,14 @@ def test_peer_drops_mid_record(echo_server: ServerProcess, client_ctx: ssl.SSLCo
     incoming.write(bytes(received))
     incoming.write_eof()
     replies = bytearray()
-    with pytest.raises(ssl.SSLError):
-        while True:
-            replies += obj.read(65536)
+    try:  # up to the server's end: close_notify (b"", as 3.9's OpenSSL reports it) or an SSLError (3.11's)
+        for _ in range(100):
+            chunk = obj.read(65536)
+            if not chunk:
+                break
+            replies += chunk
+    except ssl.SSLError:
+        pass
     assert bytes(replies) == frame(b"whole")
     assert "stream ended inside a frame" in logged(echo_server, "closed inside a frame")
     assert echo_once(echo_server.addr("echo"), client_ctx) == b"ping"
