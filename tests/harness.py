@@ -342,8 +342,10 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
     def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+        # pread, not seek + read: the server writes through the same open file (the same offset), so a seek to 0
+        # here could land its next line over the first ones (seen: a start-up warning overwritten in CI).
+        fd = self._stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def stop(self) -> None:
         """Kill the server and every worker seen, by PID."""
